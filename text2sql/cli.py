@@ -1,0 +1,58 @@
+"""`text2sql VERB ...`: one console script whose verbs complete the pipeline around `train.py`.
+
+Each verb lives in the module that owns its concern and exposes two functions:
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported lazily so that
+`text2sql evaluate` never pays for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "prepare": ("text2sql.data.prepare", "write Spider as DB-GPT-Hub instruction records (example_text2sql_*.json)"),
+    "predict": ("text2sql.eval.predict", "generate SQL for the dev split with a trained model -> pred.sql"),
+    "evaluate": ("text2sql.eval.evaluate", "execution accuracy of pred.sql against gold, official semantics, safe"),
+    "merge": ("text2sql.model.merge", "merge a LoRA adapter into its base model for serving"),
+    "report": ("text2sql.sweep.report", "rank the jobs of a multirun dir: summary.md / .csv / .png"),
+}
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="text2sql",
+        description="Text-to-SQL fine-tuning toolkit. Training is `python train.py [hydra overrides]`; "
+        "these verbs prepare data, predict, evaluate, merge adapters and report sweeps.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, (module, help_text) in VERBS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == verb:  # only the chosen verb's module is imported
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = argv[0] if argv and argv[0] in VERBS else None
+    parser = build_parser(verb)
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(VERBS[args.verb][0])
+    try:
+        return int(module.run(args) or 0)
+    except (CliError, FileNotFoundError, ValueError) as err:
+        print(f"text2sql {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"text2sql {args.verb}: interrupted", file=sys.stderr)
+        return 130
