@@ -1,0 +1,150 @@
+"""`text2sql report`: ranking, tables and the picture, on synthetic Hydra sweep dirs (no training)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from text2sql.cli import CliError, main
+from text2sql.sweep import report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None = None, log: str | None = None) -> Path:
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "config.yaml").write_text("{}\n")
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    if log is not None:
+        (job / "train.log").write_text(log)
+    return job
+
+
+def ok_metrics(ex: list[float], losses: list[float], wall: float = 12.5) -> dict:
+    history = []
+    for epoch, (e, loss) in enumerate(zip(ex, losses)):
+        history.append({"epoch": epoch, "val/execution_accuracy": e, "train/loss": loss,
+                        "val/ex_easy": min(1.0, e + 0.1), "val/ex_medium": e, "val/ex_hard": max(0.0, e - 0.1)})
+    best_epoch = max(range(len(ex)), key=lambda i: (ex[i], -i))
+    return {"final": dict(history[-1]), "history": history,
+            "best": {"val/execution_accuracy": ex[best_epoch], "epoch": best_epoch},
+            "status": "ok", "error": None, "wall_time_s": wall}
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """A 2x2 grid over peft.r and optim.lr with debug=smoke fixed, plus a failed job and a crashed one."""
+    d = tmp_path / "multirun" / "2026-11-25" / "12-00-00"
+    make_job(d, 0, ["debug=smoke", "peft.r=4", "optim.lr=1e-3"], ok_metrics([0.1, 0.3], [2.0, 1.5], wall=61))
+    make_job(d, 1, ["debug=smoke", "peft.r=4", "optim.lr=2e-3"], ok_metrics([0.2, 0.6, 0.5], [1.9, 1.2, 1.0]))
+    make_job(d, 2, ["debug=smoke", "peft.r=8", "optim.lr=1e-3"], ok_metrics([0.4, 0.4], [1.8, 1.4]))
+    make_job(d, 3, ["debug=smoke", "peft.r=8", "optim.lr=2e-3"],
+             {"final": {}, "history": [], "best": {}, "status": "failed",
+              "error": "Traceback (most recent call last):\n  ...\nValueError: optim.lr must be > 0, got -1",
+              "wall_time_s": 3.0})
+    # a job that died without metrics.json: the error comes from Hydra's job log
+    make_job(d, 10, ["debug=smoke", "peft.r=16", "optim.lr=1e-3"], None,
+             log="[2026-11-25 12:00:01,000][__main__][INFO] - start\n"
+                 "[2026-11-25 12:00:02,000][__main__][ERROR] - torch.OutOfMemoryError: CUDA out of memory\n")
+    (d / ".submitit").mkdir()  # launcher bookkeeping, not a job
+    (d / "multirun.yaml").write_text(yaml.safe_dump(
+        {"hydra": {"overrides": {"task": ["debug=smoke", "peft.r=4,8,16", "optim.lr=1e-3,2e-3"]},
+                   "sweeper": {"params": None}}}))
+    return d
+
+
+def test_ranking_and_swept_columns(sweep: Path):
+    rep = report.build_report(sweep, png=False)
+    assert [j.name for j in rep.jobs] == ["1", "2", "0", "3", "10"]
+    assert rep.swept == ["peft.r", "optim.lr"]  # debug=smoke is fixed, not a column
+    best = rep.jobs[0]
+    assert best.best == pytest.approx(0.6) and best.best_epoch == 1
+    assert best.final_loss == pytest.approx(1.0)          # last epoch's loss, not the best epoch's
+    assert best.hardness == {"easy": pytest.approx(0.7), "medium": pytest.approx(0.6), "hard": pytest.approx(0.5)}
+    assert rep.jobs[1].best_epoch == 0                     # ties: first epoch that reaches the max
+    assert rep.jobs[3].status == "failed" and rep.jobs[3].error == "ValueError: optim.lr must be > 0, got -1"
+    assert rep.jobs[4].status == "failed" and "CUDA out of memory" in rep.jobs[4].error
+    assert rep.jobs[0].overrides["optim.lr"] == pytest.approx(2e-3)  # typed, "2e-3" is a float
+
+
+def test_summary_md(sweep: Path):
+    report.build_report(sweep, png=False)
+    md = (sweep / "summary.md").read_text()
+    table = [ln for ln in md.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header == ["rank", "job", "peft.r", "optim.lr", "best EX", "epoch", "final train loss",
+                      "EX easy", "EX medium", "EX hard", "wall time", "status"]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in table[2:]]
+    assert [r[1] for r in rows] == ["1", "2", "0", "3", "10"]
+    assert rows[0][2:6] == ["4", "0.002", "0.6", "1"]
+    assert rows[2][header.index("wall time")] == "1m01s"
+    assert rows[3][-1] == "failed: ValueError: optim.lr must be > 0, got -1"
+    assert rows[4][-1].startswith("failed: ") and "out of memory" in rows[4][-1]
+    assert "`debug=smoke`" in md
+
+
+def test_summary_csv(sweep: Path):
+    report.build_report(sweep, png=False)
+    with (sweep / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["rank", "job", "peft.r", "optim.lr", "best_execution_accuracy", "best_epoch", "epochs",
+                             "final_train_loss", "ex_easy", "ex_medium", "ex_hard", "wall_time_s", "status", "error",
+                             "job_dir"]
+    assert [r["job"] for r in rows] == ["1", "2", "0", "3", "10"]
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert float(rows[0]["best_execution_accuracy"]) == pytest.approx(0.6)
+    assert rows[0]["epochs"] == "3" and float(rows[0]["optim.lr"]) == pytest.approx(0.002)
+    assert rows[3]["status"] == "failed" and rows[3]["best_execution_accuracy"] == ""
+    assert rows[3]["error"] == "ValueError: optim.lr must be > 0, got -1"
+
+
+def test_summary_png_is_valid(sweep: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+
+    rep = report.build_report(sweep)
+    png = sweep / "summary.png"
+    assert rep.files["summary.png"] == png
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    img = mpimg.imread(png)
+    assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 200
+
+
+def test_other_metric_and_categorical_values(tmp_path: Path):
+    d = tmp_path / "sweep"
+    m = ok_metrics([0.2, 0.3], [1.0, 0.9])
+    for h in m["history"]:
+        h["val/exact_match"] = 1 - h["val/execution_accuracy"]
+    make_job(d, 0, ["model=tiny", "peft.target_modules=all"], m)
+    make_job(d, 1, ["model=tiny", "peft.target_modules=attn"], ok_metrics([0.5], [1.0]))
+    rep = report.build_report(d, metric="val/exact_match")
+    assert rep.swept == ["peft.target_modules"]
+    assert [j.name for j in rep.jobs] == ["0", "1"]       # job 1 has no val/exact_match: after the ones that do
+    assert rep.jobs[0].best == pytest.approx(0.8) and rep.jobs[1].best is None
+    assert (d / "summary.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_cli_prints_top_rows(sweep: Path, capsys):
+    assert main(["report", str(sweep), "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "5 jobs, 3 ok" in out and "summary.md" in out
+    assert all((sweep / name).is_file() for name in report.SUMMARY_FILES)
+
+
+def test_no_jobs_is_one_line_error(tmp_path: Path, capsys):
+    empty = tmp_path / "multirun" / "2026-11-25"
+    (empty / "12-00-00" / "0" / ".hydra").mkdir(parents=True)
+    with pytest.raises(CliError, match="no Hydra jobs found.*12-00-00"):
+        report.build_report(empty)
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("text2sql report: error:") and "\n" not in err
