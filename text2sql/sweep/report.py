@@ -132,7 +132,7 @@ def read_job(job_dir: Path, metric: str = DEFAULT_METRIC) -> Job:
     metrics_path = job_dir / "metrics.json"
     if not metrics_path.is_file():
         log_error = _error_from_log(job_dir)
-        job.error = log_error or "no metrics.json (the job crashed before writing it, or is still running)"
+        job.error = log_error or "no metrics.json (crashed, killed or still running)"
         return job
     try:
         data = json.loads(metrics_path.read_text())
