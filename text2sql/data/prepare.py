@@ -1,0 +1,103 @@
+"""`text2sql prepare --spider DIR --out OUT`: Spider as DB-GPT-Hub's instruction files, written atomically.
+
+Writes ``example_text2sql_train.json`` (train_spider then train_others), ``example_text2sql_dev.json`` and
+``dataset_info.json`` in the layout DB-GPT-Hub's ``gen_train_eval_data.sh`` produces, so its training scripts
+(and ours) read them unchanged. Everything is built in memory first and then moved into OUT, so an error
+leaves OUT as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from text2sql.data.prompt import TEMPLATES, encode_record, length_stats, record_lengths, truncation_counts
+from text2sql.data.spider import ENV_VAR, SpiderDataset
+
+FILES = {"train": "example_text2sql_train.json", "dev": "example_text2sql_dev.json"}
+COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history"}
+
+
+def dataset_info() -> dict:
+    """DB-GPT-Hub's dataset_info.json entries naming the two files."""
+    return {f"example_text2sql_{split}": {"file_name": name, "columns": dict(COLUMNS)} for split, name in FILES.items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--spider", metavar="DIR", default=None,
+        help=f"directory in Spider's layout (tables.json, train_spider.json, dev.json); default ${ENV_VAR}, "
+        "else data/spider",
+    )
+    parser.add_argument("--out", metavar="OUT", required=True, help="output directory (created if missing)")
+    parser.add_argument(
+        "--tokenizer", metavar="PATH", default=None,
+        help="local Hugging Face tokenizer directory (never downloaded) for token-length statistics and "
+        "truncation counts; without it the statistics are in characters",
+    )
+    parser.add_argument("--template", choices=sorted(TEMPLATES), default="llama2",
+                        help="chat template for token statistics (default: llama2)")
+    parser.add_argument("--max-source-length", type=int, default=2048, help="source budget in tokens (default 2048)")
+    parser.add_argument("--max-target-length", type=int, default=512, help="target budget in tokens (default 512)")
+
+
+def load_tokenizer(path: str) -> Any:
+    """A local tokenizer only: prepare must never reach a hub."""
+    from transformers import AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"tokenizer directory not found: {path}")
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as err:  # transformers raises many kinds; one line is what the user needs
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot load a tokenizer from {path}: {first}") from None
+
+
+def write_atomically(out: Path, files: dict[str, Any]) -> None:
+    """Write JSON files into a temp dir beside OUT, then move them in; on error OUT is untouched."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for name, data in files.items():
+            with (tmp / name).open("w", encoding="utf-8") as f:
+                json.dump(data, f, indent=4 if isinstance(data, list) else 2, ensure_ascii=False)
+        if not out.exists():
+            os.replace(tmp, out)
+            return
+        for name in files:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _format(stats: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in stats.items())
+
+
+def run(args: argparse.Namespace) -> int:
+    dataset = SpiderDataset(args.spider)
+    records = {split: dataset.records(split) for split in FILES}  # validates everything before writing
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    write_atomically(Path(args.out), {**{FILES[s]: r for s, r in records.items()}, "dataset_info.json": dataset_info()})
+
+    print(f"spider: {dataset.root}")
+    for split, recs in records.items():
+        print(f"{split}: {len(recs)} records -> {Path(args.out) / FILES[split]}")
+        if tokenizer is None:
+            print(f"  length (characters, no --tokenizer): {_format(record_lengths(recs))}")
+            continue
+        encoded = [
+            encode_record(r, tokenizer, args.template, args.max_source_length, args.max_target_length) for r in recs
+        ]
+        print(f"  tokens ({args.template}, before truncation): {_format(length_stats(encoded))}")
+        print(f"  truncated (source<={args.max_source_length}, target<={args.max_target_length}): "
+              f"{_format(truncation_counts(encoded))}")
+    print(f"dataset_info: {Path(args.out) / 'dataset_info.json'}")
+    return 0

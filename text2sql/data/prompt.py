@@ -1,0 +1,244 @@
+"""DB-GPT-Hub records, chat templates and tokenisation with loss on the target only.
+
+A record is ``{"db_id", "instruction", "input", "output", "history": []}`` exactly as DB-GPT-Hub writes it,
+so adapters trained there and here see the same prompt. The prompt is ``instruction + "\\n" + input``
+wrapped by a template; source and target are tokenised separately so the label boundary is exact.
+
+When a source is longer than ``max_source_length`` we cut the *schema text*, never the question or the
+``###Response:`` cue (DB-GPT-Hub cuts the tail and so loses the question). Cuts, in order, until it fits:
+trailing foreign-key lines (``fk_lines``), non-key columns of the table with most of them (``columns``),
+whole table sentences from the last (``tables``); if the question alone is still too long, the middle of the
+token sequence goes (``hard``). A target longer than ``max_target_length`` keeps its eos (``target``).
+
+Tokenizer interface assumed: ``tokenizer(text, add_special_tokens=False)["input_ids"]``, ``bos_token_id``
+and ``eos_token_id`` (any Hugging Face tokenizer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from text2sql.data.schema import SchemaParts, parse_schema_text, schema_text
+from text2sql.data.spider import SpiderExample, SpiderSchema
+
+# Byte for byte DB-GPT-Hub's INSTRUCTION_PROMPT: no space after "me." and a line holding a lone '"'.
+INSTRUCTION = (
+    "I want you to act as a SQL terminal in front of an example database, "
+    "you need only to return the sql command to me.Below is an instruction that describes a task, "
+    'Write a response that appropriately completes the request.\n"\n##Instruction:\n{}\n'
+)
+INPUT_FORMAT = "###Input:\n{}\n\n###Response:"
+IGNORE_INDEX = -100
+
+# Llama-2's default system prompt as DB-GPT-Hub's llama2 template writes it (one "\n" between paragraphs,
+# two spaces after "safe.").
+LLAMA2_SYSTEM = (
+    "You are a helpful, respectful and honest assistant. "
+    "Always answer as helpfully as possible, while being safe.  "
+    "Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or illegal content. "
+    "Please ensure that your responses are socially unbiased and positive in nature.\n"
+    "If a question does not make any sense, or is not factually coherent, "
+    "explain why instead of answering something not correct. "
+    "If you don't know the answer to a question, please don't share false information."
+)
+
+TRUNCATION_TAGS = ("fk_lines", "columns", "tables", "hard", "target")
+
+
+def make_record(example: SpiderExample, schema: SpiderSchema) -> dict:
+    """One DB-GPT-Hub training record; the gold query is kept unchanged."""
+    return {
+        "db_id": example.db_id,
+        "instruction": INSTRUCTION.format(schema_text(schema)),
+        "input": INPUT_FORMAT.format(example.question),
+        "output": example.query,
+        "history": [],
+    }
+
+
+@dataclass(frozen=True)
+class Template:
+    """How a prompt (instruction + "\\n" + input) becomes the source text; add one to TEMPLATES for a new model."""
+
+    name: str
+    source: str  # format string with {system} and {prompt}
+    default_system: str = ""
+    add_bos: bool = True  # prepend the tokenizer's bos id when it has one
+
+    def render(self, instruction: str, input_text: str, system_prompt: str | None = None) -> str:
+        system = self.default_system if system_prompt is None else system_prompt
+        return self.source.format(system=system, prompt=f"{instruction}\n{input_text}")
+
+
+TEMPLATES: dict[str, Template] = {
+    # CodeLlama-Instruct / DB-GPT-Hub's llama2: the system prompt sits inside the first [INST].
+    "llama2": Template("llama2", "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{prompt} [/INST] ", LLAMA2_SYSTEM),
+    "vanilla": Template("vanilla", "{prompt}"),
+}
+
+
+def get_template(name: str) -> Template:
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+@dataclass
+class EncodedExample:
+    input_ids: list[int]  # source + target (+eos)
+    labels: list[int]  # IGNORE_INDEX on every source token
+    source_len: int
+    truncation: str | None  # None, or tags joined by "+", e.g. "fk_lines+columns"
+    full_source_len: int = 0  # lengths before any cut: what users size max_*_length from
+    full_target_len: int = 0
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _cut_plan(parts: SchemaParts) -> list[tuple[str, int]]:
+    """The ordered cuts (tag, table index) that shrink a schema step by step; applied by _apply."""
+    plan = [("fk_lines", -1)] * len(parts.fk_lines)
+    droppable = [len([c for c in t.columns if c not in t.key_columns()]) for t in parts.tables]
+    while any(droppable):
+        i = max(range(len(droppable)), key=lambda j: (droppable[j], j))  # most columns left; later on ties
+        plan.append(("columns", i))
+        droppable[i] -= 1
+    plan += [("tables", -1)] * len(parts.tables)
+    return plan
+
+
+def _apply(parts: SchemaParts, plan: Sequence[tuple[str, int]]) -> SchemaParts:
+    out = parts.copy()
+    for tag, i in plan:
+        if tag == "fk_lines":
+            out.fk_lines.pop()
+        elif tag == "columns":
+            table = out.tables[i]
+            keys = table.key_columns()
+            last = max(j for j, c in enumerate(table.columns) if c not in keys)
+            del table.columns[last]
+        else:
+            out.tables.pop()
+    return out
+
+
+def _tags(plan: Sequence[tuple[str, int]]) -> list[str]:
+    return list(dict.fromkeys(tag for tag, _ in plan))
+
+
+def _fit_source(
+    record: dict, tokenizer: Any, template: Template, max_len: int, system_prompt: str | None
+) -> tuple[list[int], str | None, int]:
+    """Source ids within max_len, the truncation tag, and the untruncated length."""
+    bos = [tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else []
+
+    def encode(instruction: str) -> list[int]:
+        return bos + _ids(tokenizer, template.render(instruction, record["input"], system_prompt))
+
+    ids = encode(record["instruction"])
+    full = len(ids)
+    if full <= max_len:
+        return ids, None, full
+
+    head, tail = INSTRUCTION.split("{}")
+    instruction = record["instruction"]
+    parts = None
+    if instruction.startswith(head) and instruction.endswith(tail):
+        parts = parse_schema_text(instruction[len(head) : len(instruction) - len(tail)])
+    tags: list[str] = []
+    if parts is not None:
+        plan = _cut_plan(parts)
+        # smallest number of cuts that fits (lengths shrink monotonically with cuts): binary search
+        lo, hi = 1, len(plan)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(encode(INSTRUCTION.format(_apply(parts, plan[:mid]).render()))) <= max_len:
+                hi = mid
+            else:
+                lo = mid + 1
+        ids = encode(INSTRUCTION.format(_apply(parts, plan[:lo]).render())) if plan else ids
+        tags = _tags(plan[:lo])
+    if len(ids) > max_len:  # the question (or a foreign instruction) alone is too long: keep both ends
+        suffix = template.source.split("{prompt}", 1)[1]
+        keep_end = min(len(_ids(tokenizer, f"\n{record['input']}{suffix}")) + 1, max_len - len(bos))
+        ids = ids[: max_len - keep_end] + ids[len(ids) - keep_end :]
+        tags.append("hard")
+    return ids, "+".join(tags), full
+
+
+def encode_source(
+    record: dict, tokenizer: Any, template: str, max_source_length: int, system_prompt: str | None = None
+) -> tuple[list[int], str | None]:
+    """Prompt ids for generation, cut exactly as in training."""
+    ids, tag, _ = _fit_source(record, tokenizer, get_template(template), max_source_length, system_prompt)
+    return ids, tag
+
+
+def encode_record(
+    record: dict,
+    tokenizer: Any,
+    template: str,
+    max_source_length: int,
+    max_target_length: int,
+    system_prompt: str | None = None,
+) -> EncodedExample:
+    """Token ids and labels (loss on the target and its eos only)."""
+    source, tag, full_source = _fit_source(
+        record, tokenizer, get_template(template), max_source_length, system_prompt
+    )
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    target = _ids(tokenizer, record["output"])
+    full_target = len(target) + len(eos)
+    if full_target > max_target_length:
+        target = target[: max(max_target_length - len(eos), 0)]
+        tag = f"{tag}+target" if tag else "target"
+    target += eos
+    return EncodedExample(
+        input_ids=source + target,
+        labels=[IGNORE_INDEX] * len(source) + target,
+        source_len=len(source),
+        truncation=tag,
+        full_source_len=full_source,
+        full_target_len=full_target,
+    )
+
+
+def truncation_counts(encoded: Sequence[EncodedExample]) -> dict[str, int]:
+    """How many examples were cut, overall and per kind of cut (an example may count under several)."""
+    counts = {"examples": len(encoded), "truncated": 0, **{tag: 0 for tag in TRUNCATION_TAGS}}
+    for ex in encoded:
+        if ex.truncation:
+            counts["truncated"] += 1
+            for tag in ex.truncation.split("+"):
+                counts[tag] = counts.get(tag, 0) + 1
+    return counts
+
+
+def percentiles(values: Sequence[int], prefix: str) -> dict[str, int]:
+    """p50 / p95 / max of a list of lengths, keyed f"{prefix}_p50" etc. (zeros for an empty list)."""
+    arr = np.asarray(values if len(values) else [0])
+    p50, p95 = np.percentile(arr, [50, 95], method="higher")
+    return {f"{prefix}_p50": int(p50), f"{prefix}_p95": int(p95), f"{prefix}_max": int(arr.max())}
+
+
+def length_stats(encoded: Sequence[EncodedExample]) -> dict[str, int]:
+    """Token lengths *before* truncation (bos/eos included): count, source_p50/p95/max, target_p50/p95/max."""
+    return {
+        "count": len(encoded),
+        **percentiles([e.full_source_len for e in encoded], "source"),
+        **percentiles([e.full_target_len for e in encoded], "target"),
+    }
+
+
+def record_lengths(records: Sequence[dict], measure: Callable[[str], int] = len) -> dict[str, int]:
+    """Length stats without a tokenizer (characters by default) of prompt and output text."""
+    return {
+        "count": len(records),
+        **percentiles([measure(f"{r['instruction']}\n{r['input']}") for r in records], "source"),
+        **percentiles([measure(r["output"]) for r in records], "target"),
+    }

@@ -1,0 +1,187 @@
+"""Load a directory in Spider's layout (the real benchmark or the generated sample) with one-line errors.
+
+Layout: ``tables.json``, ``train_spider.json`` (+ ``train_others.json`` when present), ``dev.json``,
+``database/<db_id>/<db_id>.sqlite``. Only ``tables.json`` and the split files are needed to build
+training records; the SQLite files are needed for execution accuracy only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+ENV_VAR = "SPIDER_DIR"
+DEFAULT_ROOT = "data/spider"
+SPLIT_FILES: dict[str, tuple[str, ...]] = {
+    "train": ("train_spider.json", "train_others.json"),
+    "dev": ("dev.json",),
+}
+OPTIONAL_FILES = frozenset({"train_others.json"})
+
+
+class SpiderDataError(ValueError):
+    """A problem with the user's Spider files; the message is one line naming the file (and record/db_id)."""
+
+
+@dataclass(frozen=True)
+class SpiderSchema:
+    """One entry of tables.json, with the *original* (case-preserving) names DB-GPT-Hub prompts with."""
+
+    db_id: str
+    table_names: list[str]
+    column_names: list[tuple[int, str]]  # index 0 is (-1, "*"); key indexes count it
+    column_types: list[str]
+    primary_keys: list  # ints, or lists of ints for a composite key
+    foreign_keys: list[list[int]]
+
+
+@dataclass(frozen=True)
+class SpiderExample:
+    db_id: str
+    question: str
+    query: str
+
+
+def resolve_root(root: str | os.PathLike | None) -> Path:
+    """explicit root > $SPIDER_DIR > data/spider; a missing directory is one line saying how to point at it."""
+    if root not in (None, ""):
+        path, source = Path(root), "dataset.root"
+    elif os.environ.get(ENV_VAR):
+        path, source = Path(os.environ[ENV_VAR]), f"${ENV_VAR}"
+    else:
+        path, source = Path(DEFAULT_ROOT), "the default"
+    path = path.expanduser()
+    if not path.is_dir():
+        raise SpiderDataError(
+            f"Spider directory not found: {path.resolve()} (from {source}); "
+            f"point at a directory holding tables.json, train_spider.json and dev.json "
+            f"with dataset.root=DIR or {ENV_VAR}=DIR"
+        )
+    return path.resolve()
+
+
+def read_json(path: Path) -> Any:
+    """json.load with the file named in every failure."""
+    if not path.is_file():
+        raise SpiderDataError(f"{path.name} not found in {path.parent} (expected Spider's layout: {path})")
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise SpiderDataError(f"malformed JSON in {path}: {err}") from None
+    except UnicodeDecodeError as err:
+        raise SpiderDataError(f"{path} is not UTF-8 text: {err}") from None
+
+
+def _require(entry: Any, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(entry, dict):
+        raise SpiderDataError(f"{where}: expected an object, got {type(entry).__name__}")
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise SpiderDataError(f"{where}: missing key(s) {', '.join(missing)}")
+
+
+def parse_schema(entry: Any, path: Path, index: int) -> SpiderSchema:
+    """Validate one tables.json entry: every key index must name a real column (the `*` at 0 included)."""
+    keys = ("db_id", "table_names_original", "column_names_original", "column_types", "primary_keys", "foreign_keys")
+    _require(entry, keys, f"{path} entry {index}")
+    db_id = entry["db_id"]
+    where = f"{path} db_id {db_id!r}"
+    tables = list(entry["table_names_original"])
+    columns = [(int(t), str(name)) for t, name in entry["column_names_original"]]
+    for t, name in columns[1:]:
+        if not 0 <= t < len(tables):
+            raise SpiderDataError(f"{where}: column {name!r} refers to table {t} but there are {len(tables)} tables")
+
+    def check(idx: Any, what: str) -> None:
+        if not isinstance(idx, int) or not 1 <= idx < len(columns):
+            raise SpiderDataError(
+                f"{where}: {what} index {idx!r} is out of range (columns are 1..{len(columns) - 1}; 0 is '*')"
+            )
+
+    for i, pk in enumerate(entry["primary_keys"]):
+        for idx in pk if isinstance(pk, list) else [pk]:
+            check(idx, f"primary_keys[{i}]")
+    for i, fk in enumerate(entry["foreign_keys"]):
+        if not isinstance(fk, list) or len(fk) != 2:
+            raise SpiderDataError(f"{where}: foreign_keys[{i}] = {fk!r} is not a pair [column, column]")
+        for idx in fk:
+            check(idx, f"foreign_keys[{i}]")
+    return SpiderSchema(
+        db_id=db_id,
+        table_names=tables,
+        column_names=columns,
+        column_types=list(entry["column_types"]),
+        primary_keys=list(entry["primary_keys"]),
+        foreign_keys=[list(fk) for fk in entry["foreign_keys"]],
+    )
+
+
+class SpiderDataset:
+    """A directory in Spider's layout; files are read lazily and cached."""
+
+    def __init__(self, root: str | os.PathLike | None):
+        self.root: Path = resolve_root(root)
+        self._examples: dict[str, list[tuple[Path, int, SpiderExample]]] = {}
+
+    def __repr__(self) -> str:
+        return f"SpiderDataset({str(self.root)!r})"
+
+    @cached_property
+    def _schemas(self) -> dict[str, SpiderSchema]:
+        path = self.root / "tables.json"
+        entries = read_json(path)
+        if not isinstance(entries, list):
+            raise SpiderDataError(f"{path}: expected a JSON array of schemas")
+        return {s.db_id: s for s in (parse_schema(e, path, i) for i, e in enumerate(entries))}
+
+    def schemas(self) -> dict[str, SpiderSchema]:
+        """All schemas of tables.json by db_id (validated once, cached)."""
+        return self._schemas
+
+    def split_files(self, split: str) -> list[Path]:
+        """The files of a split that exist (optional ones such as train_others.json may be absent)."""
+        if split not in SPLIT_FILES:
+            raise SpiderDataError(f"unknown Spider split {split!r}; expected one of {', '.join(SPLIT_FILES)}")
+        paths = [self.root / name for name in SPLIT_FILES[split]]
+        return [p for p in paths if p.name not in OPTIONAL_FILES or p.is_file()]
+
+    def _load(self, split: str) -> list[tuple[Path, int, SpiderExample]]:
+        if split not in self._examples:
+            rows: list[tuple[Path, int, SpiderExample]] = []
+            for path in self.split_files(split):
+                data = read_json(path)
+                if not isinstance(data, list):
+                    raise SpiderDataError(f"{path}: expected a JSON array of examples")
+                for i, item in enumerate(data):
+                    _require(item, ("db_id", "question", "query"), f"{path} record {i}")
+                    rows.append((path, i, SpiderExample(item["db_id"], item["question"], item["query"])))
+            self._examples[split] = rows
+        return self._examples[split]
+
+    def examples(self, split: str) -> list[SpiderExample]:
+        """Examples in source order; "train" is train_spider.json then train_others.json (when present)."""
+        return [ex for _, _, ex in self._load(split)]
+
+    def db_path(self, db_id: str) -> Path:
+        """Where the SQLite file should be; it may not exist (e.g. wta_1 in the shared copy)."""
+        return self.root / "database" / db_id / f"{db_id}.sqlite"
+
+    def records(self, split: str) -> list[dict]:
+        """DB-GPT-Hub instruction records (see prompt.make_record); a db_id unknown to tables.json is an error."""
+        from text2sql.data.prompt import make_record  # prompt imports this module
+
+        schemas = self.schemas()
+        out = []
+        for path, i, ex in self._load(split):
+            schema = schemas.get(ex.db_id)
+            if schema is None:
+                raise SpiderDataError(
+                    f"{path} record {i}: db_id {ex.db_id!r} is not in {self.root / 'tables.json'}"
+                )
+            out.append(make_record(ex, schema))
+        return out
