@@ -49,6 +49,7 @@ if __name__ == "__main__":
 STUB_TRAIN_YAML = """\
 defaults:
   - _self_
+  - sweep: null         # as in conf/train.yaml: `sweep=optuna`, not `+sweep=optuna`
 peft: {r: 8, alpha: 16, dropout: 0.05}
 optim: {lr: 2.0e-4}
 """
@@ -80,7 +81,7 @@ def job_metrics(sweep_dir: Path) -> dict[str, dict]:
 
 def test_lora_grid_preset(stub_app: Path, tmp_path: Path):
     sweep_dir = tmp_path / "grid"
-    run_stub(stub_app, "+sweep=lora_grid", f"hydra.sweep.dir={sweep_dir}")
+    run_stub(stub_app, "sweep=lora_grid", f"hydra.sweep.dir={sweep_dir}")
     jobs = report.find_job_dirs(sweep_dir)
     assert len(jobs) == 3 * 2 * 2
     combos = {tuple(sorted(report.read_overrides(j).items())) for j in jobs}
@@ -94,7 +95,7 @@ def test_lora_grid_preset(stub_app: Path, tmp_path: Path):
 
 def test_optuna_preset_best_trial_is_the_highest_metric(stub_app: Path, tmp_path: Path):
     sweep_dir = tmp_path / "optuna"
-    run_stub(stub_app, "+sweep=optuna", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}")
+    run_stub(stub_app, "sweep=optuna", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}")
     metrics = job_metrics(sweep_dir)
     assert len(metrics) == 3
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
@@ -113,7 +114,7 @@ def test_optuna_preset_best_trial_is_the_highest_metric(stub_app: Path, tmp_path
 def test_optuna_preset_survives_a_raising_trial(stub_app: Path, tmp_path: Path):
     """max_failure_rate=1.0: a job that raises is a FAIL trial and the study goes on."""
     sweep_dir = tmp_path / "optuna_fail"
-    run_stub(stub_app, "+sweep=optuna", "hydra.sweeper.n_trials=3", "optim.lr=choice(-1.0,1e-3)",
+    run_stub(stub_app, "sweep=optuna", "hydra.sweeper.n_trials=3", "optim.lr=choice(-1.0,1e-3)",
              "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={sweep_dir}")
     assert len(report.find_job_dirs(sweep_dir)) == 3
     metrics = job_metrics(sweep_dir)
@@ -142,7 +143,7 @@ def test_slurm_preset_composes_to_an_sbatch_script(stub_app: Path, tmp_path: Pat
 
     submitit = pytest.importorskip("submitit")
     with initialize_config_dir(str(stub_app / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["+launcher=slurm", "+sweep=lora_grid", "hydra.launcher.partition=gpu"],
+        cfg = compose("train", overrides=["+launcher=slurm", "sweep=lora_grid", "hydra.launcher.partition=gpu"],
                       return_hydra_config=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
     assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")

@@ -29,7 +29,7 @@ import yaml
 DEFAULT_METRIC = "val/execution_accuracy"
 HARDNESS = ("easy", "medium", "hard", "extra")
 # Lightning names an epoch-aggregated metric logged with on_step=True and on_epoch=True "<name>_epoch".
-LOSS_KEYS = ("train/loss", "train/loss_epoch", "train_loss", "loss")
+LOSS_KEYS = ("train/loss_epoch", "train/loss", "train_loss", "loss")
 SUMMARY_FILES = ("summary.md", "summary.csv", "summary.png")
 _EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt|Exit)\b.*")
 
