@@ -148,3 +148,17 @@ def test_no_jobs_is_one_line_error(tmp_path: Path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("text2sql report: error:") and "\n" not in err
+
+
+def test_error_txt_and_null_best(tmp_path: Path):
+    """A job killed after saving its traceback (error.txt, no metrics.json), and metrics.json with best: null."""
+    d = tmp_path / "sweep"
+    job = make_job(d, 0, ["optim.lr=1e-3"], None)
+    (job / "error.txt").write_text("Traceback (most recent call last):\n  File x\nRuntimeError: loss is NaN\n")
+    make_job(d, 1, ["optim.lr=1"], {"final": {}, "history": [], "best": None, "status": "failed",
+                                     "error": "FloatingPointError: NaN loss", "wall_time_s": 1.0})
+    make_job(d, 2, ["optim.lr=1e-4"], ok_metrics([0.1], [1.0]))
+    rep = report.build_report(d, png=False)
+    assert [(j.name, j.status) for j in rep.jobs] == [("2", "ok"), ("0", "failed"), ("1", "failed")]
+    assert rep.jobs[1].error == "RuntimeError: loss is NaN"
+    assert rep.jobs[2].error == "FloatingPointError: NaN loss" and rep.jobs[2].best is None

@@ -102,7 +102,16 @@ def read_overrides(job_dir: Path) -> dict[str, Any]:
 
 
 def _error_from_log(job_dir: Path) -> str | None:
-    """The last exception line of the job's Hydra log (``<job_name>.log``), if any."""
+    """The job's exception: last line of ``error.txt`` (the traceback train.py saves), else the last exception
+    line of its Hydra log (``<job_name>.log``), if any."""
+    error_txt = job_dir / "error.txt"
+    if error_txt.is_file():
+        try:
+            line = _one_line(error_txt.read_text(errors="replace"))
+        except OSError:
+            line = ""
+        if line:
+            return line
     logs = sorted(job_dir.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
     for log in logs:
         try:
