@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ from test_spider_data import FIRST_TRAIN_SCHEMA, SHOP, write_spider
 from text2sql.cli import main
 from text2sql.data import prepare
 from text2sql.data.spider import SpiderDataError
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read(path: Path):
@@ -39,6 +46,7 @@ def test_prepare_writes_dbgpt_hub_layout(tmp_path: Path, capsys: pytest.CaptureF
     printed = capsys.readouterr().out
     assert "train: 2 records" in printed and "characters" in printed and "source_p95=" in printed
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dir left
+    assert out.stat().st_mode & 0o077 == 0o077 & ~current_umask()  # not mkdtemp's private 0700
 
 
 def test_prepare_with_local_tokenizer(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

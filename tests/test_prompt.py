@@ -120,6 +120,7 @@ def test_fk_lines_go_first() -> None:
     source = text(enc.input_ids[1 : enc.source_len])
     assert enc.truncation == "fk_lines" and enc.source_len <= budget_for(rec, "The parent_id of t3 is the fk")
     assert "The parent_id of t1 is the foreign key of id of t0.\n" in source  # only trailing lines dropped
+    assert "The parent_id of t2 is the foreign key of id of t1.\n" in source  # and no more than needed
     assert "t3 is the foreign key" not in source
     assert "col_3_9" in source  # no column was cut
 

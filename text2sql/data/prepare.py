@@ -64,6 +64,9 @@ def write_atomically(out: Path, files: dict[str, Any]) -> None:
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; OUT should look like any mkdir'd dir
     try:
         for name, data in files.items():
             with (tmp / name).open("w", encoding="utf-8") as f:

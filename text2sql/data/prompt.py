@@ -131,6 +131,27 @@ def _tags(plan: Sequence[tuple[str, int]]) -> list[str]:
     return list(dict.fromkeys(tag for tag, _ in plan))
 
 
+def _smallest(n: int, fits: Callable[[int], bool], guess: int | None = None) -> int:
+    """Smallest k in 1..n with fits(k) for a monotone fits (n when none fits): gallop from guess, then bisect."""
+    lo, hi = 0, n  # invariant: fits(lo) is False (or lo == 0), fits(hi) is True (or hi == n)
+    if guess is not None:
+        k, step = min(max(guess, 1), n), 1
+        if fits(k):
+            hi = k
+            while hi - step >= 1 and fits(hi - step):
+                hi, step = hi - step, step * 2
+            lo = max(hi - step, 0)
+        else:
+            lo = k
+            while lo + step < n and not fits(lo + step):
+                lo, step = lo + step, step * 2
+            hi = min(lo + step, n)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
 def _fit_source(
     record: dict, tokenizer: Any, template: Template, max_len: int, system_prompt: str | None
 ) -> tuple[list[int], str | None, int]:
@@ -151,18 +172,21 @@ def _fit_source(
     if instruction.startswith(head) and instruction.endswith(tail):
         parts = parse_schema_text(instruction[len(head) : len(instruction) - len(tail)])
     tags: list[str] = []
-    if parts is not None:
-        plan = _cut_plan(parts)
-        # smallest number of cuts that fits (lengths shrink monotonically with cuts): binary search
-        lo, hi = 1, len(plan)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if len(encode(INSTRUCTION.format(_apply(parts, plan[:mid]).render()))) <= max_len:
-                hi = mid
-            else:
-                lo = mid + 1
-        ids = encode(INSTRUCTION.format(_apply(parts, plan[:lo]).render())) if plan else ids
-        tags = _tags(plan[:lo])
+    if parts is not None and (plan := _cut_plan(parts)):
+        schema_chars = len(parts.render())
+        encoded: dict[int, list[int]] = {}
+
+        def source_after(k: int) -> list[int]:
+            if k not in encoded:
+                encoded[k] = encode(INSTRUCTION.format(_apply(parts, plan[:k]).render()))
+            return encoded[k]
+
+        # guess from characters (tokens per char of this source), then settle with a few exact encodings
+        per_char = full / (len(template.render(instruction, record["input"], system_prompt)) + len(bos))
+        guess = _smallest(len(plan), lambda k: (
+            full - (schema_chars - len(_apply(parts, plan[:k]).render())) * per_char <= max_len))
+        k = _smallest(len(plan), lambda k: len(source_after(k)) <= max_len, guess)
+        ids, tags = source_after(k), _tags(plan[:k])
     if len(ids) > max_len:  # the question (or a foreign instruction) alone is too long: keep both ends
         suffix = template.source.split("{prompt}", 1)[1]
         keep_end = min(len(_ids(tokenizer, f"\n{record['input']}{suffix}")) + 1, max_len - len(bos))

@@ -49,7 +49,7 @@ class SpiderExample:
 def resolve_root(root: str | os.PathLike | None) -> Path:
     """explicit root > $SPIDER_DIR > data/spider; a missing directory is one line saying how to point at it."""
     if root not in (None, ""):
-        path, source = Path(root), "dataset.root"
+        path, source = Path(root), "given"
     elif os.environ.get(ENV_VAR):
         path, source = Path(os.environ[ENV_VAR]), f"${ENV_VAR}"
     else:
@@ -59,7 +59,7 @@ def resolve_root(root: str | os.PathLike | None) -> Path:
         raise SpiderDataError(
             f"Spider directory not found: {path.resolve()} (from {source}); "
             f"point at a directory holding tables.json, train_spider.json and dev.json "
-            f"with dataset.root=DIR or {ENV_VAR}=DIR"
+            f"with dataset.root=DIR (train.py), --spider DIR (text2sql prepare) or {ENV_VAR}=DIR"
         )
     return path.resolve()
 
