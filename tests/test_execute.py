@@ -240,3 +240,31 @@ def test_summarize():
     assert s["status/correct"] == 0.5 and s["status/timeout"] == 0.25 and s["status/db_missing"] == 0.0
     assert set(k for k in s if k.startswith("status/")) == {f"status/{x}" for x in STATUSES}
     assert summarize([])["execution_accuracy"] == 0.0
+
+
+def test_worker_crash_mid_query_costs_one_example(db_dir):
+    import threading
+
+    slow = "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c) SELECT count(*) FROM c"
+    items = [("shop", "SELECT 1", slow)] + [("shop", "SELECT name FROM t", "SELECT name FROM t")] * 3
+    with ExecutionEvaluator(db_dir, workers=1, timeout=10) as ev:
+        assert ev.evaluate([("shop", "SELECT 1", "SELECT 1")])[0].correct  # worker is up
+        victim = ev._pool[0].proc
+        killer = threading.Timer(1.0, victim.kill)
+        killer.start()
+        t0 = time.monotonic()
+        verdicts = ev.evaluate(items)
+        killer.join()
+        assert time.monotonic() - t0 < 8
+    assert verdicts[0].status == "exec_error" and "crashed" in verdicts[0].error
+    assert [v.status for v in verdicts[1:]] == ["correct"] * 3
+
+
+def test_close_stops_workers(db_dir):
+    ev = ExecutionEvaluator(db_dir, workers=2, timeout=5)
+    ev.evaluate([("shop", "SELECT 1", "SELECT 1")] * 4)
+    procs = [w.proc for w in ev._pool]
+    ev.close()
+    assert all(p.poll() is not None for p in procs)
+    with pytest.raises(RuntimeError):
+        ev.evaluate([("shop", "SELECT 1", "SELECT 1")])

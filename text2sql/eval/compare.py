@@ -58,33 +58,13 @@ def replace_cur_year(query: str) -> str:
     return _CUR_YEAR.sub("2020", query)
 
 
+_QUOTED = re.compile(r"""('(?:[^']|'')*'|"(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\])""")
+
+
 def _split_quoted(sql: str) -> list[tuple[bool, str]]:
     """Split SQL into (is_quoted, text) chunks; quoted = '...', "...", `...` or [...] (doubled quotes kept)."""
-    out: list[tuple[bool, str]] = []
-    i, n, start = 0, len(sql), 0
-    closing = {"'": "'", '"': '"', "`": "`", "[": "]"}
-    while i < n:
-        ch = sql[i]
-        if ch in closing:
-            if i > start:
-                out.append((False, sql[start:i]))
-            end_ch = closing[ch]
-            j = i + 1
-            while j < n:
-                if sql[j] == end_ch:
-                    if end_ch != "]" and j + 1 < n and sql[j + 1] == end_ch:  # doubled quote = escaped
-                        j += 2
-                        continue
-                    break
-                j += 1
-            j = min(j + 1, n)
-            out.append((True, sql[i:j]))
-            i = start = j
-            continue
-        i += 1
-    if start < n:
-        out.append((False, sql[start:]))
-    return out
+    parts = _QUOTED.split(sql)
+    return [(k % 2 == 1, part) for k, part in enumerate(parts) if part]
 
 
 _DISTINCT = re.compile(r"(?<![\w$])distinct(?![\w$])", re.IGNORECASE)
@@ -167,6 +147,8 @@ def result_eq(result1: Sequence[tuple], result2: Sequence[tuple], order_matters:
     num_cols = len(result1[0])
     if len(result2[0]) != num_cols:
         return False
+    if result1 == result2 and repr(result1) == repr(result2):
+        return True  # identical rows, values and types: the identity permutation matches (fast path)
     if not _quick_reject_passes(result1, result2, order_matters):
         return False
     result1 = list(result1)

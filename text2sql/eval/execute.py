@@ -339,13 +339,39 @@ def _evaluate_item(item: dict, conns: _ConnCache, gold_cache: dict, opts: dict) 
 # ============================================================================================ worker process
 
 
+_FLUSH_S = 0.02
+
+
 def _worker_main(rfd: int, wfd: int) -> None:
-    """Worker loop: receive [(index, item), ...] chunks, answer (index, result) for each item in turn."""
+    """Worker loop: receive [(index, item), ...] chunks, answer lists of (index, result) in item order.
+
+    Answers are buffered and flushed at the end of a chunk and, by a helper thread, every ``_FLUSH_S``:
+    few messages, yet a finished item is never held back behind a slow one (the parent's watchdog relies
+    on it to know which item hangs).
+    """
     rconn = Connection(rfd, writable=False)
     wconn = Connection(wfd, readable=False)
     opts = rconn.recv()
     conns = _ConnCache(heap_limit=opts.get("heap_limit"))
     gold_cache: dict = {}
+    buf: list = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def flush() -> None:
+        with lock:
+            if buf:
+                wconn.send(list(buf))
+                buf.clear()
+
+    def flusher() -> None:
+        while not stop.wait(_FLUSH_S):
+            try:
+                flush()
+            except OSError:
+                return
+
+    threading.Thread(target=flusher, daemon=True).start()
     while True:
         try:
             msg = rconn.recv()
@@ -359,7 +385,10 @@ def _worker_main(rfd: int, wfd: int) -> None:
             except Exception as err:  # noqa: BLE001 - keep the worker alive
                 res = {"status": "exec_error", "error": f"evaluator error: {type(err).__name__}: {err}",
                        "new_gold": {}}
-            wconn.send((index, res))
+            with lock:
+                buf.append((index, res))
+        flush()
+    stop.set()
     conns.close()
 
 
@@ -459,11 +488,15 @@ class ExecutionEvaluator:
         self._opts = {"timeout": self.timeout, "max_rows": max_rows, "max_bytes": max_bytes,
                       "heap_limit": heap_limit}
         self._gold_cache: dict[tuple[str, str], QueryResult] = {}
+        self._gold_text: dict[str, tuple[str, bool]] = {}
         self._db_files: dict[str, list[str]] = {}
         self._pool: list[_Worker | None] = []
         self._finalizer = weakref.finalize(self, _shutdown, self._pool)
         self._local_conns: _ConnCache | None = None
         self._closed = False
+        self.chunk_size = 64  # examples per message to a worker
+        for _ in range(self.workers):  # start now: the interpreters boot while the caller does other work
+            self._pool.append(_Worker(self._opts))
 
     # -- lifecycle
     def close(self) -> None:
@@ -489,13 +522,21 @@ class ExecutionEvaluator:
             files = self._db_files[db_id] = db_files(self.db_dir, db_id, self.test_suite)
         return files
 
+    def _prepare_gold(self, gold: str) -> tuple[str, bool]:
+        hit = self._gold_text.get(gold)
+        if hit is None:
+            g = postprocess(gold.strip())
+            if not self.keep_distinct:
+                g = remove_distinct(g)
+            hit = self._gold_text[gold] = (replace_cur_year(g), order_matters(g))
+        return hit
+
     def _prepare(self, gold: str, pred: str) -> tuple[str, list[str], bool]:
-        g = postprocess(gold.strip())
+        g, ordered = self._prepare_gold(gold)
         p = postprocess(pred.strip().replace(" value ", " 1 "))
         if not self.keep_distinct:
-            g, p = remove_distinct(g), remove_distinct(p)
-        ordered = order_matters(g)
-        g, p = replace_cur_year(g), replace_cur_year(p)
+            p = remove_distinct(p)
+        p = replace_cur_year(p)
         candidates = [p]
         if self.plug_value:
             candidates += plug_value_variants(g, p, self.max_plug_variants)
@@ -509,41 +550,40 @@ class ExecutionEvaluator:
         from text2sql.eval.hardness import hardness
 
         items = list(items)
-        verdicts: list[Verdict | None] = [None] * len(items)
+        results: list[tuple[str, str | None] | None] = [None] * len(items)
         todo: list[tuple[int, dict]] = []
         for i, (db_id, gold, pred) in enumerate(items):
-            level = hardness(gold)
             pred = pred or ""
             files = self._files(db_id)
             if not files:
-                verdicts[i] = Verdict(False, "db_missing", level, db_id,
-                                      f"database not found: {self.db_dir / db_id / (db_id + '.sqlite')}")
-                continue
-            if not pred.strip().strip(";").strip():
-                verdicts[i] = Verdict(False, "empty_prediction", level, db_id, None)
-                continue
-            g, candidates, ordered = self._prepare(gold, pred)
-            todo.append((i, {"paths": files, "gold": g, "candidates": candidates, "ordered": ordered}))
+                results[i] = ("db_missing", f"database not found: {self.db_dir / db_id / (db_id + '.sqlite')}")
+            elif not pred.strip().strip(";").strip():
+                results[i] = ("empty_prediction", None)
+            else:
+                g, candidates, ordered = self._prepare(gold, pred)
+                todo.append((i, {"paths": files, "gold": g, "candidates": candidates, "ordered": ordered}))
 
         bar = _Progress(len(items), enabled=progress)
         bar.advance(len(items) - len(todo))
 
         def finish(i: int, res: dict) -> None:
-            db_id = items[i][0]
-            st = res["status"]
-            verdicts[i] = Verdict(st == "correct", st, hardness(items[i][1]), db_id, res.get("error"))
+            results[i] = (res["status"], res.get("error"))
             bar.advance(1)
 
         try:
             if self.workers == 0:
                 self._run_local(todo, finish)
+                levels = [hardness(gold) for _, gold, _ in items]
             else:
-                self._run_pool(todo, finish)
+                # hardness (sqlglot parsing) runs here while the workers execute
+                levels = self._run_pool(todo, finish, lambda: [hardness(gold) for _, gold, _ in items])
         finally:
             bar.close()
-        return [v if v is not None else Verdict(False, "exec_error", hardness(items[k][1]), items[k][0],
-                                                "not evaluated")
-                for k, v in enumerate(verdicts)]
+        out = []
+        for (db_id, _, _), level, res in zip(items, levels, results):
+            status, error = res if res is not None else ("exec_error", "not evaluated")
+            out.append(Verdict(status == "correct", status, level, db_id, error))
+        return out
 
     def _run_local(self, todo, finish) -> None:
         if self._local_conns is None:
@@ -558,13 +598,13 @@ class ExecutionEvaluator:
         n += sum(1 for p in item["paths"] if (p, item["gold"]) not in self._gold_cache)
         return n * (2 * self.timeout + 0.5) + _WATCHDOG_SLACK_S  # queries + comparisons + slack
 
-    def _run_pool(self, todo, finish) -> None:
+    def _run_pool(self, todo, finish, meanwhile: Callable[[], Any]) -> Any:
         n_workers = max(1, min(self.workers, len(todo)))
         while len(self._pool) < n_workers:
             self._pool.append(None)
         queue = deque(todo)
         lock = threading.Lock()
-        chunk = max(1, min(16, math.ceil(len(todo) / (n_workers * 4)) if todo else 1))
+        chunk = max(1, min(self.chunk_size, math.ceil(len(todo) / (n_workers * 4)) if todo else 1))
         errors: list[BaseException] = []
 
         def take() -> list[tuple[int, dict]]:
@@ -603,19 +643,21 @@ class ExecutionEvaluator:
                     pending = deque(batch)
                     while pending:
                         i, item = pending[0]
-                        budget = self._item_budget(item)
+                        budget = self._item_budget(item) + 1.0
+                        answers = None
                         if worker.recv_conn.poll(budget):
                             try:
-                                j, res = worker.recv_conn.recv()
+                                answers = worker.recv_conn.recv()
                             except (EOFError, OSError):
-                                j, res = None, None
+                                answers = None
+                            failure = "crash"
                         else:
-                            j, res = None, "timeout"
-                        if j is None:  # crashed or stuck: this item is lost, the rest of the batch goes back
+                            failure = "timeout"
+                        if answers is None:  # crashed or stuck on pending[0]: it is lost, the rest goes back
                             code = worker.proc.poll()
                             worker.kill()
-                            self._pool[slot] = None
-                            if res == "timeout":
+                            worker = self._pool[slot] = None
+                            if failure == "timeout":
                                 res = {"status": "timeout",
                                        "error": f"no answer within {budget:.0f} s: worker killed"}
                             else:
@@ -625,23 +667,30 @@ class ExecutionEvaluator:
                             with lock:
                                 queue.extendleft(reversed(list(pending)))
                             break
-                        pending.popleft()
-                        assert j == i, (j, i)
-                        with lock:
-                            for p, g in res.pop("new_gold", {}).items():
-                                self._gold_cache[(p, item["gold"])] = g
-                                worker.known_gold.add((p, item["gold"]))
-                        finish(i, res)
+                        for j, res in answers:
+                            i, item = pending.popleft()
+                            assert j == i, (j, i)
+                            new_gold = res.pop("new_gold", None)
+                            if new_gold:
+                                with lock:
+                                    for p, g in new_gold.items():
+                                        self._gold_cache[(p, item["gold"])] = g
+                                        worker.known_gold.add((p, item["gold"]))
+                            finish(i, res)
             except BaseException as err:  # noqa: BLE001 - reported in the caller's thread
                 errors.append(err)
 
         threads = [threading.Thread(target=loop, args=(s,), daemon=True) for s in range(n_workers)]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            value = meanwhile()
+        finally:
+            for t in threads:
+                t.join()
         if errors:
             raise errors[0]
+        return value
 
     # -- convenience
     def gold_cache_size(self) -> int:
