@@ -88,3 +88,19 @@ def test_spider_dev_gold_against_itself(spider_dir, tmp_path, capsys):
     assert Counter(r["status"] for r in rows) == {"correct": 972, "db_missing": 62}
     assert {r["db_id"] for r in rows if r["status"] == "db_missing"} == {"wta_1"}
     assert Counter(r["hardness"] for r in rows) == {"easy": 248, "medium": 446, "hard": 174, "extra": 166}
+
+
+def test_flags_are_accepted(files, capsys):
+    tmp_path, gold, pred = files
+    gold.write_text("SELECT name FROM animal WHERE legs = 4\tzoo\nSELECT DISTINCT legs FROM animal\tzoo\n")
+    pred.write_text("SELECT name FROM animal WHERE legs = 2\nSELECT legs FROM animal\n")
+    out = tmp_path / "v.jsonl"
+    args = ["evaluate", "--gold", str(gold), "--pred", str(pred), "--db", str(tmp_path / "database"),
+            "--timeout", "3", "--workers", "0", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    assert [json.loads(x)["correct"] for x in out.read_text().splitlines()] == [False, True]
+    assert main(args + ["--plug-value", "--keep-distinct"]) == 0
+    assert [json.loads(x)["correct"] for x in out.read_text().splitlines()] == [True, True]
+    assert main(args + ["--test-suite"]) == 0
+    assert "test suite" in capsys.readouterr().out
+    assert main(args[:-5] + ["--timeout", "0"]) == 2

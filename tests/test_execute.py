@@ -54,6 +54,11 @@ WRITES = [
     "ATTACH DATABASE '{other}' AS o",
     "ATTACH DATABASE '{tmp}/new.sqlite' AS o",
     "PRAGMA writable_schema = ON",
+    "PRAGMA writable_schema = 1; UPDATE sqlite_master SET sql = 'x'",
+    "UPDATE sqlite_master SET sql = 'x' WHERE name = 't'",
+    "CREATE TRIGGER evil AFTER INSERT ON t BEGIN DELETE FROM t; END",
+    "DETACH DATABASE main",
+    "SAVEPOINT s",
     "PRAGMA writable_schema",
     "PRAGMA journal_mode = DELETE",
     "PRAGMA user_version = 7",
@@ -268,3 +273,29 @@ def test_close_stops_workers(db_dir):
     assert all(p.poll() is not None for p in procs)
     with pytest.raises(RuntimeError):
         ev.evaluate([("shop", "SELECT 1", "SELECT 1")])
+
+
+def test_evaluator_pickles_without_workers(db_dir):
+    import pickle
+
+    with ExecutionEvaluator(db_dir, workers=1, timeout=5) as ev:
+        assert ev.evaluate([("shop", "SELECT 1", "SELECT 1")])[0].correct
+        clone = pickle.loads(pickle.dumps(ev))
+    try:
+        assert clone.gold_cache_size() == 1 and clone._pool == []
+        assert clone.evaluate([("shop", "SELECT 1", "SELECT 1")])[0].correct  # workers restart on demand
+    finally:
+        clone.close()
+
+
+def test_plug_value_variants_share_one_time_budget(db_dir):
+    # every variant of this prediction runs into the timeout: the example still ends within ~2 timeouts
+    slow = ("WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n > 0 OR n = 7) "
+            "SELECT count(*) FROM c WHERE n = 3 OR n = 4 OR n = 5")
+    gold = "SELECT id FROM t WHERE id = 1 OR id = 2 OR id = 3 OR id = 4"
+    with ExecutionEvaluator(db_dir, workers=0, timeout=1.0, plug_value=True) as ev:
+        t0 = time.monotonic()
+        (v,) = ev.evaluate([("shop", gold, slow)])
+        elapsed = time.monotonic() - t0
+    assert v.status == "timeout"
+    assert elapsed < 2 * 1.0 + 1.5

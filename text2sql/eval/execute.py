@@ -125,12 +125,18 @@ _heap_limit_set = False
 
 def open_readonly(path: str | os.PathLike, heap_limit: int | None = DEFAULT_HEAP_LIMIT
                   ) -> tuple[sqlite3.Connection, _Guard]:
-    """Open an existing SQLite file read-only, with the write-refusing authorizer and a progress handler."""
+    """Open an existing SQLite file read-only, with the write-refusing authorizer and a progress handler.
+
+    ``heap_limit`` (bytes) caps SQLite's memory *process-wide* and keeps temporary results in memory, so
+    that a huge sort fails fast instead of filling the disk: only for worker processes. ``None`` leaves
+    the process's SQLite settings alone (in-process evaluation).
+    """
     global _heap_limit_set
     uri = Path(os.path.abspath(path)).as_uri() + "?mode=ro"
     conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA query_only = ON")
-    conn.execute("PRAGMA temp_store = MEMORY")  # sorts of huge results hit the heap limit, not the disk
+    if heap_limit:
+        conn.execute("PRAGMA temp_store = MEMORY")  # sorts of huge results hit the heap limit, not the disk
     if heap_limit and not _heap_limit_set:
         try:
             conn.execute(f"PRAGMA hard_heap_limit = {int(heap_limit)}")  # process-wide
@@ -157,7 +163,8 @@ def _classify(err: BaseException, guard: _Guard, timed_out: bool) -> tuple[str, 
         return "write_refused", f"write refused: {guard.refused}"
     if timed_out or low == "interrupted":
         return "timeout", "query exceeded the time limit"
-    if "readonly" in low or "read-only" in low or "not authorized" in low or "query_only" in low:
+    if any(k in low for k in ("readonly", "read-only", "not authorized", "query_only", "may not be modified",
+                              "attempt to write", "cannot modify", "cannot commit", "cannot start a transaction")):
         return "write_refused", msg
     if "one statement at a time" in low:
         return "syntax_error", msg
@@ -271,12 +278,13 @@ class _ConnCache:
         self._conns.clear()
 
 
-def _run(conns: _ConnCache, path: str, sql: str, opts: dict) -> QueryResult:
+def _run(conns: _ConnCache, path: str, sql: str, opts: dict, timeout: float | None = None) -> QueryResult:
     try:
         conn, guard = conns.get(path)
     except sqlite3.Error as err:
         return QueryResult("db_missing", None, f"cannot open {path}: {err}")
-    return execute_query(conn, guard, sql, opts["timeout"], opts["max_rows"], opts["max_bytes"])
+    return execute_query(conn, guard, sql, opts["timeout"] if timeout is None else timeout, opts["max_rows"],
+                         opts["max_bytes"])
 
 
 def _evaluate_item(item: dict, conns: _ConnCache, gold_cache: dict, opts: dict) -> dict:
@@ -305,10 +313,16 @@ def _evaluate_item(item: dict, conns: _ConnCache, gold_cache: dict, opts: dict) 
                     "new_gold": new_gold}
 
     first: tuple[str, str | None] | None = None
+    variants_deadline = math.inf
     for ci, cand in enumerate(item["candidates"]):
         status, error = "correct", None
+        if ci == 1:  # plug-value variants share one budget of `timeout` seconds in all
+            variants_deadline = time.monotonic() + opts["timeout"]
+        if ci >= 1 and time.monotonic() >= variants_deadline:
+            break
         for path, g in zip(item["paths"], golds):
-            p = _run(conns, path, cand, opts)
+            qt = opts["timeout"] if ci == 0 else max(0.001, min(opts["timeout"], variants_deadline - time.monotonic()))
+            p = _run(conns, path, cand, opts, qt)
             if p.status == "too_many_rows":
                 status, error = "wrong_result", p.error
                 break
@@ -316,7 +330,7 @@ def _evaluate_item(item: dict, conns: _ConnCache, gold_cache: dict, opts: dict) 
                 status, error = p.status, p.error
                 break
             try:
-                same = result_eq(g.rows, p.rows, item["ordered"], deadline=time.monotonic() + opts["timeout"])
+                same = result_eq(g.rows, p.rows, item["ordered"], deadline=time.monotonic() + qt)
             except ComparisonTimeout as err:
                 status, error = "timeout", str(err)
                 break
@@ -499,6 +513,18 @@ class ExecutionEvaluator:
             self._pool.append(_Worker(self._opts))
 
     # -- lifecycle
+    def __getstate__(self) -> dict:
+        """Picklable (e.g. a callback sent to another process): workers and connections are not carried."""
+        state = self.__dict__.copy()
+        state["_pool"] = []
+        state["_local_conns"] = None
+        state.pop("_finalizer", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._finalizer = weakref.finalize(self, _shutdown, self._pool)
+
     def close(self) -> None:
         for w in self._pool:
             if w is not None:
@@ -587,15 +613,15 @@ class ExecutionEvaluator:
 
     def _run_local(self, todo, finish) -> None:
         if self._local_conns is None:
-            self._local_conns = _ConnCache(heap_limit=self._opts["heap_limit"])
+            self._local_conns = _ConnCache(heap_limit=None)  # never cap the caller's own process
         for i, item in todo:
             res = _evaluate_item(item, self._local_conns, self._gold_cache, self._opts)
             finish(i, res)
 
     def _item_budget(self, item: dict) -> float:
         n_paths = len(item["paths"])
-        n = n_paths * len(item["candidates"])
-        n += sum(1 for p in item["paths"] if (p, item["gold"]) not in self._gold_cache)
+        n = n_paths + sum(1 for p in item["paths"] if (p, item["gold"]) not in self._gold_cache)
+        n += 1 if len(item["candidates"]) > 1 else 0  # all plug-value variants share one timeout
         return n * (2 * self.timeout + 0.5) + _WATCHDOG_SLACK_S  # queries + comparisons + slack
 
     def _run_pool(self, todo, finish, meanwhile: Callable[[], Any]) -> Any:
