@@ -159,7 +159,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spider", default=str(REPO.parent / "shared" / "spider"))
     ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--repeat", type=int, default=3, help="warm calls to time (best is reported)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="baseline runs and warm calls to time (the best of each is reported)")
     args = ap.parse_args()
     spider = Path(args.spider)
     if not (spider / "dev_gold.sql").is_file():
@@ -170,9 +171,11 @@ def main() -> int:
     items = [(db_id.strip(), g, perturb(g, i)) for i, (g, db_id) in enumerate(gold)]
     n_changed = sum(p != g for _, g, p in items)
 
-    t0 = time.perf_counter()
-    base = baseline(db_dir, items)
-    t_base = time.perf_counter() - t0
+    t_base = float("inf")
+    for _ in range(args.repeat):  # best of N: the machine is shared, the best run is the least disturbed
+        t0 = time.perf_counter()
+        base = baseline(db_dir, items)
+        t_base = min(t_base, time.perf_counter() - t0)
     # the official evaluation.py also parses every gold query for its hardness; time that part apart
     # (uncached, so that our own cold run below does not profit from it)
     from text2sql.eval.hardness import hardness
@@ -206,7 +209,7 @@ def main() -> int:
           f"baseline {sum(ok for ok, _ in base) / len(base):.4f}; verdict mismatches: {len(mismatches)}")
     for m in mismatches[:10]:
         print("  mismatch", m)
-    print(f"baseline (sequential, one connection per query): {t_base:.3f} s")
+    print(f"baseline (sequential, one connection per query), best of {args.repeat}: {t_base:.3f} s")
     print(f"baseline + hardness of every gold query (as evaluation.py does): {t_base + t_hard:.3f} s")
     print(f"ours, first call (cold: start workers, run gold, parse hardness): {t_cold:.3f} s "
           f"-> {t_base / t_cold:.2f}x (vs baseline + hardness: {(t_base + t_hard) / t_cold:.2f}x)")
