@@ -1,0 +1,170 @@
+"""LightningDataModule: Spider-layout records -> prompt template -> token ids with masked labels -> batches.
+
+Training batches are padded dynamically (to the longest sequence in the batch) and, optionally, drawn from
+buckets of similar length so little compute is spent on padding. The dev split serves two purposes: a
+teacher-forced `val/loss`, and the examples the execution-accuracy callback generates SQL for.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from text2sql.data.prompt import encode_record, encode_source
+from text2sql.data.spider import SpiderDataset
+
+log = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+
+
+@dataclass
+class EvalItem:
+    """One dev example as the evaluation callback needs it."""
+
+    index: int  # position in the dev split (for DB-GPT-Hub-compatible pred.sql order)
+    db_id: str
+    question: str
+    gold: str
+    source_ids: list[int]
+
+
+class _Encoded(Dataset):
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+class LengthGroupedSampler(Sampler[list[int]]):
+    """Shuffled batches of similar-length examples: sort within random mega-batches, then shuffle batches."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, mega: int = 50):
+        self.lengths, self.batch_size, self.seed, self.mega, self.epoch = lengths, batch_size, seed, mega, 0
+
+    def __iter__(self):
+        rng = random.Random(self.seed + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        size = self.batch_size * self.mega
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start : start + size], key=lambda i: self.lengths[i], reverse=True)
+            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+def pad_batch(items: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest item (training/teacher forcing; generation pads left itself)."""
+    width = max(len(it["input_ids"]) for it in items)
+    input_ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(items), width), dtype=torch.long)
+    for row, it in enumerate(items):
+        n = len(it["input_ids"])
+        input_ids[row, :n] = torch.tensor(it["input_ids"])
+        labels[row, :n] = torch.tensor(it["labels"])
+        attention[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+class TextToSQLDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        dataset: SpiderDataset,
+        tokenizer,
+        template: str = "vanilla",
+        system_prompt: str | None = None,
+        max_source_length: int = 2048,
+        max_target_length: int = 512,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        group_by_length: bool = True,
+        train_limit: int | None = None,
+        val_loss_limit: int | None = 256,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.dataset, self.tokenizer = dataset, tokenizer
+        self.template, self.system_prompt = template, system_prompt
+        self.max_source_length, self.max_target_length = max_source_length, max_target_length
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.group_by_length, self.train_limit, self.val_loss_limit, self.seed = (
+            group_by_length, train_limit, val_loss_limit, seed)
+        self.train_items: list[dict] | None = None
+        self.val_items: list[dict] | None = None
+        self.dev_records: list[dict] | None = None
+        self.truncated: dict[str, dict[str, int]] = {}
+
+    def _encode(self, records: list[dict], split: str) -> list[dict]:
+        out, cut = [], {}
+        for r in records:
+            enc = encode_record(r, self.tokenizer, self.template, self.max_source_length, self.max_target_length,
+                                system_prompt=self.system_prompt)
+            if enc.truncation:
+                cut[enc.truncation] = cut.get(enc.truncation, 0) + 1
+            out.append({"input_ids": enc.input_ids, "labels": enc.labels})
+        self.truncated[split] = cut
+        if cut:
+            log.warning("%s: %d of %d examples truncated to fit max_source_length=%d / max_target_length=%d (%s)", split,
+                        sum(cut.values()), len(records), self.max_source_length, self.max_target_length, cut)
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_items is not None:
+            return
+        train = self.dataset.records("train")
+        if self.train_limit:
+            train = train[: self.train_limit]
+        self.dev_records = self.dataset.records("dev")
+        self.train_items = self._encode(train, "train")
+        val = self.dev_records[: self.val_loss_limit] if self.val_loss_limit else self.dev_records
+        self.val_items = self._encode(val, "dev")
+        lengths = sorted(len(it["input_ids"]) for it in self.train_items)
+        log.info("train: %d examples, tokens p50 %d / p95 %d / max %d; dev: %d examples", len(lengths),
+                 lengths[len(lengths) // 2], lengths[int(len(lengths) * 0.95)], lengths[-1], len(self.dev_records))
+
+    def _collate(self, items):
+        return pad_batch(items, self.tokenizer.pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.group_by_length:
+            sampler = LengthGroupedSampler([len(it["input_ids"]) for it in self.train_items], self.batch_size, self.seed)
+            return DataLoader(_Encoded(self.train_items), batch_sampler=sampler, collate_fn=self._collate,
+                              num_workers=self.num_workers)
+        return DataLoader(_Encoded(self.train_items), batch_size=self.batch_size, shuffle=True,
+                          collate_fn=self._collate, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Encoded(self.val_items), batch_size=self.eval_batch_size, collate_fn=self._collate,
+                          num_workers=self.num_workers)
+
+    def eval_items(self, limit: int | None = None, seed: int = 0) -> list[EvalItem]:
+        """The dev examples to generate SQL for: all, or a fixed-seed subset of `limit` (kept in dev order)."""
+        if self.dev_records is None:
+            self.setup()
+        indices = list(range(len(self.dev_records)))
+        if limit and limit < len(indices):
+            indices = sorted(random.Random(seed).sample(indices, limit))
+        items = []
+        for i in indices:
+            r = self.dev_records[i]
+            source_ids, _ = encode_source(r, self.tokenizer, self.template, self.max_source_length,
+                                          system_prompt=self.system_prompt)
+            question = r["input"].split("\n", 1)[1].rsplit("\n\n###Response:", 1)[0] if "\n" in r["input"] else r["input"]
+            items.append(EvalItem(i, r["db_id"], question, r["output"], source_ids))
+        return items

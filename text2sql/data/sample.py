@@ -1,0 +1,312 @@
+"""A small, learnable text-to-SQL dataset generated from a seed, written in Spider's own layout.
+
+Why generated: the project ships no data files, yet `python train.py` must run a real fine-tuning job
+out of the box. The generator builds a few SQLite databases (several domains, 2-3 tables each, foreign
+keys, realistic rows) and templated questions with gold SQL covering select, where, count/avg, group by,
+order by + limit and joins. It writes `train_spider.json`, `dev.json`, `tables.json`, `dev_gold.sql`,
+`train_gold.sql` and `database/<db>/<db>.sqlite`, so the Spider loader reads it unchanged.
+
+Everything is a pure function of the seed: two generations with the same seed are byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+FIRST = ["Alice", "Bruno", "Chen", "Dana", "Elif", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kenji", "Lena",
+         "Mateo", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara", "Umar", "Vera", "Wei", "Yara", "Zoe"]
+LAST = ["Novak", "Silva", "Okafor", "Larsen", "Kowalski", "Haddad", "Moreau", "Tanaka", "Rossi", "Schmidt",
+        "Ivanova", "Garcia", "Nakamura", "Dubois", "Fischer", "Costa", "Berg", "Popescu"]
+CITIES = ["Lisbon", "Oslo", "Kyoto", "Lima", "Cairo", "Dublin", "Quebec", "Perth", "Austin", "Porto", "Riga"]
+COUNTRIES = ["France", "Japan", "Brazil", "Canada", "Kenya", "Norway", "India", "Mexico", "Poland", "Egypt"]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # "number" or "text" (Spider's column_types vocabulary)
+    phrase: str  # how a question names it
+    values: tuple = ()  # a pool for text columns; numeric columns use `low`/`high`
+    low: int = 0
+    high: int = 0
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    singular: str
+    plural: str
+    key: str  # integer primary key
+    columns: tuple[Column, ...]  # non-key, non-foreign-key columns
+    rows: int
+    parent: tuple[str, str] | None = None  # (foreign-key column, parent table)
+
+
+def _names(first: list[str], last: list[str]) -> tuple[str, ...]:
+    return tuple(f"{f} {l}" for f in first for l in last)
+
+
+DOMAINS: dict[str, tuple[Table, ...]] = {
+    "school_club": (
+        Table("club", "club", "clubs", "club_id", (
+            Column("club_name", "text", "name", ("Chess", "Robotics", "Drama", "Hiking", "Jazz", "Poetry",
+                                                 "Rowing", "Astronomy", "Cooking", "Debate")),
+            Column("location", "text", "location", tuple(CITIES)),
+            Column("founded_year", "number", "founded year", low=1950, high=2020),
+        ), rows=10),
+        Table("student", "student", "students", "student_id", (
+            Column("name", "text", "name", _names(FIRST, LAST[:8])),
+            Column("age", "number", "age", low=17, high=30),
+            Column("major", "text", "major", ("Math", "History", "Biology", "Physics", "Art", "Law", "Music")),
+            Column("city", "text", "city", tuple(CITIES)),
+        ), rows=60, parent=("club_id", "club")),
+    ),
+    "bookstore": (
+        Table("author", "author", "authors", "author_id", (
+            Column("name", "text", "name", _names(FIRST, LAST[8:])),
+            Column("country", "text", "country", tuple(COUNTRIES)),
+            Column("birth_year", "number", "birth year", low=1920, high=1995),
+        ), rows=25),
+        Table("book", "book", "books", "book_id", (
+            Column("title", "text", "title", tuple(f"{a} {b}" for a in ("Silent", "Red", "Hidden", "Last", "Paper",
+                                                                        "Golden", "Broken", "Winter")
+                                                   for b in ("River", "Garden", "Letters", "Harbor", "Clock",
+                                                         "Forest", "Mirror", "Road"))),
+            Column("genre", "text", "genre", ("Mystery", "Poetry", "Fantasy", "Biography", "Science", "Travel")),
+            Column("price", "number", "price", low=5, high=60),
+            Column("pages", "number", "pages", low=80, high=900),
+        ), rows=60, parent=("author_id", "author")),
+    ),
+    "company": (
+        Table("department", "department", "departments", "department_id", (
+            Column("dept_name", "text", "name", ("Sales", "Finance", "Research", "Support", "Legal", "Design",
+                                                 "Logistics", "Marketing")),
+            Column("budget", "number", "budget", low=100, high=990),
+            Column("floor", "number", "floor", low=1, high=12),
+        ), rows=8),
+        Table("employee", "employee", "employees", "employee_id", (
+            Column("name", "text", "name", _names(FIRST[::-1], LAST[4:14])),
+            Column("salary", "number", "salary", low=300, high=950),
+            Column("title", "text", "title", ("Manager", "Engineer", "Analyst", "Clerk", "Director", "Intern")),
+            Column("hire_year", "number", "hire year", low=1995, high=2024),
+        ), rows=60, parent=("department_id", "department")),
+    ),
+    "music_festival": (
+        Table("festival", "festival", "festivals", "festival_id", (
+            Column("festival_name", "text", "name", tuple(f"{c} {s}" for c in CITIES[:6]
+                                                          for s in ("Sound", "Beats"))),
+            Column("city", "text", "city", tuple(CITIES)),
+            Column("attendance", "number", "attendance", low=200, high=9000),
+        ), rows=12),
+        Table("band", "band", "bands", "band_id", (
+            Column("band_name", "text", "name", tuple(f"The {a} {b}" for a in ("Blue", "Wild", "Iron", "Velvet",
+                                                                               "Neon", "Lunar", "Stone")
+                                                      for b in ("Owls", "Tides", "Foxes", "Echoes", "Pilots"))),
+            Column("genre", "text", "genre", ("Rock", "Jazz", "Folk", "Pop", "Metal", "Soul")),
+            Column("members", "number", "members", low=2, high=9),
+            Column("formed_year", "number", "formed year", low=1970, high=2022),
+        ), rows=40, parent=("festival_id", "festival")),
+    ),
+}
+
+
+def _make_rows(rng: random.Random, tables: tuple[Table, ...]) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {}
+    for table in tables:
+        out = []
+        for i in range(1, table.rows + 1):
+            row: dict = {table.key: i}
+            for col in table.columns:
+                if col.type == "number":
+                    row[col.name] = rng.randint(col.low, col.high)
+                elif col.values and len(col.values) >= table.rows and col is table.columns[0]:
+                    row[col.name] = None  # filled below with distinct values
+                else:
+                    row[col.name] = rng.choice(col.values)
+            if table.parent:
+                fk, parent = table.parent
+                row[fk] = rng.randint(1, len(rows[parent]))
+            out.append(row)
+        first = table.columns[0]
+        if first.type == "text" and len(first.values) >= table.rows:  # the name column is unique
+            for row, value in zip(out, rng.sample(first.values, table.rows)):
+                row[first.name] = value
+        rows[table.name] = out
+    return rows
+
+
+def _write_db(path: Path, tables: tuple[Table, ...], rows: dict[str, list[dict]]) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        for table in tables:
+            cols = [f"{table.key} INTEGER PRIMARY KEY"]
+            cols += [f"{c.name} {'INTEGER' if c.type == 'number' else 'TEXT'}" for c in table.columns]
+            if table.parent:
+                fk, parent = table.parent
+                parent_key = next(t.key for t in tables if t.name == parent)
+                cols.append(f"{fk} INTEGER")
+                cols.append(f"FOREIGN KEY ({fk}) REFERENCES {parent}({parent_key})")
+            conn.execute(f"CREATE TABLE {table.name} ({', '.join(cols)})")
+            names = list(rows[table.name][0])
+            conn.executemany(
+                f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                [tuple(r[n] for n in names) for r in rows[table.name]],
+            )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _table_entry(db_id: str, tables: tuple[Table, ...]) -> dict:
+    """The tables.json entry, with Spider's conventions (index 0 is `*`, keys are column indexes)."""
+    column_names, column_types, primary_keys, index = [[-1, "*"]], ["text"], [], {}
+    for t_idx, table in enumerate(tables):
+        cols = [(table.key, "number")] + [(c.name, c.type) for c in table.columns]
+        if table.parent:
+            cols.append((table.parent[0], "number"))
+        for name, ctype in cols:
+            index[(table.name, name)] = len(column_names)
+            column_names.append([t_idx, name])
+            column_types.append(ctype)
+        primary_keys.append(index[(table.name, table.key)])
+    foreign_keys = []
+    for table in tables:
+        if table.parent:
+            fk, parent = table.parent
+            parent_key = next(t.key for t in tables if t.name == parent)
+            foreign_keys.append([index[(table.name, fk)], index[(parent, parent_key)]])
+    readable = [[t, n.replace("_", " ")] for t, n in column_names]
+    return {
+        "db_id": db_id,
+        "table_names_original": [t.name for t in tables],
+        "table_names": [t.name.replace("_", " ") for t in tables],
+        "column_names_original": column_names,
+        "column_names": readable,
+        "column_types": column_types,
+        "primary_keys": primary_keys,
+        "foreign_keys": foreign_keys,
+    }
+
+
+def _questions(rng: random.Random, tables: tuple[Table, ...], rows: dict[str, list[dict]]) -> tuple[str, str]:
+    """One templated (question, gold SQL) pair drawn at random."""
+    table = rng.choice(tables)
+    data = rows[table.name]
+    nums = [c for c in table.columns if c.type == "number"]
+    texts = [c for c in table.columns if c.type == "text"]
+    row = rng.choice(data)
+    kind = rng.choice(["select", "count", "agg", "where_num", "where_text", "count_where", "group", "top", "join"])
+    sel = rng.choice(texts)
+    num = rng.choice(nums)
+    if kind == "select":
+        lead = rng.choice(["List the", "Show the", "What are the", "Give me the"])
+        return (f"{lead} {sel.phrase} of all {table.plural}.", f"SELECT {sel.name} FROM {table.name}")
+    if kind == "count":
+        lead = rng.choice(["How many {} are there?", "Count the {}.", "What is the number of {}?"])
+        return (lead.format(table.plural), f"SELECT count(*) FROM {table.name}")
+    if kind == "agg":
+        fn, word = rng.choice([("avg", "average"), ("max", "maximum"), ("min", "minimum"), ("sum", "total")])
+        return (f"What is the {word} {num.phrase} of all {table.plural}?", f"SELECT {fn}({num.name}) FROM {table.name}")
+    if kind == "where_num":
+        op, word = rng.choice([(">", "greater than"), ("<", "less than"), (">", "above"), ("<", "below")])
+        lead = rng.choice(["Show the", "List the", "Which are the"])
+        value = rng.randint(num.low, num.high)
+        return (f"{lead} {sel.phrase} of {table.plural} whose {num.phrase} is {word} {value}.",
+                f"SELECT {sel.name} FROM {table.name} WHERE {num.name} {op} {value}")
+    if kind == "where_text":
+        key = rng.choice([c for c in texts if c is not sel] or texts)
+        return (f"What is the {num.phrase} of the {table.singular} whose {key.phrase} is {row[key.name]}?",
+                f"SELECT {num.name} FROM {table.name} WHERE {key.name} = '{row[key.name]}'")
+    if kind == "count_where":
+        key = rng.choice(texts)
+        return (f"How many {table.plural} have {key.phrase} {row[key.name]}?",
+                f"SELECT count(*) FROM {table.name} WHERE {key.name} = '{row[key.name]}'")
+    if kind == "group":
+        key = rng.choice(texts[1:] or texts)
+        return (f"Show each {key.phrase} and the number of {table.plural} with it.",
+                f"SELECT {key.name}, count(*) FROM {table.name} GROUP BY {key.name}")
+    if kind == "top":
+        k = rng.randint(1, 5)
+        order, word = rng.choice([("DESC", "highest"), ("ASC", "lowest")])
+        return (f"What are the {sel.phrase} of the {k} {table.plural} with the {word} {num.phrase}?",
+                f"SELECT {sel.name} FROM {table.name} ORDER BY {num.name} {order} LIMIT {k}")
+    # join: a child column filtered by a parent's name
+    child = next(t for t in tables if t.parent)
+    fk, parent_name = child.parent
+    parent = next(t for t in tables if t.name == parent_name)
+    prow = rng.choice(rows[parent.name])
+    pname = parent.columns[0]
+    csel = rng.choice([c for c in child.columns if c.type == "text"])
+    return (f"Show the {csel.phrase} of {child.plural} in the {parent.singular} with {pname.phrase} {prow[pname.name]}.",
+            f"SELECT T1.{csel.name} FROM {child.name} AS T1 JOIN {parent.name} AS T2 ON T1.{fk} = T2.{parent.key} "
+            f"WHERE T2.{pname.name} = '{prow[pname.name]}'")
+
+
+def _examples(rng: random.Random, n: int, dbs: dict, exclude: set[str] = frozenset()) -> list[dict]:
+    out, seen = [], set(exclude)
+    db_ids = sorted(dbs)
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > n * 200:
+            raise RuntimeError(f"could only generate {len(out)} distinct questions of {n}; lower the count")
+        db_id = rng.choice(db_ids)
+        tables, rows = dbs[db_id]
+        question, query = _questions(rng, tables, rows)
+        if question in seen:
+            continue
+        seen.add(question)
+        out.append({"db_id": db_id, "question": question, "query": query})
+    return out
+
+
+def generate_sample(out_dir: str | os.PathLike, seed: int = 0, n_train: int = 3000, n_dev: int = 200) -> Path:
+    """Write the sample dataset into `out_dir` (created atomically: temp dir, then rename)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        rng = random.Random(seed)
+        dbs = {}
+        for db_id, tables in DOMAINS.items():
+            rows = _make_rows(rng, tables)
+            (tmp / "database" / db_id).mkdir(parents=True)
+            _write_db(tmp / "database" / db_id / f"{db_id}.sqlite", tables, rows)
+            dbs[db_id] = (tables, rows)
+        dev = _examples(rng, n_dev, dbs)
+        train = _examples(rng, n_train, dbs, exclude={e["question"] for e in dev})
+        tables_json = [_table_entry(db_id, tables) for db_id, (tables, _) in dbs.items()]
+        _dump(tmp / "tables.json", tables_json)
+        _dump(tmp / "train_spider.json", train)
+        _dump(tmp / "dev.json", dev)
+        for name, split in (("train_gold.sql", train), ("dev_gold.sql", dev)):
+            (tmp / name).write_text("".join(f"{e['query']}\t{e['db_id']}\n" for e in split), encoding="utf-8")
+        (tmp / "README.md").write_text(
+            f"Generated text-to-SQL sample (seed {seed}, {n_train} train / {n_dev} dev) in Spider's layout.\n",
+            encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _dump(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def ensure_sample(root: str | os.PathLike, seed: int = 0, n_train: int = 3000, n_dev: int = 200) -> Path:
+    """Return `root`, generating the sample there first if it is not complete yet (cheap when cached)."""
+    root = Path(root)
+    if not (root / "dev_gold.sql").is_file():
+        generate_sample(root, seed=seed, n_train=n_train, n_dev=n_dev)
+    return root

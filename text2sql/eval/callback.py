@@ -1,0 +1,139 @@
+"""Execution accuracy after every (n-th) validation epoch, logged to every logger and saved to the run dir.
+
+The callback generates SQL for the dev split (or a fixed-seed subset) with the model being trained, runs
+prediction and gold on the example's SQLite database through the safe evaluator (read-only, timeouts,
+gold results cached for the whole run) and logs `val/execution_accuracy`, per-hardness EX and the share of
+each verdict status. Under several ranks each rank generates its shard; rank 0 scores and broadcasts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from text2sql.eval.generate import generate_sql
+
+log = logging.getLogger(__name__)
+
+MONITOR = "val/execution_accuracy"
+
+
+class ExecutionAccuracyCallback(pl.Callback):
+    def __init__(
+        self,
+        db_dir: str,
+        output_dir: str | None = None,
+        every_n_epochs: int = 1,
+        limit: int | None = None,
+        seed: int = 0,
+        batch_size: int = 16,
+        max_new_tokens: int = 128,
+        timeout: float = 30.0,
+        workers: int | None = None,
+        table_rows: int = 100,
+    ):
+        self.db_dir, self.every_n_epochs, self.limit, self.seed = db_dir, every_n_epochs, limit, seed
+        self.batch_size, self.max_new_tokens, self.timeout, self.workers = batch_size, max_new_tokens, timeout, workers
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.table_rows = table_rows
+        self._evaluator = None
+        self._items = None
+        self.history: list[dict] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage):
+        for logger in trainer.loggers:  # W&B: the run summary keeps the best EX, not the last
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "define_metric") and trainer.is_global_zero:
+                experiment.define_metric(MONITOR, summary="max")
+
+    def teardown(self, trainer, pl_module, stage):
+        if self._evaluator is not None:
+            self._evaluator.close()
+            self._evaluator = None
+
+    def _evaluator_for_run(self):
+        if self._evaluator is None:  # one per run: the gold results it caches never change between epochs
+            from text2sql.eval.execute import ExecutionEvaluator
+
+            self._evaluator = ExecutionEvaluator(self.db_dir, timeout=self.timeout, workers=self.workers)
+        return self._evaluator
+
+    # -- the per-epoch work ----------------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if self._items is None:
+            self._items = trainer.datamodule.eval_items(self.limit, self.seed)
+        rank, world = trainer.global_rank, trainer.world_size
+        shard = self._items[rank::world]
+        preds = self._generate(trainer, pl_module, shard)
+        gathered = [list(zip((it.index for it in shard), preds))]
+        if world > 1:
+            import torch.distributed as dist
+
+            gathered = [None] * world
+            dist.all_gather_object(gathered, list(zip((it.index for it in shard), preds)))
+        metrics = None
+        if trainer.is_global_zero:
+            by_index = {i: p for part in gathered for i, p in part}
+            metrics = self._score(trainer, [by_index[it.index] for it in self._items])
+        metrics = trainer.strategy.broadcast(metrics, src=0)
+        for name, value in metrics.items():
+            pl_module.log(name, value, prog_bar=name == MONITOR, sync_dist=False)
+
+    def _generate(self, trainer, pl_module, shard) -> list[str]:
+        model = pl_module.model
+        tokenizer = trainer.datamodule.tokenizer
+        show = trainer.is_global_zero and trainer.progress_bar_callback is not None
+        with Progress(TextColumn("[bold]generating SQL (epoch {task.fields[epoch]})"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), disable=not show, transient=True) as bar:
+            task = bar.add_task("gen", total=len(shard), epoch=trainer.current_epoch)
+            return generate_sql(model, tokenizer, [it.source_ids for it in shard], batch_size=self.batch_size,
+                                max_new_tokens=self.max_new_tokens, progress=lambda n: bar.advance(task, n))
+
+    def _score(self, trainer, preds: list[str]) -> dict[str, float]:
+        from text2sql.eval.metrics import summarize
+
+        verdicts = self._evaluator_for_run().evaluate([(it.db_id, it.gold, p) for it, p in zip(self._items, preds)])
+        summary = summarize(verdicts)
+        metrics = {f"val/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float)) and k != "count"}
+        metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
+        epoch = trainer.current_epoch
+        rows = [
+            {"index": it.index, "db_id": it.db_id, "question": it.question, "gold": it.gold, "prediction": p,
+             "status": v.status, "hardness": v.hardness, "correct": v.correct, "error": v.error}
+            for it, p, v in zip(self._items, preds, verdicts)
+        ]
+        self._save(epoch, rows)
+        self._log_table(trainer, epoch, rows)
+        log.info("epoch %d: execution accuracy %.3f on %d dev examples", epoch, metrics.get(MONITOR, 0.0), len(rows))
+        self.history.append({"epoch": epoch, **metrics})
+        return metrics
+
+    def _save(self, epoch: int, rows: list[dict]) -> None:
+        if self.output_dir is None:
+            return
+        out = self.output_dir / "predictions"
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / f"epoch_{epoch}.jsonl", "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        (out / f"epoch_{epoch}_pred.sql").write_text("".join(r["prediction"] + "\n" for r in rows), encoding="utf-8")
+
+    def _log_table(self, trainer, epoch: int, rows: list[dict]) -> None:
+        for logger in trainer.loggers:
+            if type(logger).__name__ != "WandbLogger":
+                continue
+            import wandb
+
+            columns = ["epoch", "db_id", "question", "gold", "prediction", "status", "hardness"]
+            table = wandb.Table(columns=columns)
+            for r in rows[: self.table_rows]:
+                table.add_data(epoch, *(r[c] for c in columns[1:]))
+            logger.experiment.log({"val/examples": table, "trainer/global_step": trainer.global_step})

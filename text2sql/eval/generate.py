@@ -1,0 +1,78 @@
+"""Batched greedy generation and SQL extraction: one code path for the per-epoch callback and `predict`.
+
+Prompts are sorted by length and left-padded per batch, decoded greedily with the KV cache until EOS or
+`max_new_tokens`; the continuation is cut to one single-line SQL statement (DB-GPT-Hub's pred.sql format).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+
+_FENCE = re.compile(r"```(?:sql)?\s*(.*?)(?:```|$)", re.S | re.I)
+
+
+def extract_sql(text: str) -> str:
+    """The first SQL statement in a model continuation, on one line (empty string when there is none)."""
+    text = text.strip()
+    fenced = _FENCE.search(text)
+    if fenced:
+        text = fenced.group(1)
+    for stop in ("</s>", "<|im_end|>", "[INST]", "###"):
+        text = text.split(stop, 1)[0]
+    text = text.split(";", 1)[0]
+    return " ".join(text.split())
+
+
+@torch.no_grad()
+def generate_sql(
+    model,
+    tokenizer,
+    sources: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    progress=None,
+) -> list[str]:
+    """Greedy continuations of `sources` (token id lists), returned as extracted SQL in input order.
+
+    `progress`, if given, is called with the number of examples finished after each batch.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(p for p in model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    eos_id = tokenizer.eos_token_id
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
+    out: list[str] = [""] * len(sources)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(sources[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):  # left padding: every prompt ends at the same position
+                ids = list(sources[i])
+                input_ids[row, width - len(ids):] = torch.tensor(ids)
+                attention[row, width - len(ids):] = 1
+            generated = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                use_cache=True,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+            )
+            new_tokens = generated[:, width:]
+            for row, i in enumerate(idx):
+                out[i] = extract_sql(tokenizer.decode(new_tokens[row], skip_special_tokens=True))
+            if progress is not None:
+                progress(len(idx))
+    finally:
+        if was_training:
+            model.train()
+    return out

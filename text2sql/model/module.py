@@ -1,0 +1,47 @@
+"""The LightningModule: next-token loss on the SQL tokens only, AdamW, a warmup + decay schedule."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig
+from transformers import get_scheduler
+
+
+class Text2SQLModule(pl.LightningModule):
+    """Wraps a (PEFT) causal LM. Batches carry `labels` with -100 on every prompt token."""
+
+    def __init__(self, model: torch.nn.Module, optim: DictConfig):
+        super().__init__()
+        self.model = model
+        self.optim = optim
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.model(**batch).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {self.global_step}")
+        n = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self.model(**batch).loss
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.optim.lr,
+            betas=tuple(self.optim.betas),
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = self.optim.warmup_steps if self.optim.warmup_steps is not None else int(self.optim.warmup_ratio * total)
+        scheduler = get_scheduler(self.optim.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,48 @@
+"""Wrap a base model with the configured parameter-efficient method (or none, for full fine-tuning)."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def _as_list(value):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value if value == "all-linear" else [v.strip() for v in value.split(",") if v.strip()]
+    return list(OmegaConf.to_container(value, resolve=True)) if not isinstance(value, list) else value
+
+
+def apply_peft(model, peft_cfg: DictConfig):
+    """Return the model to train: a PEFT model for `lora`, the model itself for `full`."""
+    method = peft_cfg.method
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if method != "lora":
+        raise ValueError(f"unknown peft.method '{method}' (expected lora or full)")
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=int(peft_cfg.r),
+        lora_alpha=float(peft_cfg.alpha),
+        lora_dropout=float(peft_cfg.dropout),
+        target_modules=_as_list(peft_cfg.target_modules),
+        modules_to_save=_as_list(peft_cfg.get("modules_to_save")),
+        bias="none",
+    )
+    model = get_peft_model(model, config)
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,61 @@
+"""Fine-tune a code LLM on text-to-SQL: `python train.py [model=...] [peft=...] [hardware=...] [key=value ...]`.
+
+Reads top to bottom as the recipe: data -> tokenizer/model -> PEFT -> Lightning module -> trainer -> fit.
+Returns `val/execution_accuracy` (the config's `optimized_metric`) so Hydra sweepers can optimise it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger("text2sql.train")
+
+
+def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+
+    from text2sql.data.datasets import corpus
+    from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
+    from text2sql.model.module import Text2SQLModule
+    from text2sql.model.peft import apply_peft, count_parameters
+    from text2sql.run import flat_hparams, job_dir, wandb_identity
+    from text2sql.train_history import EpochHistory
+
+    pl.seed_everything(cfg.seed, workers=True)
+
+    dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use)
+    model_path = resolve_model_path(cfg.model, corpus=lambda: corpus(dataset, "train"))
+    tokenizer = load_tokenizer(cfg.model, model_path)
+    datamodule = instantiate(cfg.data, dataset=dataset, tokenizer=tokenizer)
+
+    model = apply_peft(load_model(cfg.model, model_path, tokenizer), cfg.peft)
+    trainable, total = count_parameters(model)
+    log.info("model %s: %s trainable of %s parameters", cfg.model.name, f"{trainable:,}", f"{total:,}")
+    module = Text2SQLModule(model, cfg.optim)
+
+    callbacks = [instantiate(c, db_dir=str(dataset.root / "database")) if "ExecutionAccuracy" in c._target_
+                 else instantiate(c) for c in cfg.callbacks.values()]
+    callbacks.append(EpochHistory(history))
+    loggers = [instantiate(lg, **{k: v for k, v in wandb_identity(cfg).items() if lg.get(k, "") is None})
+               for lg in (cfg.get("logger") or {}).values()]
+    for lg in loggers:
+        lg.log_hyperparams(flat_hparams(cfg))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      default_root_dir=str(job_dir()))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    return history
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from text2sql.run import run_job
+
+    return run_job(cfg, train)
+
+
+if __name__ == "__main__":
+    main()
