@@ -30,7 +30,7 @@ def make_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None =
 def ok_metrics(ex: list[float], losses: list[float], wall: float = 12.5) -> dict:
     history = []
     for epoch, (e, loss) in enumerate(zip(ex, losses)):
-        history.append({"epoch": epoch, "val/execution_accuracy": e, "train/loss": loss,
+        history.append({"epoch": epoch, "val/execution_accuracy": e, "train/loss": loss, "val/loss": loss + 0.5,
                         "val/ex_easy": min(1.0, e + 0.1), "val/ex_medium": e, "val/ex_hard": max(0.0, e - 0.1)})
     best_epoch = max(range(len(ex)), key=lambda i: (ex[i], -i))
     return {"final": dict(history[-1]), "history": history,
@@ -79,7 +79,7 @@ def test_summary_md(sweep: Path):
     md = (sweep / "summary.md").read_text()
     table = [ln for ln in md.splitlines() if ln.startswith("|")]
     header = [c.strip() for c in table[0].strip("|").split("|")]
-    assert header == ["rank", "job", "peft.r", "optim.lr", "best EX", "epoch", "final train loss",
+    assert header == ["rank", "job", "peft.r", "optim.lr", "best EX", "epoch", "final train loss", "final val loss",
                       "EX easy", "EX medium", "EX hard", "wall time", "status"]
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in table[2:]]
     assert [r[1] for r in rows] == ["1", "2", "0", "3", "10"]
@@ -95,7 +95,7 @@ def test_summary_csv(sweep: Path):
     with (sweep / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["rank", "job", "peft.r", "optim.lr", "best_execution_accuracy", "best_epoch", "epochs",
-                             "final_train_loss", "ex_easy", "ex_medium", "ex_hard", "wall_time_s", "status", "error",
+                             "final_train_loss", "final_val_loss", "ex_easy", "ex_medium", "ex_hard", "wall_time_s", "status", "error",
                              "job_dir"]
     assert [r["job"] for r in rows] == ["1", "2", "0", "3", "10"]
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"]
@@ -162,3 +162,14 @@ def test_error_txt_and_null_best(tmp_path: Path):
     assert [(j.name, j.status) for j in rep.jobs] == [("2", "ok"), ("0", "failed"), ("1", "failed")]
     assert rep.jobs[1].error == "RuntimeError: loss is NaN"
     assert rep.jobs[2].error == "FloatingPointError: NaN loss" and rep.jobs[2].best is None
+
+
+def test_ties_go_to_the_lower_val_loss(tmp_path: Path):
+    d = tmp_path / "sweep"
+    make_job(d, 0, ["optim.lr=1e-3"], ok_metrics([0.0, 0.0], [2.0, 1.8]))
+    make_job(d, 1, ["optim.lr=2e-3"], ok_metrics([0.0, 0.0], [2.0, 1.2]))
+    make_job(d, 2, ["optim.lr=5e-3"], ok_metrics([0.0, 0.0], [2.0, 1.5]))
+    rep = report.build_report(d)
+    assert [j.name for j in rep.jobs] == ["1", "2", "0"]
+    assert rep.jobs[0].val_loss == pytest.approx(1.7)
+    assert len(rep.jobs[0].loss_history) == 2

@@ -30,6 +30,7 @@ DEFAULT_METRIC = "val/execution_accuracy"
 HARDNESS = ("easy", "medium", "hard", "extra")
 # Lightning names an epoch-aggregated metric logged with on_step=True and on_epoch=True "<name>_epoch".
 LOSS_KEYS = ("train/loss_epoch", "train/loss", "train_loss", "loss")
+VAL_LOSS_KEY = "val/loss"
 SUMMARY_FILES = ("summary.md", "summary.csv", "summary.png")
 _EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt|Exit)\b.*")
 
@@ -48,6 +49,8 @@ class Job:
     history: list[tuple[int, float]] = field(default_factory=list)  # (epoch, metric) for the curve
     epochs: int = 0                # number of epochs recorded in history
     final_loss: float | None = None
+    val_loss: float | None = None  # last epoch's val/loss: breaks ties in the metric (lower first)
+    loss_history: list[tuple[int, float]] = field(default_factory=list)  # (epoch, val/loss)
     hardness: dict[str, float] = field(default_factory=dict)       # "easy" -> EX at the best epoch
     wall_time_s: float | None = None
 
@@ -170,6 +173,12 @@ def read_job(job_dir: Path, metric: str = DEFAULT_METRIC) -> Job:
         epoch = int(epoch) if _finite(epoch) is not None else i
         if value is not None:
             job.history.append((epoch, value))
+        if _finite(h.get(VAL_LOSS_KEY)) is not None:
+            job.loss_history.append((epoch, _finite(h[VAL_LOSS_KEY])))
+    if job.loss_history:
+        job.val_loss = job.loss_history[-1][1]
+    elif _finite(final.get(VAL_LOSS_KEY)) is not None:
+        job.val_loss = _finite(final[VAL_LOSS_KEY])
     job.epochs = len({h.get("epoch", i) for i, h in enumerate(history)})
 
     best_entry: dict = {}
@@ -256,12 +265,16 @@ def fixed_overrides(jobs: list[Job], swept: list[str]) -> dict[str, Any]:
 
 
 def rank(jobs: list[Job]) -> list[Job]:
-    """Best metric first; ok jobs without the metric next; failed jobs last; ties by job order."""
+    """Best metric first; ok jobs without the metric next; failed jobs last.
+
+    Ties (common early on, when every job still has 0 EX) go to the lower final val/loss, then to job order.
+    """
     order = {id(j): i for i, j in enumerate(jobs)}
 
     def key(j: Job) -> tuple:
         group = 2 if j.status != "ok" else (1 if j.best is None else 0)
-        return (group, -(j.best if j.best is not None else 0.0), order[id(j)])
+        return (group, -(j.best if j.best is not None else 0.0),
+                j.val_loss if j.val_loss is not None else math.inf, order[id(j)])
 
     return sorted(jobs, key=key)
 
@@ -301,10 +314,10 @@ def _short(metric: str) -> str:
 def _columns(metric: str, swept: list[str], jobs: list[Job]) -> tuple[list[str], list[str]]:
     hardness = [h for h in HARDNESS if any(h in j.hardness for j in jobs)]
     short = _short(metric)
-    md = ["rank", "job", *swept, f"best {short}", "epoch", "final train loss",
+    md = ["rank", "job", *swept, f"best {short}", "epoch", "final train loss", "final val loss",
           *[f"EX {h}" for h in hardness], "wall time", "status"]
     csv_cols = ["rank", "job", *swept, f"best_{metric.rsplit('/', 1)[-1]}", "best_epoch", "epochs", "final_train_loss",
-                *[f"ex_{h}" for h in hardness], "wall_time_s", "status", "error", "job_dir"]
+                "final_val_loss", *[f"ex_{h}" for h in hardness], "wall_time_s", "status", "error", "job_dir"]
     return md, csv_cols
 
 
@@ -313,7 +326,7 @@ def _rows(ranked: list[Job], swept: list[str]) -> list[dict]:
     for i, j in enumerate(ranked, 1):
         rows.append({
             "rank": i, "job": j.name, "swept": [j.overrides.get(k) for k in swept],
-            "best": j.best, "best_epoch": j.best_epoch, "epochs": j.epochs, "final_loss": j.final_loss,
+            "best": j.best, "best_epoch": j.best_epoch, "epochs": j.epochs, "final_loss": j.final_loss, "val_loss": j.val_loss,
             "hardness": dict(j.hardness), "wall": j.wall_time_s, "status": j.status, "error": j.error,
             "path": j.path,
         })
@@ -330,6 +343,7 @@ def write_csv(path: Path, ranked: list[Job], swept: list[str], metric: str) -> N
             w.writerow([r["rank"], r["job"], *["" if v is None else v for v in r["swept"]],
                         "" if r["best"] is None else r["best"], "" if r["best_epoch"] is None else r["best_epoch"],
                         r["epochs"], "" if r["final_loss"] is None else r["final_loss"],
+                        "" if r["val_loss"] is None else r["val_loss"],
                         *[r["hardness"].get(h, "") for h in hardness],
                         "" if r["wall"] is None else round(r["wall"], 3), r["status"], r["error"] or "",
                         r["path"].name])
@@ -352,7 +366,8 @@ def markdown(sweep_dir: Path, ranked: list[Job], swept: list[str], metric: str) 
     n_ok = sum(j.status == "ok" for j in ranked)
     lines = [f"# Sweep `{sweep_dir.name}`", ""]
     lines.append(f"{len(ranked)} jobs ({n_ok} ok, {len(ranked) - n_ok} failed), ranked by the best `{metric}` "
-                 f"over the epochs (epoch numbers as in `predictions/epoch_<n>.jsonl`; per-hardness EX at that epoch).")
+                 f"over the epochs, ties by the lower final val loss (epoch numbers as in `predictions/epoch_<n>.jsonl`; "
+                 f"per-hardness EX at the best epoch).")
     fixed = fixed_overrides(ranked, swept)
     if fixed:
         lines += ["", "Fixed overrides: " + " ".join(f"`{k}={_fmt(v)}`" for k, v in fixed.items())]
@@ -365,7 +380,7 @@ def markdown(sweep_dir: Path, ranked: list[Job], swept: list[str], metric: str) 
     for r in _rows(ranked, swept):
         status = r["status"] if not r["error"] else f"{r['status']}: {r['error']}"
         cells = [r["rank"], r["job"], *[_fmt(v) for v in r["swept"]], _fmt(r["best"]),
-                 "" if r["best_epoch"] is None else r["best_epoch"], _fmt(r["final_loss"]),
+                 "" if r["best_epoch"] is None else r["best_epoch"], _fmt(r["final_loss"]), _fmt(r["val_loss"]),
                  *[_fmt(r["hardness"].get(h)) for h in hardness], _fmt_time(r["wall"]), status]
         lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
     lines += ["", "![sweep summary](summary.png)", ""]
@@ -377,6 +392,13 @@ def _job_label(job: Job, swept: list[str]) -> str:
     return f"{job.name}: {values}" if values else job.name
 
 
+def _unit_ylim(ax, values: list[float]) -> None:
+    """For a share in [0, 1] (EX): start the axis at 0, and keep it readable when every value is 0."""
+    if values and all(0.0 <= v <= 1.0 for v in values):
+        top = max(values)
+        ax.set_ylim(-0.02 * max(top, 0.1), max(top * 1.08, 0.1))
+
+
 def plot(path: Path, ranked: list[Job], swept: list[str], metric: str, title: str) -> None:
     import matplotlib
 
@@ -385,13 +407,17 @@ def plot(path: Path, ranked: list[Job], swept: list[str], metric: str, title: st
     from matplotlib.gridspec import GridSpec
 
     n_params = len(swept)
-    ncols = max(1, min(n_params, 3))
-    nrows = 1 + math.ceil(n_params / ncols) if n_params else 1
-    fig = plt.figure(figsize=(4.2 * max(ncols, 2), 3.6 * nrows), constrained_layout=True)
+    with_loss = any(j.loss_history for j in ranked)
+    per_row = min(n_params, 3) or 1                             # parameter subplots per row
+    ncols = math.lcm(per_row, 2) if with_loss else per_row      # the top row splits in two when val/loss is there
+    span = ncols // per_row                                     # grid columns per parameter subplot
+    nrows = 1 + math.ceil(n_params / per_row)
+    width = max(4.2 * per_row, 9.0 if with_loss else 6.0)
+    fig = plt.figure(figsize=(width, 3.6 * nrows), constrained_layout=True)
     gs = GridSpec(nrows, ncols, figure=fig)
     short = _short(metric)
 
-    ax = fig.add_subplot(gs[0, :])
+    ax = fig.add_subplot(gs[0, : ncols // 2] if with_loss else gs[0, :])
     plotted = 0
     for job in ranked:
         if not job.history:
@@ -404,15 +430,29 @@ def plot(path: Path, ranked: list[Job], swept: list[str], metric: str, title: st
     ax.set_ylabel(metric)
     ax.set_title(f"{short} per epoch" + (f" ({len(failed)} failed job(s) not shown)" if failed else ""))
     ax.grid(alpha=0.3)
+    _unit_ylim(ax, [v for j in ranked for _, v in j.history])
     if plotted:
         ax.legend(fontsize=7, ncol=2 if plotted > 8 else 1, loc="best", frameon=False)
         ax.xaxis.get_major_locator().set_params(integer=True)
     else:
         ax.text(0.5, 0.5, "no job recorded an epoch", ha="center", va="center", transform=ax.transAxes)
 
+    if with_loss:
+        ax = fig.add_subplot(gs[0, ncols // 2 :])
+        for job in ranked:
+            if job.loss_history:
+                epochs, values = zip(*sorted(job.loss_history))
+                ax.plot(epochs, values, marker="o", ms=3, lw=1.4, label=_job_label(job, swept))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(VAL_LOSS_KEY)
+        ax.set_title(f"{VAL_LOSS_KEY} per epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+
     ok = [j for j in ranked if j.best is not None]
     for i, key in enumerate(swept):
-        ax = fig.add_subplot(gs[1 + i // ncols, i % ncols])
+        col = (i % per_row) * span
+        ax = fig.add_subplot(gs[1 + i // per_row, col : col + span])
         xs = [j.overrides.get(key) for j in ok]
         ys = [j.best for j in ok]
         numeric = xs and all(_finite(x) is not None for x in xs)
@@ -421,6 +461,10 @@ def plot(path: Path, ranked: list[Job], swept: list[str], metric: str, title: st
             ax.scatter(xf, ys, s=28, zorder=3)
             if min(xf) > 0 and max(xf) / min(xf) >= 20:
                 ax.set_xscale("log")
+            distinct = sorted(set(xf))
+            if len(distinct) <= 6:  # a grid: tick exactly the swept values
+                ax.set_xticks(distinct, [_fmt(x) for x in distinct])
+                ax.minorticks_off()
             # mean of the best values at each setting, to read a trend through the other swept keys
             means = {}
             for x, y in zip(xf, ys):
@@ -437,6 +481,7 @@ def plot(path: Path, ranked: list[Job], swept: list[str], metric: str, title: st
             ax.set_xticks(range(len(cats)), cats, rotation=20, fontsize=8)
         else:
             ax.text(0.5, 0.5, "no successful job", ha="center", va="center", transform=ax.transAxes)
+        _unit_ylim(ax, ys)
         ax.set_xlabel(key)
         ax.set_ylabel(f"best {short}")
         ax.grid(alpha=0.3)
@@ -499,13 +544,13 @@ def _print_table(report: Report, top: int) -> None:
     n_ok = sum(j.status == "ok" for j in report.jobs)
     table = Table(title=f"{report.sweep_dir}: {len(report.jobs)} jobs, {n_ok} ok — top {min(top, len(report.jobs))}",
                   title_justify="left")
-    for col in ["#", "job", *report.swept, f"best {short}", "epoch", "loss", "wall", "status"]:
+    for col in ["#", "job", *report.swept, f"best {short}", "epoch", "train loss", "val loss", "wall", "status"]:
         table.add_column(col, justify="left" if col in ("job", "status") else "right",
                          overflow="fold" if col == "status" else "ellipsis")
     for i, j in enumerate(report.jobs[:top], 1):
         status = j.status if not j.error else f"{j.status}: {j.error}"
         table.add_row(str(i), j.name, *[_fmt(j.overrides.get(k)) for k in report.swept], _fmt(j.best),
-                      "" if j.best_epoch is None else str(j.best_epoch), _fmt(j.final_loss),
+                      "" if j.best_epoch is None else str(j.best_epoch), _fmt(j.final_loss), _fmt(j.val_loss),
                       _fmt_time(j.wall_time_s), f"[red]{status}[/red]" if j.status != "ok" else status)
     console = Console()
     console.print(table)
