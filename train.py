@@ -31,6 +31,7 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     model_path = resolve_model_path(cfg.model, corpus=lambda: corpus(dataset, "train"))
     tokenizer = load_tokenizer(cfg.model, model_path)
     datamodule = instantiate(cfg.data, dataset=dataset, tokenizer=tokenizer)
+    datamodule.setup("fit")  # tokenise now: length/truncation statistics are logged with the config
 
     model = apply_peft(load_model(cfg.model, model_path, tokenizer), cfg.peft)
     trainable, total = count_parameters(model)
@@ -43,7 +44,7 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     loggers = [instantiate(lg, **{k: v for k, v in wandb_identity(cfg).items() if lg.get(k, "") is None})
                for lg in (cfg.get("logger") or {}).values()]
     for lg in loggers:
-        lg.log_hyperparams(flat_hparams(cfg))
+        lg.log_hyperparams({**flat_hparams(cfg), "data_stats": datamodule.stats})
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       default_root_dir=str(job_dir()))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from text2sql.data.prompt import encode_record, encode_source
+from text2sql.data.prompt import encode_record, encode_source, length_stats, truncation_counts
 from text2sql.data.spider import SpiderDataset
 
 log = logging.getLogger(__name__)
@@ -108,21 +108,23 @@ class TextToSQLDataModule(pl.LightningDataModule):
         self.train_items: list[dict] | None = None
         self.val_items: list[dict] | None = None
         self.dev_records: list[dict] | None = None
-        self.truncated: dict[str, dict[str, int]] = {}
+        self.stats: dict[str, dict[str, int]] = {}  # token-length and truncation statistics per split
 
     def _encode(self, records: list[dict], split: str) -> list[dict]:
-        out, cut = [], {}
-        for r in records:
-            enc = encode_record(r, self.tokenizer, self.template, self.max_source_length, self.max_target_length,
-                                system_prompt=self.system_prompt)
-            if enc.truncation:
-                cut[enc.truncation] = cut.get(enc.truncation, 0) + 1
-            out.append({"input_ids": enc.input_ids, "labels": enc.labels})
-        self.truncated[split] = cut
-        if cut:
-            log.warning("%s: %d of %d examples truncated to fit max_source_length=%d / max_target_length=%d (%s)", split,
-                        sum(cut.values()), len(records), self.max_source_length, self.max_target_length, cut)
-        return out
+        encoded = [encode_record(r, self.tokenizer, self.template, self.max_source_length, self.max_target_length,
+                                 system_prompt=self.system_prompt) for r in records]
+        cut = truncation_counts(encoded)
+        self.stats[split] = {**length_stats(encoded), **{f"truncated_{k}": v for k, v in cut.items()
+                                                         if k not in ("examples",)}}
+        st = self.stats[split]
+        log.info("%s: %d examples; tokens before truncation: source p50 %d / p95 %d / max %d, "
+                 "target p50 %d / p95 %d / max %d", split, st["count"], st["source_p50"], st["source_p95"],
+                 st["source_max"], st["target_p50"], st["target_p95"], st["target_max"])
+        if cut["truncated"]:
+            kinds = {k: v for k, v in cut.items() if k not in ("examples", "truncated") and v}
+            log.warning("%s: %d of %d examples cut to fit max_source_length=%d / max_target_length=%d (%s)", split,
+                        cut["truncated"], len(records), self.max_source_length, self.max_target_length, kinds)
+        return [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_items is not None:
@@ -134,9 +136,6 @@ class TextToSQLDataModule(pl.LightningDataModule):
         self.train_items = self._encode(train, "train")
         val = self.dev_records[: self.val_loss_limit] if self.val_loss_limit else self.dev_records
         self.val_items = self._encode(val, "dev")
-        lengths = sorted(len(it["input_ids"]) for it in self.train_items)
-        log.info("train: %d examples, tokens p50 %d / p95 %d / max %d; dev: %d examples", len(lengths),
-                 lengths[len(lengths) // 2], lengths[int(len(lengths) * 0.95)], lengths[-1], len(self.dev_records))
 
     def _collate(self, items):
         return pad_batch(items, self.tokenizer.pad_token_id)

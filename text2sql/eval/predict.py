@@ -1,0 +1,167 @@
+"""`text2sql predict`: generate SQL for the dev split with a trained model and write DB-GPT-Hub's pred.sql.
+
+The model is described by the same Hydra config as training (model, peft, dataset, data keys), either
+composed from `conf/` with overrides or taken from a finished run dir (`--run`). Weights come from an
+adapter dir (`--adapter`, what `PeftModel.from_pretrained` reads), a Lightning checkpoint (`--checkpoint`)
+or, with `--run`, the run's saved adapter/model or its last checkpoint. Generation is the callback's:
+batched greedy decoding with left padding and the KV cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from text2sql.cli import CliError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--run", type=Path, help="a training run dir: its config, and its adapter/model or last checkpoint")
+    src.add_argument("--adapter", type=Path, help="a PEFT adapter dir (adapter_config.json) to load on the base model")
+    src.add_argument("--checkpoint", type=Path, help="a Lightning .ckpt written by train.py")
+    parser.add_argument("--out", type=Path, default=Path("pred.sql"), help="where to write one SQL per line (default pred.sql)")
+    parser.add_argument("--split", default="dev", help="dataset split to predict (default dev)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N examples (default all)")
+    parser.add_argument("--batch-size", type=int, default=None, help="generation batch size (default eval.batch_size)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default eval.max_new_tokens")
+    parser.add_argument("--evaluate", action="store_true", help="also score the predictions (execution accuracy)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py: model=... peft.r=8 dataset.root=...")
+
+
+def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictConfig:
+    """The training config: a run's saved one (plus overrides) or a fresh compose of conf/ (plus overrides)."""
+    if run_dir is not None:
+        saved = run_dir / ".hydra" / "config.yaml"
+        if not saved.is_file():
+            raise CliError(f"{run_dir} is not a training run dir (no .hydra/config.yaml)")
+        cfg = OmegaConf.load(saved)
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        return cfg
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+    except HydraException as err:
+        raise CliError(str(err).splitlines()[0]) from None
+
+
+def _resolve_subtree(cfg: DictConfig, key: str) -> DictConfig:
+    """One subtree, resolved against the whole config (other subtrees may hold Hydra-runtime interpolations)."""
+    return OmegaConf.create(OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True))
+
+
+def find_weights(run_dir: Path) -> tuple[str, Path]:
+    """('adapter'|'model'|'checkpoint', path) saved by a run, best first."""
+    for kind, path in (("adapter", run_dir / "adapter"), ("model", run_dir / "model")):
+        if path.is_dir():
+            return kind, path
+    ckpts = sorted((run_dir / "checkpoints").glob("last*.ckpt")) or sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    if ckpts:
+        return "checkpoint", ckpts[-1]
+    raise CliError(f"no adapter/, model/ or checkpoints/*.ckpt in {run_dir}")
+
+
+def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | None):
+    """(model, tokenizer) ready for generation, through the training code's loaders."""
+    import torch
+
+    from text2sql.data.datasets import corpus
+    from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
+    from text2sql.model.peft import apply_peft
+
+    model_cfg, peft_cfg = _resolve_subtree(cfg, "model"), _resolve_subtree(cfg, "peft")
+    kind, path = weights if weights else (None, None)
+    if kind == "model":  # a full fine-tune saved with save_pretrained
+        tokenizer = load_tokenizer(model_cfg, str(path))
+        return load_model(model_cfg, str(path), tokenizer), tokenizer
+    base_path = resolve_model_path(model_cfg, corpus=lambda: corpus(dataset, "train"))
+    tok_path = path if kind == "adapter" and (path / "tokenizer_config.json").is_file() else base_path
+    tokenizer = load_tokenizer(model_cfg, str(tok_path))
+    model = load_model(model_cfg, base_path, tokenizer)
+    if kind == "adapter":
+        from peft import PeftModel
+
+        if not (path / "adapter_config.json").is_file():
+            raise CliError(f"{path} holds no adapter_config.json (not a PEFT adapter dir)")
+        return PeftModel.from_pretrained(model, str(path)), tokenizer
+    if kind == "checkpoint":
+        from text2sql.model.module import Text2SQLModule
+
+        module = Text2SQLModule(apply_peft(model, peft_cfg), _resolve_subtree(cfg, "optim"))
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        result = module.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise CliError(f"{path} does not fit this model/peft config: unexpected keys such as "
+                           f"{result.unexpected_keys[0]}")
+        return module.model, tokenizer
+    return apply_peft(model, peft_cfg) if peft_cfg.method != "full" else model, tokenizer
+
+
+def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int | None = None,
+            batch_size: int | None = None, max_new_tokens: int | None = None, progress: bool = True):
+    """Write `out` (one SQL per line, split order) and return (items, predictions)."""
+    from hydra.utils import instantiate
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from text2sql.data.prompt import encode_source
+    from text2sql.eval.generate import generate_sql
+
+    dataset = instantiate(_resolve_subtree(cfg, "dataset"))
+    model, tokenizer = load_for_inference(cfg, dataset, weights)
+    data_cfg = _resolve_subtree(cfg, "data")
+    eval_cfg = _resolve_subtree(cfg, "eval")
+    records = dataset.records(split)[:limit] if limit else dataset.records(split)
+    sources = [encode_source(r, tokenizer, data_cfg.template, data_cfg.max_source_length,
+                             system_prompt=data_cfg.system_prompt)[0] for r in records]
+    with Progress(TextColumn("[bold]predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not progress) as bar:
+        task = bar.add_task("predict", total=len(sources))
+        preds = generate_sql(model, tokenizer, sources, batch_size=batch_size or eval_cfg.batch_size,
+                             max_new_tokens=max_new_tokens or eval_cfg.max_new_tokens,
+                             progress=lambda n: bar.advance(task, n))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(p + "\n" for p in preds), encoding="utf-8")
+    tmp.replace(out)
+    return dataset, records, preds
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = compose_config(list(args.overrides), args.run)
+    weights = None
+    if args.run is not None:
+        weights = find_weights(args.run)
+    elif args.adapter is not None:
+        weights = ("adapter", args.adapter)
+    elif args.checkpoint is not None:
+        if not args.checkpoint.is_file():
+            raise CliError(f"checkpoint not found: {args.checkpoint}")
+        weights = ("checkpoint", args.checkpoint)
+    if weights and not weights[1].exists():
+        raise CliError(f"{weights[0]} not found: {weights[1]}")
+    if weights is None:
+        print("text2sql predict: no --run/--adapter/--checkpoint given: predicting with the untrained base model",
+              file=sys.stderr)
+    dataset, records, preds = predict(cfg, weights, args.out, args.split, args.limit, args.batch_size,
+                                      args.max_new_tokens, progress=not args.no_progress)
+    print(f"wrote {len(preds)} predictions to {args.out}")
+    if args.evaluate:
+        from text2sql.eval.execute import ExecutionEvaluator
+        from text2sql.eval.metrics import summarize
+
+        eval_cfg = _resolve_subtree(cfg, "eval")
+        with ExecutionEvaluator(dataset.root / "database", timeout=eval_cfg.timeout, workers=eval_cfg.workers) as ev:
+            verdicts = ev.evaluate([(r["db_id"], r["output"], p) for r, p in zip(records, preds)])
+        summary = summarize(verdicts)
+        print(f"execution accuracy: {summary['execution_accuracy']:.4f} on {len(preds)} examples")
+    return 0
