@@ -22,9 +22,11 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
     from text2sql.model.module import Text2SQLModule
     from text2sql.model.peft import apply_peft, count_parameters
+    from text2sql.model.strategy import check_hardware
     from text2sql.run import flat_hparams, job_dir, wandb_identity
     from text2sql.train_history import EpochHistory
 
+    check_hardware(cfg.hardware)  # GPU presets without a GPU: one line, before any data or weights load
     pl.seed_everything(cfg.seed, workers=True)
 
     dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use)

@@ -15,6 +15,30 @@ class Text2SQLModule(pl.LightningModule):
         super().__init__()
         self.model = model
         self.optim = optim
+        # PEFT runs checkpoint only the trainable weights; the frozen base comes from model.path on resume.
+        self.strict_loading = all(p.requires_grad for p in model.parameters())
+
+    def trainable_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only trainable weights (the adapter) in `state_dict`; optimizer/scheduler/loop state stay."""
+        state = checkpoint.get("state_dict")
+        if self.strict_loading or state is None:
+            return
+        keep = self.trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
+        checkpoint["trainable_only"] = True
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Loading is non-strict for the frozen base, so check that every trainable weight is really there."""
+        state = checkpoint.get("state_dict")
+        if state is None or self.strict_loading:
+            return
+        missing = sorted(self.trainable_keys() - set(state))
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} trainable weights of this model (e.g. {missing[0]}); "
+                             "was it saved with another peft/model config?")
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -36,8 +60,9 @@ class Text2SQLModule(pl.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [g for g in groups if g["params"]],  # DeepSpeed ZeRO drops empty groups, then the scheduler's count is off
             lr=self.optim.lr,
             betas=tuple(self.optim.betas),
         )
