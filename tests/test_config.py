@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from conftest import REPO_ROOT
 
@@ -27,9 +27,16 @@ def compose_cfg(overrides: list[str]):
 def resolve_all(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
+    with open_dict(cfg):
+        OmegaConf.set_readonly(cfg.hydra, False)
+        cfg.hydra.runtime.output_dir = "/tmp/out"  # what Hydra sets at run time
     HydraConfig.instance().set_config(cfg)
-    cfg.hydra.runtime.output_dir = "/tmp/out"  # what Hydra sets at run time
-    return OmegaConf.to_container(cfg, resolve=True)
+    return {k: _resolve(cfg, k) for k in cfg if k != "hydra"}
+
+
+def _resolve(cfg, key):
+    node = cfg[key]
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def test_default_config_composes_and_resolves():

@@ -94,8 +94,9 @@ def run_job(cfg: DictConfig, train_fn) -> float:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("job failed, the sweep goes on: %s", message)
             return WORST
-        if isinstance(err, user_errors()):
-            raise SystemExit(f"error: {err}") from None  # one line, no traceback: the user can fix it
+        cause = _user_error(err)
+        if cause is not None:
+            raise SystemExit(f"error: {cause}") from None  # one line, no traceback: the user can fix it
         raise
     finally:
         _finish_wandb()
@@ -113,6 +114,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from text2sql.data.spider import SpiderDataError
 
     return (SpiderDataError, FileNotFoundError, CliError)
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The user error behind `err` (Hydra wraps errors raised inside `instantiate`), or None."""
+    seen = 0
+    while err is not None and seen < 5:
+        if isinstance(err, user_errors()):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
 
 
 def _finish_wandb() -> None:

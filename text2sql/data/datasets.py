@@ -20,8 +20,12 @@ def sample(root: str, seed: int = 0, n_train: int = 3000, n_dev: int = 200, **_i
 
 
 def corpus(dataset: SpiderDataset, split: str = "train"):
-    """Text the tiny model's tokenizer is trained on: every prompt part and target of the split."""
+    """Text the tiny model's tokenizer is trained on: every question and target of the split, and each
+    distinct instruction (schema) once, so the repeated instruction does not crowd words out of the vocab."""
+    seen = set()
     for record in dataset.records(split):
-        yield record["instruction"]
+        if record["instruction"] not in seen:
+            seen.add(record["instruction"])
+            yield record["instruction"]
         yield record["input"]
         yield record["output"]

@@ -280,8 +280,10 @@ def generate_sample(out_dir: str | os.PathLike, seed: int = 0, n_train: int = 30
             (tmp / "database" / db_id).mkdir(parents=True)
             _write_db(tmp / "database" / db_id / f"{db_id}.sqlite", tables, rows)
             dbs[db_id] = (tables, rows)
-        dev = _examples(rng, n_dev, dbs)
-        train = _examples(rng, n_train, dbs, exclude={e["question"] for e in dev})
+        # train first, then dev questions never seen in train: every template is trained on, and dev
+        # measures whether the model carries it over to new values
+        train = _examples(rng, n_train, dbs)
+        dev = _examples(rng, n_dev, dbs, exclude={e["question"] for e in train})
         tables_json = [_table_entry(db_id, tables) for db_id, (tables, _) in dbs.items()]
         _dump(tmp / "tables.json", tables_json)
         _dump(tmp / "train_spider.json", train)
