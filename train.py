@@ -35,7 +35,7 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     datamodule = instantiate(cfg.data, dataset=dataset, tokenizer=tokenizer)
     datamodule.setup("fit")  # tokenise now: length/truncation statistics are logged with the config
 
-    model = apply_peft(load_model(cfg.model, model_path, tokenizer), cfg.peft)
+    model = apply_peft(load_model(cfg.model, model_path, tokenizer, peft_cfg=cfg.peft), cfg.peft)
     trainable, total = count_parameters(model)
     log.info("model %s: %s trainable of %s parameters", cfg.model.name, f"{trainable:,}", f"{total:,}")
     module = Text2SQLModule(model, cfg.optim)
@@ -54,9 +54,14 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    from text2sql.run import run_job
+def main(cfg: DictConfig) -> float | None:
+    from text2sql.run import job_dir, run_job
 
+    if cfg.dry_run:  # size the run from the YAML's architecture: no data, no weights, no download
+        from text2sql.model.sizing import dry_run
+
+        dry_run(cfg, job_dir())
+        return None
     return run_job(cfg, train)
 
 

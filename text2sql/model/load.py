@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -83,7 +84,7 @@ def resolve_model_path(model_cfg: DictConfig, corpus: Callable[[], Iterable[str]
     """
     build = model_cfg.get("build")
     if not build:
-        return str(model_cfg.path)
+        return check_model_path(model_cfg.get("path"), model_cfg.get("name"))
     arch = OmegaConf.to_container(model_cfg.architecture, resolve=True)
     merge = bool(build.get("merge_across_words", True))
     key = _fingerprint({"arch": arch, "vocab": build.vocab_size, "seed": build.seed, "data": build.data_key,
@@ -94,6 +95,115 @@ def resolve_model_path(model_cfg: DictConfig, corpus: Callable[[], Iterable[str]
             raise ValueError(f"tiny model not built yet at {out_dir} and no dataset text given to build it")
         build_tiny_model(out_dir, arch, corpus(), build.vocab_size, build.seed, merge)
     return str(out_dir)
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME")
+                                              else constants.HF_HUB_CACHE)
+
+
+def check_model_path(path, name=None) -> str:
+    """`model.path` as `from_pretrained` takes it, or a one-line FileNotFoundError saying where we looked.
+
+    A local dir must hold a `config.json`. A hub id (`owner/name`) is accepted as is, except offline
+    (`HF_HUB_OFFLINE=1` / `TRANSFORMERS_OFFLINE=1`), where it must already be in the Hugging Face cache.
+    Checked before any data or weights load, so a wrong path costs seconds, not a failed job.
+    """
+    how = "set model.path=<local dir with config.json> or a hub id, e.g. codellama/CodeLlama-13b-Instruct-hf"
+    if path is None or not str(path).strip():
+        raise FileNotFoundError(f"model {name or '?'} has no model.path; {how}")
+    path = str(path)
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"model weights not found: '{local}' has no config.json; {how}")
+        return str(local)
+    looks_local = path.startswith(("/", ".", "~")) or os.sep in path.replace("/", "", 1) or not _HUB_ID.match(path)
+    if looks_local:
+        raise FileNotFoundError(f"model weights not found: no directory '{local}'; {how}")
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "config.json", cache_dir=_hub_cache())
+        if not isinstance(cached, str):
+            raise FileNotFoundError(
+                f"model '{path}' is not in the Hugging Face cache ({_hub_cache()}) and HF_HUB_OFFLINE=1 forbids "
+                f"downloading; fetch it where there is network (`hf download {path}`) or {how}")
+    return path
+
+
+def check_architecture(model_cfg: DictConfig, hf_config) -> list[str]:
+    """Warn where the YAML's `architecture` disagrees with the loaded checkpoint's config (the checkpoint wins)."""
+    arch = model_cfg.get("architecture")
+    if not arch:
+        return []
+    mismatches = []
+    for key, want in OmegaConf.to_container(arch, resolve=True).items():
+        have = getattr(hf_config, key, None)
+        if key == "rope_theta" and have is None:  # transformers 5 keeps it in rope_parameters
+            have = (getattr(hf_config, "rope_parameters", None) or {}).get("rope_theta")
+        if have is None or want is None:
+            continue
+        same = abs(float(have) - float(want)) < 1e-6 * max(1.0, abs(float(want))) \
+            if isinstance(want, float) else have == want
+        if not same:
+            mismatches.append(f"{key}: yaml {want} != checkpoint {have}")
+    if mismatches:
+        log.warning("model %s: the checkpoint's config wins over conf/model (%s)", model_cfg.get("name"),
+                    "; ".join(mismatches))
+    return mismatches
+
+
+def quantization_config(peft_cfg: DictConfig | None):
+    """A transformers `BitsAndBytesConfig` for `peft.quantization` (qlora4 / qlora8), else None."""
+    quant = (peft_cfg or {}).get("quantization") if peft_cfg is not None else None
+    if not quant:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    bits = int(quant.get("bits", 4))
+    if bits == 4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=str(quant.get("quant_type", "nf4")),
+            bnb_4bit_use_double_quant=bool(quant.get("double_quant", True)),
+            bnb_4bit_compute_dtype=getattr(torch, str(quant.get("compute_dtype") or "bfloat16")),
+        )
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(quant.get("int8_threshold", 6.0)))
+    raise ValueError(f"peft.quantization.bits must be 4 or 8, got {bits}")
+
+
+def disable_cpu_weight_repacking(model) -> int:
+    """Keep bitsandbytes 4-bit layers trainable on CPU after an inference pass.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50's `Linear4bit.forward` repacks its weight into a CPU
+    inference layout the first time it runs in eval mode under `no_grad` (a validation or generation pass);
+    that layout has no autograd path, so LoRA gradients are silently None afterwards and the loss stops
+    moving. Turning the repacking off on every 4-bit layer keeps training and inference on one layout.
+    Returns how many layers were changed.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    n = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
 
 
 def load_tokenizer(model_cfg: DictConfig, path: str):
@@ -114,19 +224,37 @@ def load_tokenizer(model_cfg: DictConfig, path: str):
     return tokenizer
 
 
-def load_model(model_cfg: DictConfig, path: str, tokenizer=None):
-    """The base causal LM in the configured dtype (quantisation is added by the peft presets)."""
+def load_model(model_cfg: DictConfig, path: str, tokenizer=None, peft_cfg: DictConfig | None = None):
+    """The base causal LM in `model.dtype`, quantised by bitsandbytes when `peft.quantization` asks for it.
+
+    4-/8-bit weights are quantised while loading (`quantization_config`), placed on this process's GPU
+    (`LOCAL_RANK`) when there is one, else on the CPU. The checkpoint's own config wins over the YAML's
+    `architecture`; a mismatch is logged as a warning.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     dtype = getattr(torch, model_cfg.get("dtype") or "float32")
+    kwargs = dict(model_cfg.get("model_kwargs") or {})
+    quant = quantization_config(peft_cfg)
+    if quant is not None:
+        if peft_cfg.get("method") == "full":
+            raise ValueError("peft.method=full cannot train quantised weights; use peft=lora, qlora4 or qlora8")
+        kwargs["quantization_config"] = quant
+        if torch.cuda.is_available():
+            kwargs.setdefault("device_map", {"": int(os.environ.get("LOCAL_RANK", 0))})
+        else:
+            kwargs.setdefault("device_map", {"": "cpu"})
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **dict(model_cfg.get("model_kwargs") or {}))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     except OSError as err:
         raise FileNotFoundError(
             f"could not load model weights from '{path}' ({str(err).splitlines()[0]}); "
             "set model.path=<local dir or hub id>"
         ) from None
+    if quant is not None:
+        disable_cpu_weight_repacking(model)
+    check_architecture(model_cfg, model.config)
     if tokenizer is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

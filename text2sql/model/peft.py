@@ -18,16 +18,35 @@ def _as_list(value):
 
 
 def apply_peft(model, peft_cfg: DictConfig):
-    """Return the model to train: a PEFT model for `lora`, the model itself for `full`."""
+    """Return the model to train: a PEFT model for `lora` (and the quantised qlora4 / qlora8), the model
+    itself for `full`.
+
+    A quantised base (loaded by `load_model` with `peft.quantization`) goes through PEFT's k-bit preparation
+    first: frozen base, fp32 norms/embeddings/head, input grads for checkpointing. `peft.gradient_checkpointing`
+    turns activation checkpointing on for any method.
+    """
     method = peft_cfg.method
+    checkpointing = bool(peft_cfg.get("gradient_checkpointing") or False)
+    quantised = bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
     if method == "full":
+        if quantised:
+            raise ValueError("peft.method=full cannot train quantised weights; use peft=lora, qlora4 or qlora8")
         for p in model.parameters():
             p.requires_grad_(True)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
     if method != "lora":
         raise ValueError(f"unknown peft.method '{method}' (expected lora or full)")
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    if quantised:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None)
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=int(peft_cfg.r),
