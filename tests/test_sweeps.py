@@ -166,3 +166,132 @@ def test_slurm_preset_composes_to_an_sbatch_script(stub_app: Path, tmp_path: Pat
 
 
 # ------------------------------------------------------------------------------------- real train.py (slow)
+
+
+def run_train(*overrides: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """`python train.py -m ...` in the repo (shares its .cache/text2sql: the tiny model and sample are built once)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "train.py", "-m", *overrides], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+
+
+def wandb_runs(job_dir: Path) -> list[Path]:
+    """The W&B run dirs a job wrote: <job>/wandb/offline-run-<time>-<id> (or run-... when online)."""
+    return sorted(p for p in (job_dir / "wandb").glob("*run-*") if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def smoke_grid(tmp_path_factory) -> Path:
+    sweep_dir = tmp_path_factory.mktemp("sweeps") / "grid"
+    assert_ok(run_train("debug=smoke", "peft.r=4,8", "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep_dir}"))
+    return sweep_dir
+
+
+@pytest.mark.slow
+def test_smoke_grid_2x2_and_report(smoke_grid: Path):
+    from text2sql.cli import main
+
+    metrics = job_metrics(smoke_grid)
+    assert sorted(metrics) == ["0", "1", "2", "3"]
+    assert all(m["status"] == "ok" and m["history"] for m in metrics.values()), metrics
+    assert main(["report", str(smoke_grid)]) == 0
+
+    table = [ln for ln in (smoke_grid / "summary.md").read_text().splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in table[2:]]
+    assert len(rows) == 4 and [r[0] for r in rows] == ["1", "2", "3", "4"]
+    assert header[2:4] == ["peft.r", "optim.lr"]
+    best = [float(r[header.index("best EX")]) for r in rows]
+    assert best == sorted(best, reverse=True)
+    expected = sorted((max(h["val/execution_accuracy"] for h in m["history"]) for m in metrics.values()),
+                      reverse=True)
+    assert best == pytest.approx(expected, abs=1e-4)
+
+    import csv
+
+    with (smoke_grid / "summary.csv").open() as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == 4 and {r["status"] for r in csv_rows} == {"ok"}
+    assert {(int(r["peft.r"]), float(r["optim.lr"])) for r in csv_rows} == {(4, 1e-3), (4, 2e-3), (8, 1e-3), (8, 2e-3)}
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+
+    png = smoke_grid / "summary.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE and mpimg.imread(png).ndim == 3
+
+
+@pytest.mark.slow
+def test_each_job_is_its_own_wandb_run(smoke_grid: Path):
+    """Hydra multirun + WandbLogger pitfall: without wandb.finish() per job, job 1 logs into job 0's run."""
+    runs = {job.name: wandb_runs(job) for job in report.find_job_dirs(smoke_grid)}
+    assert all(len(r) == 1 for r in runs.values()), runs
+    run_ids = {name: r[0].name.rsplit("-", 1)[-1] for name, r in runs.items()}
+    assert len(set(run_ids.values())) == 4, run_ids
+    from text2sql.wandb_offline import _records, read_run, run_file
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    groups = set()
+    for name, (run,) in runs.items():
+        job = smoke_grid / name
+        overrides = report.read_overrides(job)
+        logged = read_run(run)
+        # the run holds this job's config (swept keys at top level) and exactly this job's EX per epoch
+        assert float(logged["config"]["optim.lr"]) == pytest.approx(overrides["optim.lr"])
+        assert int(logged["config"]["peft.r"]) == overrides["peft.r"]
+        metrics = json.loads((job / "metrics.json").read_text())
+        ex_rows = [r["val/execution_accuracy"] for r in logged["history"] if "val/execution_accuracy" in r]
+        assert ex_rows == pytest.approx([h["val/execution_accuracy"] for h in metrics["history"]])
+        for raw in _records(run_file(run).read_bytes()):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") == "run":
+                assert record.run.run_id == run_ids[name]
+                assert f"peft.r={overrides['peft.r']}" in record.run.display_name  # run name = the overrides
+                groups.add(record.run.run_group)
+                break
+    assert len(groups) == 1 and smoke_grid.name in groups.pop()  # one W&B group per sweep dir
+
+
+@pytest.mark.slow
+def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path: Path):
+    from text2sql.cli import main
+
+    sweep_dir = tmp_path / "fail"
+    # AdamW rejects a negative learning rate; the failing job runs first, the good one must still run after it
+    proc = run_train("debug=smoke", "trainer.max_epochs=1", "optim.lr=-1,1e-3", f"hydra.sweep.dir={sweep_dir}")
+    assert_ok(proc)  # train.py returns the worst value for a failed job in a multirun: Hydra exits 0
+    metrics = job_metrics(sweep_dir)
+    assert metrics["0"]["status"] == "failed" and "learning rate" in metrics["0"]["error"].lower()
+    assert metrics["1"]["status"] == "ok" and metrics["1"]["history"]
+    assert main(["report", str(sweep_dir)]) == 0
+    md = (sweep_dir / "summary.md").read_text()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")][1:]
+    assert len(rows) == 2 and "| ok |" in rows[0]
+    assert "failed: " in rows[1] and "learning rate" in rows[1].lower()
+
+
+@pytest.mark.slow
+def test_optuna_smoke_best_trial_is_the_highest_returned_metric(tmp_path: Path):
+    sweep_dir = tmp_path / "optuna"
+    assert_ok(run_train("sweep=optuna", "debug=smoke", "trainer.max_epochs=1", "hydra.sweeper.n_trials=3",
+                        f"hydra.sweep.dir={sweep_dir}"))
+    metrics = job_metrics(sweep_dir)
+    assert len(metrics) == 3 and all(m["status"] == "ok" for m in metrics.values())
+    # train.py returns metrics.json's final value of the optimized metric
+    returned = {job: m["final"]["val/execution_accuracy"] for job, m in metrics.items()}
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(max(returned.values()))
+    # the best params are those of a job that returned the highest value (ties: any of them)
+    best_jobs = [j for j, v in returned.items() if v == pytest.approx(max(returned.values()))]
+    matches = [j for j in best_jobs
+               if all(report.read_overrides(sweep_dir / j)[k] == pytest.approx(v)
+                      for k, v in results["best_params"].items())]
+    assert matches, (results, returned)
