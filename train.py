@@ -27,14 +27,13 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.train_history import EpochHistory
 
     check_hardware(cfg.hardware)  # GPU presets without a GPU: one line, before any data or weights load
-    pl.seed_everything(cfg.seed, workers=True)
-
     dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use)
     model_path = resolve_model_path(cfg.model, corpus=lambda: corpus(dataset, "train"))
     tokenizer = load_tokenizer(cfg.model, model_path)
     datamodule = instantiate(cfg.data, dataset=dataset, tokenizer=tokenizer)
     datamodule.setup("fit")  # tokenise now: length/truncation statistics are logged with the config
 
+    pl.seed_everything(cfg.seed, workers=True)  # adapter init, dropout, data order
     model = apply_peft(load_model(cfg.model, model_path, tokenizer, peft_cfg=cfg.peft), cfg.peft)
     trainable, total = count_parameters(model)
     log.info("model %s: %s trainable of %s parameters", cfg.model.name, f"{trainable:,}", f"{total:,}")

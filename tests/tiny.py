@@ -19,7 +19,7 @@ def tiny_setup(root: Path, n_train: int = 200, n_dev: int = 20, vocab_size: int 
     model_cfg = OmegaConf.create({
         "name": "tiny-test", "path": None, "dtype": "float32", "template": "vanilla",
         "build": {"cache_dir": str(root / "models"), "vocab_size": vocab_size, "seed": 0,
-                  "data_key": f"test-{n_train}", "merge_across_words": True},
+                  "data_key": f"test-{n_train}", "merge_preamble": True},
         "architecture": ARCH,
     })
     path = resolve_model_path(model_cfg, corpus=lambda: corpus(dataset))

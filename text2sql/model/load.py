@@ -28,23 +28,37 @@ def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+# GPT-2's word pattern, plus one alternative that keeps DB-GPT-Hub's whole instruction block (the fixed
+# preamble and the schema text, everything before "###Input:") as a single pre-token.
+_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+_PREAMBLE = r"""I want you to act as a SQL terminal[\s\S]*?(?=\n###Input:|\n*\z)"""
+
+
 def build_tiny_model(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size: int, seed: int,
-                     merge_across_words: bool = True) -> Path:
+                     merge_preamble: bool = True) -> Path:
     """Train a BPE tokenizer on `texts`, build a random-init Llama of `arch`, save both (atomically).
 
-    With `merge_across_words`, BPE merges may span spaces, so the instruction and schema text repeated in
-    every record compress to a handful of tokens: ~20 tokens per sample record instead of ~180, which is
-    what lets a CPU epoch take seconds. Real checkpoints bring their own tokenizer; this only shapes the toy.
+    Questions and SQL are split into words as GPT-2 does, so the model sees `minimum`, `Japan` or `FROM`
+    as the same tokens wherever they occur. With `merge_preamble`, the instruction block repeated in
+    every record (fixed preamble + the database's schema text) is one pre-token that BPE compresses to a
+    handful of tokens: ~40 tokens per sample record instead of ~180, which is what makes a CPU epoch take
+    seconds. Real checkpoints bring their own tokenizer; this only shapes the CPU toy.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         bpe = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
-        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=not merge_across_words)
+        if merge_preamble:
+            bpe.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(f"{_PREAMBLE}|{_WORDS}"), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ])
+        else:
+            bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         bpe.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
@@ -86,7 +100,7 @@ def resolve_model_path(model_cfg: DictConfig, corpus: Callable[[], Iterable[str]
     if not build:
         return check_model_path(model_cfg.get("path"), model_cfg.get("name"))
     arch = OmegaConf.to_container(model_cfg.architecture, resolve=True)
-    merge = bool(build.get("merge_across_words", True))
+    merge = bool(build.get("merge_preamble", True))
     key = _fingerprint({"arch": arch, "vocab": build.vocab_size, "seed": build.seed, "data": build.data_key,
                         "merge": merge})
     out_dir = Path(build.cache_dir) / f"{model_cfg.name}-{key}"
@@ -112,14 +126,14 @@ def _hub_cache() -> str:
                                               else constants.HF_HUB_CACHE)
 
 
-def check_model_path(path, name=None) -> str:
+def check_model_path(path, name=None, hint: str | None = None) -> str:
     """`model.path` as `from_pretrained` takes it, or a one-line FileNotFoundError saying where we looked.
 
     A local dir must hold a `config.json`. A hub id (`owner/name`) is accepted as is, except offline
     (`HF_HUB_OFFLINE=1` / `TRANSFORMERS_OFFLINE=1`), where it must already be in the Hugging Face cache.
     Checked before any data or weights load, so a wrong path costs seconds, not a failed job.
     """
-    how = "set model.path=<local dir with config.json> or a hub id, e.g. codellama/CodeLlama-13b-Instruct-hf"
+    how = hint or "set model.path=<local dir with config.json> or a hub id, e.g. codellama/CodeLlama-13b-Instruct-hf"
     if path is None or not str(path).strip():
         raise FileNotFoundError(f"model {name or '?'} has no model.path; {how}")
     path = str(path)
