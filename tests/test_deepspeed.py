@@ -113,3 +113,46 @@ def test_deepspeed_checkpoint_excludes_the_frozen_base_and_exports_the_adapter(s
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
+
+
+def test_deepspeed_zero2_resume_gives_the_same_next_losses(setup, tmp_path):
+    """Interrupted after epoch 1 and resumed from the DeepSpeed checkpoint dir = the uninterrupted run."""
+    dataset, model_cfg, path, tokenizer = setup
+
+    class Losses(pl.Callback):
+        def __init__(self):
+            self.rows = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.rows.append((trainer.global_step, float(outputs["loss"]),
+                              trainer.optimizers[0].param_groups[0]["lr"]))
+
+    class StopAfterFirstEpoch(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    optim = OmegaConf.merge(OPTIM, {"scheduler": "cosine", "warmup_steps": 1})
+
+    def fit(root, extra=(), ckpt_path=None):
+        torch.manual_seed(0)
+        model = apply_peft(tiny_model(model_cfg, path, tokenizer), LORA)
+        dm = TextToSQLDataModule(dataset, tokenizer, template="vanilla", max_source_length=256,
+                                 max_target_length=256, batch_size=4, eval_batch_size=8, group_by_length=False,
+                                 train_limit=16, val_loss_limit=4)
+        losses = Losses()
+        trainer = pl.Trainer(max_epochs=2, accumulate_grad_batches=2, limit_val_batches=1, accelerator="cpu",
+                             devices=1, strategy=deepspeed_strategy({"train_micro_batch_size_per_gpu": 4},
+                                                                   zero_stage=2, accelerator="cpu"),
+                             logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, default_root_dir=root, callbacks=[losses, *extra])
+        trainer.fit(Text2SQLModule(model, optim), datamodule=dm, ckpt_path=ckpt_path)
+        return trainer, losses.rows
+
+    _, full = fit(tmp_path / "a")
+    fit(tmp_path / "b", [StopAfterFirstEpoch(), ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True,
+                                                               save_top_k=0)])
+    trainer, resumed = fit(tmp_path / "c", ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert len(full) == 8 and len(resumed) == 4 and trainer.global_step == 4
+    for (step_a, loss_a, lr_a), (step_b, loss_b, lr_b) in zip(full[4:], resumed):
+        assert step_a == step_b and lr_a == pytest.approx(lr_b, rel=1e-12)
+        assert loss_a == pytest.approx(loss_b, rel=1e-5, abs=1e-6)
