@@ -39,11 +39,12 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     log.info("model %s: %s trainable of %s parameters", cfg.model.name, f"{trainable:,}", f"{total:,}")
     module = Text2SQLModule(model, cfg.optim)
 
-    callbacks = [instantiate(c, db_dir=str(dataset.root / "database")) if "ExecutionAccuracy" in c._target_
-                 else instantiate(c) for c in cfg.callbacks.values()]
-    callbacks.append(EpochHistory(history))
     loggers = [instantiate(lg, **{k: v for k, v in wandb_identity(cfg).items() if lg.get(k, "") is None})
                for lg in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(c, db_dir=str(dataset.root / "database")) if "ExecutionAccuracy" in c._target_
+                 else instantiate(c) for c in cfg.callbacks.values()
+                 if loggers or "LearningRateMonitor" not in c._target_]  # LR monitor needs a logger
+    callbacks.append(EpochHistory(history))
     for lg in loggers:
         lg.log_hyperparams({**flat_hparams(cfg), "data_stats": datamodule.stats})
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,

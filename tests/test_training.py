@@ -89,3 +89,20 @@ def test_eval_subset_is_fixed_by_seed(setup):
 ])
 def test_extract_sql(text, sql):
     assert extract_sql(text) == sql
+
+
+def test_length_grouped_batches_depend_only_on_seed_and_epoch():
+    from text2sql.data.datamodule import LengthGroupedSampler
+
+    lengths = [(i * 37) % 50 + 1 for i in range(300)]
+    a, b = LengthGroupedSampler(lengths, 8, seed=1), LengthGroupedSampler(lengths, 8, seed=1)
+    list(a)  # a consumed epoch 0; b jumps straight to epoch 3 as a resumed run does
+    a.set_epoch(3)
+    b.set_epoch(3)
+    batches = list(a)
+    assert batches == list(b)
+    assert sorted(i for batch in batches for i in batch) == list(range(300))  # every example once
+    b.set_epoch(4)
+    assert list(b) != batches
+    spread = [max(lengths[i] for i in bt) - min(lengths[i] for i in bt) for bt in batches]
+    assert sum(spread) / len(spread) < 10  # similar lengths share a batch (random batches spread ~40)

@@ -45,14 +45,20 @@ class _Encoded(Dataset):
 
 
 class LengthGroupedSampler(Sampler[list[int]]):
-    """Shuffled batches of similar-length examples: sort within random mega-batches, then shuffle batches."""
+    """Shuffled batches of similar-length examples: sort within random mega-batches, then shuffle batches.
+
+    The order is a pure function of (seed, epoch); Lightning calls `set_epoch` before every epoch, so a run
+    resumed from a checkpoint sees exactly the batches an uninterrupted run would have seen.
+    """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, mega: int = 50):
         self.lengths, self.batch_size, self.seed, self.mega, self.epoch = lengths, batch_size, seed, mega, 0
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __iter__(self):
-        rng = random.Random(self.seed + self.epoch)
-        self.epoch += 1
+        rng = random.Random(self.seed * 100_003 + self.epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         size = self.batch_size * self.mega
@@ -61,7 +67,7 @@ class LengthGroupedSampler(Sampler[list[int]]):
             chunk = sorted(order[start : start + size], key=lambda i: self.lengths[i], reverse=True)
             batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
-        return iter(batches)
+        yield from batches
 
     def __len__(self) -> int:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
@@ -141,7 +147,10 @@ class TextToSQLDataModule(pl.LightningDataModule):
         return pad_batch(items, self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        if self.group_by_length:
+        trainer = getattr(self, "trainer", None)
+        distributed = trainer is not None and trainer.world_size > 1
+        # Under several ranks Lightning shards a plain shuffled loader with its DistributedSampler.
+        if self.group_by_length and not distributed:
             sampler = LengthGroupedSampler([len(it["input_ids"]) for it in self.train_items], self.batch_size, self.seed)
             return DataLoader(_Encoded(self.train_items), batch_sampler=sampler, collate_fn=self._collate,
                               num_workers=self.num_workers)
