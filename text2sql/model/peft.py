@@ -35,7 +35,7 @@ def apply_peft(model, peft_cfg: DictConfig):
             p.requires_grad_(True)
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return model
+        return model.train()
     if method != "lora":
         raise ValueError(f"unknown peft.method '{method}' (expected lora or full)")
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -57,7 +57,9 @@ def apply_peft(model, peft_cfg: DictConfig):
         bias="none",
     )
     model = get_peft_model(model, config)
-    return model
+    # from_pretrained returns eval mode and Lightning (>= 2.2) keeps a module's mode at fit start: without
+    # this, LoRA dropout and gradient checkpointing (active only in training mode) would silently be off.
+    return model.train()
 
 
 def count_parameters(model) -> tuple[int, int]:
