@@ -131,3 +131,19 @@ def test_missing_model_path_is_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert str(missing) in lines[0] and "model.path" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_checkpoint_config_wins_with_a_warning(caplog):
+    from transformers import LlamaConfig
+
+    from text2sql.model.load import check_architecture
+
+    cfg = compose_cfg(["model=codellama34b"]).model
+    real = LlamaConfig(vocab_size=32000, hidden_size=8192, intermediate_size=22016, num_hidden_layers=48,
+                       num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=16384,
+                       rope_theta=1e6, rms_norm_eps=1e-5, tie_word_embeddings=False)
+    assert check_architecture(cfg, real) == []
+    real.num_key_value_heads = 64
+    with caplog.at_level("WARNING"):
+        assert check_architecture(cfg, real) == ["num_key_value_heads: yaml 8 != checkpoint 64"]
+    assert "checkpoint's config wins" in caplog.text
