@@ -76,6 +76,9 @@ def test_quantisation_presets():
     bnb4 = quantization_config(q4)
     assert bnb4.load_in_4bit and bnb4.bnb_4bit_quant_type == "nf4" and bnb4.bnb_4bit_use_double_quant
     assert bnb4.bnb_4bit_compute_dtype == torch.bfloat16 and q4.gradient_checkpointing
+    assert bnb4.bnb_4bit_quant_storage == torch.uint8
+    zero3 = quantization_config(compose_cfg(["peft=qlora4", "peft.quantization.quant_storage=bfloat16"]).peft)
+    assert zero3.bnb_4bit_quant_storage == torch.bfloat16
     assert quantization_config(compose_cfg(["peft=qlora8"]).peft).load_in_8bit
     assert quantization_config(compose_cfg(["peft=lora"]).peft) is None
     assert quantization_config(compose_cfg(["peft=qlora4"]).peft).bnb_4bit_compute_dtype == torch.float32  # tiny

@@ -193,6 +193,8 @@ def quantization_config(peft_cfg: DictConfig | None):
             bnb_4bit_quant_type=str(quant.get("quant_type", "nf4")),
             bnb_4bit_use_double_quant=bool(quant.get("double_quant", True)),
             bnb_4bit_compute_dtype=getattr(torch, str(quant.get("compute_dtype") or "bfloat16")),
+            # bfloat16 storage lets DeepSpeed ZeRO-3 / FSDP shard the packed 4-bit weights like any float tensor
+            bnb_4bit_quant_storage=getattr(torch, str(quant.get("quant_storage") or "uint8")),
         )
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(quant.get("int8_threshold", 6.0)))
