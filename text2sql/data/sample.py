@@ -217,7 +217,7 @@ def _questions(rng: random.Random, tables: tuple[Table, ...], rows: dict[str, li
     if kind == "where_num":
         op, word = rng.choice([(">", "greater than"), ("<", "less than"), (">", "above"), ("<", "below")])
         lead = rng.choice(["Show the", "List the", "Which are the"])
-        value = rng.randint(num.low, num.high)
+        value = row[num.name]  # a value the table holds
         return (f"{lead} {sel.phrase} of {table.plural} whose {num.phrase} is {word} {value}.",
                 f"SELECT {sel.name} FROM {table.name} WHERE {num.name} {op} {value}")
     if kind == "where_text":

@@ -28,9 +28,9 @@ def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-# GPT-2's word pattern, plus one alternative that keeps DB-GPT-Hub's whole instruction block (the fixed
+# GPT-2's word pattern with single digits (as Llama's tokenizer splits numbers), plus one alternative that keeps DB-GPT-Hub's whole instruction block (the fixed
 # preamble and the schema text, everything before "###Input:") as a single pre-token.
-_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 _PREAMBLE = r"""I want you to act as a SQL terminal[\s\S]*?(?=\n###Input:|\n*\z)"""
 
 
@@ -38,8 +38,9 @@ def build_tiny_model(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size
                      merge_preamble: bool = True) -> Path:
     """Train a BPE tokenizer on `texts`, build a random-init Llama of `arch`, save both (atomically).
 
-    Questions and SQL are split into words as GPT-2 does, so the model sees `minimum`, `Japan` or `FROM`
-    as the same tokens wherever they occur. With `merge_preamble`, the instruction block repeated in
+    Questions and SQL are split into words as GPT-2 does, and numbers into digits as Llama does, so the
+    model sees `minimum`, `Japan` or `FROM` as the same tokens wherever they occur and copies numbers digit
+    by digit. With `merge_preamble`, the instruction block repeated in
     every record (fixed preamble + the database's schema text) is one pre-token that BPE compresses to a
     handful of tokens: ~40 tokens per sample record instead of ~180, which is what makes a CPU epoch take
     seconds. Real checkpoints bring their own tokenizer; this only shapes the CPU toy.
