@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import sqlite3
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from text2sql.fsutil import atomic_dir
 
 FIRST = ["Alice", "Bruno", "Chen", "Dana", "Elif", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kenji", "Lena",
          "Mateo", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara", "Umar", "Vera", "Wei", "Yara", "Zoe"]
@@ -270,9 +270,7 @@ def _examples(rng: random.Random, n: int, dbs: dict, exclude: set[str] = frozens
 def generate_sample(out_dir: str | os.PathLike, seed: int = 0, n_train: int = 3000, n_dev: int = 200) -> Path:
     """Write the sample dataset into `out_dir` (created atomically: temp dir, then rename)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         rng = random.Random(seed)
         dbs = {}
         for db_id, tables in DOMAINS.items():
@@ -293,12 +291,6 @@ def generate_sample(out_dir: str | os.PathLike, seed: int = 0, n_train: int = 30
         (tmp / "README.md").write_text(
             f"Generated text-to-SQL sample (seed {seed}, {n_train} train / {n_dev} dev) in Spider's layout.\n",
             encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -12,12 +12,12 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from text2sql.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,7 @@ def build_tiny_model(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         bpe = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
         if merge_preamble:
             bpe.pre_tokenizer = pre_tokenizers.Sequence([
@@ -81,12 +79,6 @@ def build_tiny_model(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
         model.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     n_params = sum(p.numel() for p in model.parameters())
     log.info("built tiny Llama (%s params, vocab %d) at %s", f"{n_params:,}", len(tokenizer), out_dir)
     return out_dir
