@@ -41,8 +41,7 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
 
     loggers = [instantiate(lg, **{k: v for k, v in wandb_identity(cfg).items() if lg.get(k, "") is None})
                for lg in (cfg.get("logger") or {}).values()]
-    callbacks = [instantiate(c, db_dir=str(dataset.root / "database")) if "ExecutionAccuracy" in c._target_
-                 else instantiate(c) for c in cfg.callbacks.values()
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()
                  if loggers or "LearningRateMonitor" not in c._target_]  # LR monitor needs a logger
     callbacks.append(EpochHistory(history))
     for lg in loggers:

@@ -14,9 +14,7 @@ import math
 from pathlib import Path
 
 import lightning.pytorch as pl
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from text2sql.eval.generate import generate_sql
+from text2sql.eval.generate import generate_sql, generation_progress
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +24,7 @@ MONITOR = "val/execution_accuracy"
 class ExecutionAccuracyCallback(pl.Callback):
     def __init__(
         self,
-        db_dir: str,
+        db_dir: str | None = None,
         output_dir: str | None = None,
         every_n_epochs: int = 1,
         limit: int | None = None,
@@ -57,11 +55,12 @@ class ExecutionAccuracyCallback(pl.Callback):
             self._evaluator.close()
             self._evaluator = None
 
-    def _evaluator_for_run(self):
+    def _evaluator_for_run(self, trainer):
         if self._evaluator is None:  # one per run: the gold results it caches never change between epochs
             from text2sql.eval.execute import ExecutionEvaluator
 
-            self._evaluator = ExecutionEvaluator(self.db_dir, timeout=self.timeout, workers=self.workers)
+            db_dir = self.db_dir or trainer.datamodule.dataset.root / "database"  # default: the trained dataset's
+            self._evaluator = ExecutionEvaluator(db_dir, timeout=self.timeout, workers=self.workers)
         return self._evaluator
 
     # -- the per-epoch work ----------------------------------------------------------------------------------
@@ -91,16 +90,15 @@ class ExecutionAccuracyCallback(pl.Callback):
         model = pl_module.model
         tokenizer = trainer.datamodule.tokenizer
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
-        with Progress(TextColumn("[bold]generating SQL (epoch {task.fields[epoch]})"), BarColumn(),
-                      MofNCompleteColumn(), TimeElapsedColumn(), disable=not show, transient=True) as bar:
-            task = bar.add_task("gen", total=len(shard), epoch=trainer.current_epoch)
+        with generation_progress(f"generating SQL (epoch {trainer.current_epoch})", len(shard), show,
+                                 transient=True) as progress:
             return generate_sql(model, tokenizer, [it.source_ids for it in shard], batch_size=self.batch_size,
-                                max_new_tokens=self.max_new_tokens, progress=lambda n: bar.advance(task, n))
+                                max_new_tokens=self.max_new_tokens, progress=progress)
 
     def _score(self, trainer, preds: list[str]) -> dict[str, float]:
         from text2sql.eval.metrics import summarize
 
-        verdicts = self._evaluator_for_run().evaluate([(it.db_id, it.gold, p) for it, p in zip(self._items, preds)])
+        verdicts = self._evaluator_for_run(trainer).evaluate([(it.db_id, it.gold, p) for it, p in zip(self._items, preds)])
         summary = summarize(verdicts)
         metrics = {f"val/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float)) and k != "count"}
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}

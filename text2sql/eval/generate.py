@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -24,6 +25,17 @@ def extract_sql(text: str) -> str:
         text = text.split(stop, 1)[0]
     text = text.split(";", 1)[0]
     return " ".join(text.split())
+
+
+@contextmanager
+def generation_progress(description: str, total: int, enabled: bool = True, transient: bool = False):
+    """A rich progress bar for generation; yields the `progress` callback `generate_sql` takes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not enabled, transient=transient) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 @torch.no_grad()

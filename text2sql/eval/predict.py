@@ -111,10 +111,9 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
             batch_size: int | None = None, max_new_tokens: int | None = None, progress: bool = True):
     """Write `out` (one SQL per line, split order) and return (items, predictions)."""
     from hydra.utils import instantiate
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from text2sql.data.prompt import encode_source
-    from text2sql.eval.generate import generate_sql
+    from text2sql.eval.generate import generate_sql, generation_progress
 
     dataset = instantiate(_resolve_subtree(cfg, "dataset"))
     model, tokenizer = load_for_inference(cfg, dataset, weights)
@@ -123,12 +122,9 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
     records = dataset.records(split)[:limit] if limit else dataset.records(split)
     sources = [encode_source(r, tokenizer, data_cfg.template, data_cfg.max_source_length,
                              system_prompt=data_cfg.system_prompt)[0] for r in records]
-    with Progress(TextColumn("[bold]predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress) as bar:
-        task = bar.add_task("predict", total=len(sources))
+    with generation_progress("predicting", len(sources), progress) as advance:
         preds = generate_sql(model, tokenizer, sources, batch_size=batch_size or eval_cfg.batch_size,
-                             max_new_tokens=max_new_tokens or eval_cfg.max_new_tokens,
-                             progress=lambda n: bar.advance(task, n))
+                             max_new_tokens=max_new_tokens or eval_cfg.max_new_tokens, progress=advance)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text("".join(p + "\n" for p in preds), encoding="utf-8")
