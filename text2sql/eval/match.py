@@ -1,0 +1,784 @@
+"""Exact set match (EM) and partial component scores with the semantics of the official Spider evaluator.
+
+The official verdict (taoyds/test-suite-sql-eval ``evaluation.py`` over Spider's ``process_sql.py``) is
+defined by that tool's *token grammar*, failures included, so this module re-implements the grammar rather
+than mapping a general SQL AST onto it (sqlglot would accept, and an AST would normalise, many queries the
+official parser rejects or reads differently). The code is our own; the rules it follows:
+
+Parsing (``process_sql``), against the schema of ``tables.json`` (lower-cased original names):
+
+* single quotes become double quotes, quoted text is one value token (an odd number of quotes fails);
+* only *tables* may have aliases, found by scanning every ``X AS Y`` of the whole query: a column alias
+  (``SELECT count(*) AS n``) or a table alias without ``AS`` (``FROM singer s``) makes the query unparsable;
+* a select item, group-by item or order-by item is at most ``col op col`` (``a - b``); aggregates are
+  ``max/min/count/sum/avg`` of one column; ``IN (1, 2)``, ``IS NULL``, ``EXISTS``, ``CASE``, ``CAST`` and other
+  functions are unparsable; text after the first complete statement (``; DROP ...``) is ignored;
+* ``JOIN ... ON`` conditions are parsed but, apart from the keyword component, never compared.
+
+Comparison (``evaluation.py`` with ``DISABLE_VALUE`` and ``DISABLE_DISTINCT``):
+
+* values are dropped (a sub-query used as a value is kept and compared structurally), ``DISTINCT`` is
+  ignored everywhere, columns linked by foreign keys are identified (outer query only);
+* each component (select, select(no AGG), where, where(no OP), group(no Having), group, order, and/or, IUEN,
+  keywords) scores 1 only when prediction and gold have the same number of units and all of them match as a
+  multiset; EM needs every component at 1 and the same multiset of FROM tables;
+* a prediction that cannot be parsed is scored as the empty query (so it is never an exact match, but still
+  counts in the component accuracies as the official tool counts it);
+* reported component F1 per hardness level: accuracy averaged over examples whose prediction has the
+  component, recall over examples whose gold has it, F1 their harmonic mean, and 1.0 when both are 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from text2sql.eval.hardness import HARDNESS_LEVELS
+
+__all__ = [
+    "PARTIAL_TYPES",
+    "MatchParseError",
+    "MatchResult",
+    "MatchSchema",
+    "ExactMatcher",
+    "load_schemas",
+    "parse_sql",
+    "summarize_match",
+]
+
+CLAUSE_KEYWORDS = ("select", "from", "where", "group", "order", "limit", "intersect", "union", "except")
+JOIN_KEYWORDS = ("join", "on", "as")
+WHERE_OPS = ("not", "between", "=", ">", "<", ">=", "<=", "!=", "in", "like", "is", "exists")
+UNIT_OPS = ("none", "-", "+", "*", "/")
+AGG_OPS = ("none", "max", "min", "count", "sum", "avg")
+COND_OPS = ("and", "or")
+SQL_OPS = ("intersect", "union", "except")
+ORDER_OPS = ("desc", "asc")
+
+PARTIAL_TYPES = ("select", "select(no AGG)", "where", "where(no OP)", "group(no Having)", "group", "order",
+                 "and/or", "IUEN", "keywords")
+
+
+class MatchParseError(ValueError):
+    """The official parser would reject this query."""
+
+
+# ============================================================================================ schema
+
+
+@dataclass(frozen=True)
+class MatchSchema:
+    """What the official parser knows of one database: lower-cased tables -> columns, and the foreign-key map
+    (every column of a foreign-key group -> the group's lowest-index column)."""
+
+    tables: Mapping[str, tuple[str, ...]]
+    fk_map: Mapping[str, str]
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any]) -> "MatchSchema":
+        table_names = [str(t).lower() for t in entry["table_names_original"]]
+        tables: dict[str, list[str]] = {t: [] for t in table_names}
+        cols = []
+        for t_idx, name in entry["column_names_original"]:
+            if t_idx >= 0:
+                table = table_names[t_idx]
+                tables[table].append(str(name).lower())
+                cols.append(f"__{table}.{str(name).lower()}__")
+            else:
+                cols.append("__all__")
+        groups: list[set[int]] = []
+        for a, b in entry.get("foreign_keys", []):
+            group = next((g for g in groups if a in g or b in g), None)
+            if group is None:
+                group = set()
+                groups.append(group)
+            group.update((a, b))
+        fk_map = {}
+        for group in groups:
+            ids = sorted(group)
+            for i in ids:
+                fk_map[cols[i]] = cols[ids[0]]
+        return cls({t: tuple(c) for t, c in tables.items()}, fk_map)
+
+    def column_id(self, table: str, column: str) -> str:
+        if column not in self.tables.get(table, ()):
+            raise MatchParseError(f"unknown column {table}.{column}")
+        return f"__{table}.{column}__"
+
+    def table_id(self, table: str) -> str:
+        if table not in self.tables:
+            raise MatchParseError(f"unknown table {table}")
+        return f"__{table}__"
+
+
+def sqlite_tables(db_file: str | Path) -> dict[str, tuple[str, ...]]:
+    """Tables -> columns of an SQLite file, lower-cased, read-only: the official parser takes its schema from
+    the database itself (tables.json misses a few tables that real queries use)."""
+    import sqlite3
+
+    uri = Path(db_file).resolve().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        names = [str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        out = {}
+        for name in names:
+            cols = conn.execute("SELECT name FROM pragma_table_info(?)", (name,)).fetchall()
+            out[name.lower()] = tuple(str(c[0]).lower() for c in cols)
+        return out
+    finally:
+        conn.close()
+
+
+def load_schemas(tables_json: str | Path) -> dict[str, MatchSchema]:
+    """db_id -> :class:`MatchSchema` for every entry of a Spider ``tables.json``."""
+    path = Path(tables_json)
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        return {e["db_id"]: MatchSchema.from_entry(e) for e in entries}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"tables.json not found: {path}") from None
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"{path}: not a Spider tables.json ({type(err).__name__}: {err})") from None
+
+
+# ============================================================================================ tokens
+
+# Values are replaced by placeholders first (as the official tokenizer does); the rest is split the way
+# nltk's word_tokenize splits Spider-style SQL: words (with dots: t1.name, 2.5), a leading minus glued to a
+# number, and every operator / bracket / comma / semicolon on its own.
+_TOKEN = re.compile(r"__val_\d+__|(?<![\w.)])-\d+(?:\.\d+)?|[\w$.]+|[!<>=]|[(),;*+/\-%]|[^\s\w]")
+
+
+def tokenize(sql: str) -> list[str]:
+    """Official ``process_sql.tokenize``: lower-cased tokens, quoted values kept whole (as double-quoted
+    text), ``! =``/``> =``/``< =`` pairs merged into one operator."""
+    text = str(sql).replace("'", '"')
+    quotes = [i for i, ch in enumerate(text) if ch == '"']
+    if len(quotes) % 2:
+        raise MatchParseError("unexpected quote")
+    values: dict[str, str] = {}
+    parts, last = [], 0
+    for k in range(0, len(quotes), 2):
+        start, end = quotes[k], quotes[k + 1]
+        key = f"__val_{k}__"
+        values[key] = text[start:end + 1]
+        parts.append(text[last:start])
+        parts.append(f" {key} ")
+        last = end + 1
+    parts.append(text[last:])
+    toks = [t.lower() for t in _TOKEN.findall("".join(parts))]
+    toks = [values.get(t, t) for t in toks]
+    out: list[str] = []
+    for tok in toks:
+        if tok == "=" and out and out[-1] in ("!", ">", "<"):
+            out[-1] += "="
+        else:
+            out.append(tok)
+    return out
+
+
+# ============================================================================================ parser
+
+
+def _empty_sql() -> dict:
+    """What the official evaluator scores an unparsable prediction as."""
+    return {"except": None, "from": {"conds": [], "table_units": []}, "groupBy": [], "having": [],
+            "intersect": None, "limit": None, "orderBy": [], "select": [False, []], "union": None, "where": []}
+
+
+class _Parser:
+    """Recursive descent over the official grammar; every failure raises :class:`MatchParseError`."""
+
+    def __init__(self, toks: list[str], schema: MatchSchema) -> None:
+        self.toks = toks
+        self.n = len(toks)
+        self.schema = schema
+        aliases: dict[str, str] = {}
+        for i, tok in enumerate(toks):  # every "X AS Y" of the query, columns included
+            if tok == "as":
+                if i + 1 >= self.n or i == 0:
+                    raise MatchParseError("dangling AS")
+                aliases[toks[i + 1]] = toks[i - 1]
+        for table in schema.tables:
+            if table in aliases:
+                raise MatchParseError(f"alias {table} has the name of a table")
+            aliases[table] = table
+        self.aliases = aliases
+
+    def tok(self, i: int) -> str:
+        if i >= self.n:
+            raise MatchParseError("unexpected end of query")
+        return self.toks[i]
+
+    def expect(self, i: int, what: str) -> int:
+        if self.tok(i) != what:
+            raise MatchParseError(f"expected {what!r}, got {self.toks[i]!r}")
+        return i + 1
+
+    def table_of(self, alias: str) -> str:
+        if alias not in self.aliases:
+            raise MatchParseError(f"unknown table or alias {alias!r}")
+        return self.aliases[alias]
+
+    # -- units
+    def col(self, i: int, default_tables: list[str] | None) -> tuple[int, str]:
+        tok = self.tok(i)
+        if tok == "*":
+            return i + 1, "__all__"
+        if "." in tok:
+            parts = tok.split(".")
+            if len(parts) != 2:
+                raise MatchParseError(f"bad column {tok!r}")
+            return i + 1, self.schema.column_id(self.table_of(parts[0]), parts[1])
+        if not default_tables:
+            raise MatchParseError("column outside any FROM table")
+        for alias in default_tables:
+            table = self.table_of(alias)
+            if tok in self.schema.tables.get(table, ()):
+                return i + 1, self.schema.column_id(table, tok)
+        raise MatchParseError(f"unknown column {tok!r}")
+
+    def col_unit(self, i: int, default_tables, toks_end: int | None = None) -> tuple[int, tuple]:
+        block = distinct = False
+        if self.tok(i) == "(":
+            block, i = True, i + 1
+        if self.tok(i) in AGG_OPS:
+            agg = AGG_OPS.index(self.tok(i))
+            i = self.expect(i + 1, "(")
+            if self.tok(i) == "distinct":
+                distinct, i = True, i + 1
+            i, col_id = self.col(i, default_tables)
+            i = self.expect(i, ")")
+            return i, (agg, col_id, distinct)  # official: the block's ")" is left to the caller
+        if self.tok(i) == "distinct":
+            distinct, i = True, i + 1
+        i, col_id = self.col(i, default_tables)
+        if block:
+            if toks_end is not None and i >= toks_end:
+                raise MatchParseError("unclosed bracket")
+            i = self.expect(i, ")")
+        return i, (0, col_id, distinct)
+
+    def val_unit(self, i: int, default_tables) -> tuple[int, tuple]:
+        block = False
+        if self.tok(i) == "(":
+            block, i = True, i + 1
+        i, unit1 = self.col_unit(i, default_tables)
+        op, unit2 = 0, None
+        if i < self.n and self.toks[i] in UNIT_OPS:
+            op = UNIT_OPS.index(self.toks[i])
+            i, unit2 = self.col_unit(i + 1, default_tables)
+        if block:
+            i = self.expect(i, ")")
+        return i, (op, unit1, unit2)
+
+    def table_unit(self, i: int) -> tuple[int, str, str]:
+        table = self.table_of(self.tok(i))
+        i = i + 3 if i + 1 < self.n and self.toks[i + 1] == "as" else i + 1
+        return i, self.schema.table_id(table), table
+
+    def value(self, i: int, default_tables) -> tuple[int, Any]:
+        start = i
+        block = False
+        if self.tok(i) == "(":
+            block, i = True, i + 1
+        tok = self.tok(i)
+        if tok == "select":
+            i, val = self.sql(i)
+        elif '"' in tok:
+            val, i = tok, i + 1
+        else:
+            try:
+                val, i = float(tok), i + 1
+            except ValueError:
+                # official: a column value is parsed from the tokens up to the next , ) AND or keyword,
+                # starting at the bracket when there is one
+                end = i
+                while end < self.n and self.toks[end] not in (",", ")", "and") \
+                        and self.toks[end] not in CLAUSE_KEYWORDS and self.toks[end] not in JOIN_KEYWORDS:
+                    end += 1
+                sub = _Parser.__new__(_Parser)
+                sub.toks, sub.n, sub.schema, sub.aliases = self.toks[start:end], end - start, self.schema, self.aliases
+                _, val = sub.col_unit(0, default_tables)
+                i = end
+        if block:
+            i = self.expect(i, ")")
+        return i, val
+
+    def condition(self, i: int, default_tables) -> tuple[int, list]:
+        conds: list = []
+        while i < self.n:
+            i, vu = self.val_unit(i, default_tables)
+            not_op = False
+            if self.tok(i) == "not":
+                not_op, i = True, i + 1
+            op = self.tok(i)
+            if op not in WHERE_OPS:
+                raise MatchParseError(f"bad condition operator {op!r}")
+            op_id = WHERE_OPS.index(op)
+            i += 1
+            val2 = None
+            if op == "between":
+                i, val1 = self.value(i, default_tables)
+                i = self.expect(i, "and")
+                i, val2 = self.value(i, default_tables)
+            else:
+                i, val1 = self.value(i, default_tables)
+            conds.append((not_op, op_id, vu, val1, val2))
+            if i < self.n and (self.toks[i] in CLAUSE_KEYWORDS or self.toks[i] in (")", ";")
+                               or self.toks[i] in JOIN_KEYWORDS):
+                break
+            if i < self.n and self.toks[i] in COND_OPS:
+                conds.append(self.toks[i])
+                i += 1
+        return i, conds
+
+    # -- clauses
+    def select(self, i: int, default_tables) -> tuple[int, tuple]:
+        i = self.expect(i, "select")
+        distinct = False
+        if i < self.n and self.toks[i] == "distinct":
+            distinct, i = True, i + 1
+        units = []
+        while i < self.n and self.toks[i] not in CLAUSE_KEYWORDS:
+            agg = 0
+            if self.toks[i] in AGG_OPS:
+                agg, i = AGG_OPS.index(self.toks[i]), i + 1
+            i, vu = self.val_unit(i, default_tables)
+            units.append((agg, vu))
+            if i < self.n and self.toks[i] == ",":
+                i += 1
+        return i, (distinct, units)
+
+    def from_(self, start: int) -> tuple[int, list, list, list]:
+        try:
+            i = self.toks.index("from", start) + 1
+        except ValueError:
+            raise MatchParseError("FROM not found") from None
+        default_tables: list[str] = []
+        units: list = []
+        conds: list = []
+        while i < self.n:
+            block = False
+            if self.toks[i] == "(":
+                block, i = True, i + 1
+            if self.tok(i) == "select":
+                i, sub = self.sql(i)
+                units.append(("sql", sub))
+            else:
+                if self.toks[i] == "join":
+                    i += 1
+                i, table_id, table = self.table_unit(i)
+                units.append(("table_unit", table_id))
+                default_tables.append(table)
+            if i < self.n and self.toks[i] == "on":
+                i, these = self.condition(i + 1, default_tables)
+                if conds:
+                    conds.append("and")
+                conds.extend(these)
+            if block:
+                i = self.expect(i, ")")
+            if i < self.n and (self.toks[i] in CLAUSE_KEYWORDS or self.toks[i] in (")", ";")):
+                break
+        return i, units, conds, default_tables
+
+    def group_by(self, i: int, default_tables) -> tuple[int, list]:
+        units: list = []
+        if i >= self.n or self.toks[i] != "group":
+            return i, units
+        i = self.expect(i + 1, "by")
+        while i < self.n and not (self.toks[i] in CLAUSE_KEYWORDS or self.toks[i] in (")", ";")):
+            i, cu = self.col_unit(i, default_tables)
+            units.append(cu)
+            if i < self.n and self.toks[i] == ",":
+                i += 1
+            else:
+                break
+        return i, units
+
+    def order_by(self, i: int, default_tables) -> tuple[int, Any]:
+        units: list = []
+        direction = "asc"
+        if i >= self.n or self.toks[i] != "order":
+            return i, units
+        i = self.expect(i + 1, "by")
+        while i < self.n and not (self.toks[i] in CLAUSE_KEYWORDS or self.toks[i] in (")", ";")):
+            i, vu = self.val_unit(i, default_tables)
+            units.append(vu)
+            if i < self.n and self.toks[i] in ORDER_OPS:
+                direction, i = self.toks[i], i + 1  # official: the last direction given wins for all keys
+            if i < self.n and self.toks[i] == ",":
+                i += 1
+            else:
+                break
+        return i, (direction, units)
+
+    def conditions_clause(self, i: int, keyword: str, default_tables) -> tuple[int, list]:
+        if i >= self.n or self.toks[i] != keyword:
+            return i, []
+        return self.condition(i + 1, default_tables)
+
+    def limit(self, i: int) -> tuple[int, int | None]:
+        if i < self.n and self.toks[i] == "limit":
+            try:
+                return i + 2, int(self.tok(i + 1))
+            except ValueError:
+                raise MatchParseError(f"bad LIMIT {self.toks[i + 1]!r}") from None
+        return i, None
+
+    def skip_semicolons(self, i: int) -> int:
+        while i < self.n and self.toks[i] == ";":
+            i += 1
+        return i
+
+    def sql(self, start: int) -> tuple[int, dict]:
+        i = start
+        block = False
+        if self.tok(i) == "(":
+            block, i = True, i + 1
+        from_end, units, from_conds, default_tables = self.from_(start)
+        out: dict[str, Any] = {"from": {"table_units": units, "conds": from_conds}}
+        _, out["select"] = self.select(i, default_tables)
+        i = from_end
+        i, out["where"] = self.conditions_clause(i, "where", default_tables)
+        i, out["groupBy"] = self.group_by(i, default_tables)
+        i, out["having"] = self.conditions_clause(i, "having", default_tables)
+        i, out["orderBy"] = self.order_by(i, default_tables)
+        i, out["limit"] = self.limit(i)
+        i = self.skip_semicolons(i)
+        if block:
+            i = self.expect(i, ")")
+        i = self.skip_semicolons(i)
+        for op in SQL_OPS:
+            out[op] = None
+        if i < self.n and self.toks[i] in SQL_OPS:
+            op = self.toks[i]
+            i, out[op] = self.sql(i + 1)
+        return i, out
+
+
+def parse_sql(sql: str, schema: MatchSchema) -> dict:
+    """The official structure of ``sql`` (``process_sql.get_sql``); raises :class:`MatchParseError`.
+    Tokens after the first complete query are ignored, as the official parser ignores them."""
+    toks = tokenize(sql)
+    parser = _Parser(toks, schema)
+    try:
+        _, out = parser.sql(0)
+    except RecursionError:
+        raise MatchParseError("query nested too deeply") from None
+    return out
+
+
+# ============================================================================================ normalisation
+
+
+def _drop_values_cond(condition: list) -> list:
+    out = []
+    for k, unit in enumerate(condition):
+        if k % 2:
+            out.append(unit)
+            continue
+        not_op, op_id, vu, v1, v2 = unit
+        v1 = _drop_values(v1) if isinstance(v1, dict) else None
+        v2 = _drop_values(v2) if isinstance(v2, dict) else None
+        out.append((not_op, op_id, vu, v1, v2))
+    return out
+
+
+def _drop_values(sql: dict | None) -> dict | None:
+    """Official ``rebuild_sql_val``: values -> None, sub-queries kept (recursively without values)."""
+    if sql is None:
+        return None
+    sql["from"]["conds"] = _drop_values_cond(sql["from"]["conds"])
+    sql["having"] = _drop_values_cond(sql["having"])
+    sql["where"] = _drop_values_cond(sql["where"])
+    for op in SQL_OPS:
+        sql[op] = _drop_values(sql[op])
+    return sql
+
+
+def _valid_columns(table_units: list, schema: MatchSchema) -> set[str]:
+    tables = {tid[2:-2] for kind, tid in table_units if kind == "table_unit"}
+    return {f"__{t}.{c}__" for t in tables if t in schema.tables for c in schema.tables[t]}
+
+
+def _norm_col(cu, valid: set[str], fk_map: Mapping[str, str]):
+    if cu is None:
+        return None
+    agg, col_id, _distinct = cu
+    if col_id in fk_map and col_id in valid:
+        col_id = fk_map[col_id]
+    return agg, col_id, None  # DISABLE_DISTINCT
+
+
+def _norm_val(vu, valid, fk_map):
+    if vu is None:
+        return None
+    op, c1, c2 = vu
+    return op, _norm_col(c1, valid, fk_map), _norm_col(c2, valid, fk_map)
+
+
+def _norm_cond(condition: list, valid, fk_map) -> list:
+    return [u if k % 2 else (u[0], u[1], _norm_val(u[2], valid, fk_map), u[3], u[4])
+            for k, u in enumerate(condition)]
+
+
+def _norm_cols(sql: dict | None, valid: set[str], fk_map) -> dict | None:
+    """Official ``rebuild_sql_col``: foreign-key columns identified, DISTINCT dropped; set operations use the
+    outer query's tables, sub-queries used as values are left as they are (as the official tool does)."""
+    if sql is None:
+        return None
+    sql["select"] = (None, [(agg, _norm_val(vu, valid, fk_map)) for agg, vu in sql["select"][1]])
+    sql["from"]["table_units"] = [
+        (kind, _norm_col(x, valid, fk_map) if isinstance(x, tuple) else x) for kind, x in sql["from"]["table_units"]]
+    sql["from"]["conds"] = _norm_cond(sql["from"]["conds"], valid, fk_map)
+    sql["where"] = _norm_cond(sql["where"], valid, fk_map)
+    sql["groupBy"] = [_norm_col(cu, valid, fk_map) for cu in sql["groupBy"]]
+    if sql["orderBy"]:
+        direction, units = sql["orderBy"]
+        sql["orderBy"] = (direction, [_norm_val(vu, valid, fk_map) for vu in units])
+    sql["having"] = _norm_cond(sql["having"], valid, fk_map)
+    for op in SQL_OPS:
+        sql[op] = _norm_cols(sql[op], valid, fk_map)
+    return sql
+
+
+def normalize(sql: dict, schema: MatchSchema) -> dict:
+    sql = _drop_values(copy.deepcopy(sql))
+    return _norm_cols(sql, _valid_columns(sql["from"]["table_units"], schema), schema.fk_map)
+
+
+# ============================================================================================ comparison
+
+
+def _scores(count: int, pred_total: int, label_total: int) -> tuple[int, int, int]:
+    if pred_total != label_total:
+        return 0, 0, 0
+    return (1, 1, 1) if count == pred_total else (0, 0, 0)
+
+
+def _multiset_hits(pred_units: list, label_units: list) -> int:
+    label_units = list(label_units)
+    hits = 0
+    for unit in pred_units:
+        if unit in label_units:
+            hits += 1
+            label_units.remove(unit)
+    return hits
+
+
+def _keywords(sql: dict) -> set[str]:
+    res = set()
+    for key, word in (("where", "where"), ("groupBy", "group"), ("having", "having")):
+        if sql[key]:
+            res.add(word)
+    if sql["orderBy"]:
+        res.add(sql["orderBy"][0])
+        res.add("order")
+    if sql["limit"] is not None:
+        res.add("limit")
+    for op in ("except", "union", "intersect"):
+        if sql[op] is not None:
+            res.add(op)
+    units = sql["from"]["conds"][::2] + sql["where"][::2] + sql["having"][::2]
+    connectors = sql["from"]["conds"][1::2] + sql["where"][1::2] + sql["having"][1::2]
+    if "or" in connectors:
+        res.add("or")
+    if any(u[0] for u in units):
+        res.add("not")
+    if any(u[1] == WHERE_OPS.index("in") for u in units):
+        res.add("in")
+    if any(u[1] == WHERE_OPS.index("like") for u in units):
+        res.add("like")
+    return res
+
+
+def _nested(pred: dict | None, label: dict | None) -> tuple[int, int, int]:
+    lt = int(label is not None)
+    pt = int(pred is not None)
+    cnt = int(_exact(pred, label)[0]) if pred is not None and label is not None else 0
+    return lt, pt, cnt
+
+
+def partial_match(pred: dict, label: dict) -> dict[str, dict[str, int]]:
+    """Official ``eval_partial_match`` on normalised structures: per component acc/rec/f1 (each 0 or 1) and
+    the unit counts of gold (label_total) and prediction (pred_total)."""
+    res: dict[str, dict[str, int]] = {}
+
+    def put(name: str, count: int, pt: int, lt: int) -> None:
+        acc, rec, f1 = _scores(count, pt, lt)
+        res[name] = {"acc": acc, "rec": rec, "f1": f1, "label_total": lt, "pred_total": pt}
+
+    p_sel, l_sel = pred["select"][1], label["select"][1]
+    put("select", _multiset_hits(p_sel, l_sel), len(p_sel), len(l_sel))
+    put("select(no AGG)", _multiset_hits([u[1] for u in p_sel], [u[1] for u in l_sel]), len(p_sel), len(l_sel))
+
+    p_where, l_where = pred["where"][::2], label["where"][::2]
+    put("where", _multiset_hits(p_where, l_where), len(p_where), len(l_where))
+    put("where(no OP)", _multiset_hits([u[2] for u in p_where], [u[2] for u in l_where]), len(p_where), len(l_where))
+
+    # group(no Having): columns compared by their name only (official: the table part is split off)
+    def names(units):
+        return [cu[1].split(".")[1] if "." in cu[1] else cu[1] for cu in units]
+
+    put("group(no Having)", _multiset_hits(names(pred["groupBy"]), names(label["groupBy"])),
+        len(pred["groupBy"]), len(label["groupBy"]))
+
+    pt, lt = int(bool(pred["groupBy"])), int(bool(label["groupBy"]))
+    same = pt == lt == 1 and [cu[1] for cu in pred["groupBy"]] == [cu[1] for cu in label["groupBy"]] \
+        and pred["having"] == label["having"]
+    put("group", int(same), pt, lt)
+
+    pt, lt = int(bool(pred["orderBy"])), int(bool(label["orderBy"]))
+    same = bool(label["orderBy"]) and pred["orderBy"] == label["orderBy"] \
+        and ((pred["limit"] is None) == (label["limit"] is None))
+    put("order", int(same), pt, lt)
+
+    p_ao, l_ao = set(pred["where"][1::2]), set(label["where"][1::2])
+    if p_ao == l_ao:
+        put("and/or", 1, 1, 1)
+    else:  # official: returns (len(pred), len(label), 0) in (label_total, pred_total, cnt) order
+        put("and/or", 0, len(l_ao), len(p_ao))
+
+    lt = pt = cnt = 0
+    for op in ("intersect", "except", "union"):
+        a, b, c = _nested(pred[op], label[op])
+        lt, pt, cnt = lt + a, pt + b, cnt + c
+    put("IUEN", cnt, pt, lt)
+
+    p_kw, l_kw = _keywords(pred), _keywords(label)
+    put("keywords", len(p_kw & l_kw), len(p_kw), len(l_kw))
+    return res
+
+
+def _table_key(unit):
+    kind, x = unit
+    return (kind, repr(x))  # official sorts the units themselves; repr keeps two sub-queries comparable
+
+
+def _exact(pred: dict, label: dict) -> tuple[bool, dict]:
+    partial = partial_match(pred, label)
+    if any(s["f1"] != 1 for s in partial.values()):
+        return False, partial
+    if label["from"]["table_units"]:
+        same = sorted(label["from"]["table_units"], key=_table_key) == sorted(pred["from"]["table_units"],
+                                                                             key=_table_key)
+        return same, partial
+    return True, partial
+
+
+# ============================================================================================ API
+
+
+@dataclass
+class MatchResult:
+    exact: bool
+    partial: dict[str, dict[str, int]]
+    parsed: bool = True  # False: the prediction could not be parsed (scored as the empty query)
+    error: str | None = None
+    gold_error: str | None = None  # the gold itself could not be parsed (the official tool would stop)
+
+    def differing(self) -> list[str]:
+        """Components whose score is not 1, plus "from" when only the FROM tables differ."""
+        out = [k for k in PARTIAL_TYPES if self.partial.get(k, {}).get("f1") != 1]
+        if not self.exact and not out:
+            out.append("from")
+        return out
+
+
+class ExactMatcher:
+    """Exact set match of predictions against gold, per example, with a schema per database.
+
+    ``schemas``: ``db_id -> MatchSchema`` (see :func:`load_schemas`) or the path of a ``tables.json``.
+    Gold parses are cached for the matcher's life (the gold never changes between epochs).
+    """
+
+    def __init__(self, schemas: Mapping[str, MatchSchema] | str | Path, db_dir: str | Path | None = None) -> None:
+        self.schemas = load_schemas(schemas) if isinstance(schemas, (str, Path)) else dict(schemas)
+        self.db_dir = Path(db_dir) if db_dir is not None else None
+        self._resolved: set[str] = set()
+        self._gold: dict[tuple[str, str], tuple[dict | None, str | None]] = {}
+
+    def schema(self, db_id: str) -> MatchSchema | None:
+        """tables.json's schema; with ``db_dir``, its tables and columns are those of the SQLite file (as the
+        official tool reads them), the foreign keys those of tables.json."""
+        schema = self.schemas.get(db_id)
+        if schema is not None and self.db_dir is not None and db_id not in self._resolved:
+            self._resolved.add(db_id)
+            db_file = self.db_dir / db_id / f"{db_id}.sqlite"
+            if db_file.is_file():
+                try:
+                    schema = self.schemas[db_id] = MatchSchema(sqlite_tables(db_file), schema.fk_map)
+                except Exception:  # noqa: BLE001 - unreadable file: keep tables.json's schema
+                    pass
+        return schema
+
+    def _gold_sql(self, db_id: str, gold: str, schema: MatchSchema) -> tuple[dict | None, str | None]:
+        key = (db_id, gold)
+        hit = self._gold.get(key)
+        if hit is None:
+            try:
+                hit = (normalize(parse_sql(gold, schema), schema), None)
+            except MatchParseError as err:
+                hit = (None, str(err))
+            self._gold[key] = hit
+        return hit
+
+    def match(self, db_id: str, gold: str, pred: str) -> MatchResult:
+        schema = self.schema(db_id)
+        if schema is None:
+            return MatchResult(False, {}, False, f"db_id {db_id!r} not in tables.json", gold_error="unknown db_id")
+        g, gerr = self._gold_sql(db_id, gold, schema)
+        if g is None:
+            return MatchResult(False, {}, False, None, gold_error=gerr)
+        pred = (pred or "").replace(" value ", " 1 ")  # official (test-suite): placeholder values
+        parsed, error = True, None
+        try:
+            p = normalize(parse_sql(pred, schema), schema)
+        except MatchParseError as err:
+            p, parsed, error = normalize(_empty_sql(), schema), False, str(err)
+        exact, partial = _exact(p, g)
+        return MatchResult(bool(exact), partial, parsed, error)
+
+    def match_all(self, items: Iterable[tuple[str, str, str]]) -> list[MatchResult]:
+        """Results for ``items`` = (db_id, gold_sql, pred_sql), in order."""
+        return [self.match(db_id, gold, pred) for db_id, gold, pred in items]
+
+
+def summarize_match(results: Iterable[MatchResult], levels: Iterable[str]) -> dict[str, Any]:
+    """Official aggregation per hardness level (``levels`` aligned with ``results``; "all" added):
+    ``{level: {"count", "exact", "partial": {type: {"acc", "rec", "f1"}}}}``; empty levels have count 0 and
+    ``exact`` None. Examples whose gold could not be parsed count as not exact, without partial scores."""
+    buckets: dict[str, dict[str, Any]] = {}
+    for r, level in zip(results, levels):
+        for key in (level, "all"):
+            b = buckets.setdefault(key, {"count": 0, "exact": 0, "partial": {
+                t: {"acc": 0.0, "rec": 0.0, "acc_count": 0, "rec_count": 0} for t in PARTIAL_TYPES}})
+            b["count"] += 1
+            b["exact"] += int(r.exact)
+            for t, s in r.partial.items():
+                p = b["partial"][t]
+                if s["pred_total"] > 0:
+                    p["acc"] += s["acc"]
+                    p["acc_count"] += 1
+                if s["label_total"] > 0:
+                    p["rec"] += s["rec"]
+                    p["rec_count"] += 1
+    out: dict[str, Any] = {}
+    for level in (*HARDNESS_LEVELS, "all"):
+        b = buckets.get(level)
+        if not b:
+            out[level] = {"count": 0, "exact": None, "partial": {t: None for t in PARTIAL_TYPES}}
+            continue
+        partial = {}
+        for t, p in b["partial"].items():
+            acc = p["acc"] / p["acc_count"] if p["acc_count"] else 0.0
+            rec = p["rec"] / p["rec_count"] if p["rec_count"] else 0.0
+            f1 = 1.0 if acc == 0 and rec == 0 else 2 * acc * rec / (acc + rec)  # official: both 0 -> 1
+            partial[t] = {"acc": acc, "rec": rec, "f1": f1}
+        out[level] = {"count": b["count"], "exact": b["exact"] / b["count"], "partial": partial}
+    return out
