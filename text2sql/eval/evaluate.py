@@ -1,8 +1,9 @@
-"""``text2sql evaluate``: execution accuracy of a prediction file against a gold file (official formats).
+"""``text2sql evaluate``: execution accuracy and/or exact set match of a prediction file against a gold file.
 
 GOLD: one ``SQL<TAB>db_id`` per line (Spider's ``dev_gold.sql``); PRED: one SQL per line, aligned with GOLD
-(DB-GPT-Hub's ``pred.sql``). Prints the official-style table (count and EX per hardness level) and the
-count of each status; ``--out`` writes one JSON verdict per line, in order.
+(DB-GPT-Hub's ``pred.sql``). ``--etype exec|match|all`` as the official tool (default ``exec``). Prints the
+official-style table (count, EX and/or EM per hardness level; "—" for an empty level), the component F1s for
+``match`` and the count of each status; ``--out`` writes one JSON line per example, in order.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="per-query timeout in seconds (default 30)")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: one per CPU core; 0 = in-process)")
+    parser.add_argument("--etype", choices=("exec", "match", "all"), default="exec",
+                        help="exec: execution accuracy; match: exact set match (official component matching); "
+                             "all: both (default exec)")
+    parser.add_argument("--tables", default=None,
+                        help="Spider tables.json for --etype match/all (default: beside --db, i.e. <db>/../tables.json)")
+    parser.add_argument("--questions", default=None,
+                        help="Spider split JSON (e.g. dev.json) aligned with --gold: --out lines carry the question")
     parser.add_argument("--out", default=None, help="write one JSON verdict per line to this file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -63,6 +71,55 @@ def read_pred(path: str | Path) -> list[str]:
     return [line.rstrip("\r").split("\t")[0].strip() for line in lines]
 
 
+def _check_db_dir(db_dir: Path, db_ids: list[str], test_suite: bool) -> None:
+    """None of the gold databases under --db: one error line (suggesting <db>/database when it has them);
+    some missing: one warning line."""
+    from text2sql.eval.execute import db_files
+
+    wanted = sorted(set(db_ids))
+    missing = [d for d in wanted if not db_files(db_dir, d, test_suite)]
+    if len(missing) == len(wanted):
+        hint = ""
+        nested = db_dir / "database"
+        if nested.is_dir() and any(db_files(nested, d, test_suite) for d in wanted):
+            hint = f"; did you mean --db {nested}?"
+        raise CliError(f"--db {db_dir} holds none of the {len(wanted)} gold databases "
+                       f"(expected {db_dir}/<db_id>/<db_id>.sqlite){hint}")
+    if missing:
+        print(f"text2sql evaluate: warning: {len(missing)} of {len(wanted)} gold databases are missing under {db_dir} "
+              f"(e.g. {missing[0]}); their examples count as db_missing", file=sys.stderr)
+
+
+def _tables_path(args: argparse.Namespace, db_dir: Path) -> Path:
+    if args.tables:
+        path = Path(args.tables)
+        if not path.is_file():
+            raise CliError(f"tables file not found: {path}")
+        return path
+    for path in (db_dir.parent / "tables.json", db_dir / "tables.json"):
+        if path.is_file():
+            return path
+    raise CliError(f"--etype {args.etype} needs Spider's tables.json: none beside {db_dir}; pass --tables PATH")
+
+
+def _read_questions(path: str, n: int) -> list[str]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CliError(f"questions file not found: {path}") from None
+    except ValueError as err:
+        raise CliError(f"{path}: not JSON ({err})") from None
+    if not isinstance(data, list) or not all(isinstance(d, dict) and "question" in d for d in data):
+        raise CliError(f"{path}: expected a JSON array of examples with a 'question' (e.g. Spider's dev.json)")
+    if len(data) != n:
+        raise CliError(f"{path} has {len(data)} examples, the gold file has {n}")
+    return [str(d["question"]) for d in data]
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
 def run(args: argparse.Namespace) -> int:
     from text2sql.eval.execute import STATUSES, ExecutionEvaluator
     from text2sql.eval.metrics import table_rows
@@ -81,38 +138,89 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"database directory not found: {db_dir}")
     if args.timeout <= 0:
         raise CliError(f"--timeout must be positive, got {args.timeout}")
+    do_exec, do_match = args.etype in ("exec", "all"), args.etype in ("match", "all")
+    questions = _read_questions(args.questions, len(gold)) if args.questions else None
+    tables = _tables_path(args, db_dir) if do_match else None
+    if do_exec:
+        _check_db_dir(db_dir, [db_id for _, db_id in gold], args.test_suite)
 
     items = [(db_id, g, p) for (g, db_id), p in zip(gold, pred)]
-    with ExecutionEvaluator(db_dir, timeout=args.timeout, workers=args.workers, plug_value=args.plug_value,
-                            keep_distinct=args.keep_distinct, test_suite=args.test_suite) as ev:
-        verdicts = ev.evaluate(items, progress=not args.no_progress)
+    verdicts = None
+    if do_exec:
+        with ExecutionEvaluator(db_dir, timeout=args.timeout, workers=args.workers, plug_value=args.plug_value,
+                                keep_distinct=args.keep_distinct, test_suite=args.test_suite) as ev:
+            verdicts = ev.evaluate(items, progress=not args.no_progress)
+        levels = [v.hardness for v in verdicts]
+    else:
+        from text2sql.eval.hardness import hardness
+
+        levels = [hardness(g) for _, g, _ in items]
+    matches = None
+    if do_match:
+        from text2sql.eval.match import ExactMatcher, summarize_match
+
+        matches = ExactMatcher(tables, db_dir).match_all(items)
+        match_summary = summarize_match(matches, levels)
 
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", encoding="utf-8") as f:
-            for v in verdicts:
-                f.write(json.dumps(v.to_dict(), ensure_ascii=False) + "\n")
+            for i, (db_id, g, p) in enumerate(items):
+                row = {"index": i, "db_id": db_id}
+                if questions is not None:
+                    row["question"] = questions[i]
+                row.update(gold=g, prediction=p, hardness=levels[i])
+                if verdicts is not None:
+                    row.update({k: v for k, v in verdicts[i].to_dict().items() if k not in row})
+                if matches is not None:
+                    m = matches[i]
+                    row["exact_match"] = m.exact
+                    row["match_differs"] = m.differing()
+                    if m.error or m.gold_error:
+                        row["match_error"] = m.gold_error and f"gold: {m.gold_error}" or m.error
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    rows = table_rows(verdicts)
-    table = Table(title="EXECUTION ACCURACY" + (" (test suite)" if args.test_suite else ""))
+    title = {"exec": "EXECUTION ACCURACY", "match": "EXACT SET MATCH", "all": "EXECUTION ACCURACY AND EXACT SET MATCH"}
+    table = Table(title=title[args.etype] + (" (test suite)" if args.test_suite and do_exec else ""))
     table.add_column("")
-    for level, _, _ in rows:
+    level_names = [level for level, _, _ in table_rows([])]
+    for level in level_names:
         table.add_column(level, justify="right")
-    table.add_row("count", *[str(c) for _, c, _ in rows])
-    table.add_row("execution", *[f"{ex:.3f}" for _, _, ex in rows])
+    counts = Counter(levels)
+    table.add_row("count", *[str(len(levels) if lv == "all" else counts.get(lv, 0)) for lv in level_names])
+    if verdicts is not None:
+        table.add_row("execution", *[_fmt(ex) for _, _, ex in table_rows(verdicts)])
+    if matches is not None:
+        table.add_row("exact match", *[_fmt(match_summary[lv]["exact"]) for lv in level_names])
     console.print(table)
-    counts = Counter(v.status for v in verdicts)
-    st = Table(title="status")
-    st.add_column("status")
-    st.add_column("count", justify="right")
-    for s in STATUSES:
-        st.add_row(s, str(counts.get(s, 0)))
-    console.print(st)
+    if matches is not None:
+        from text2sql.eval.match import PARTIAL_TYPES
+
+        pt = Table(title="partial matching F1 (official components)")
+        pt.add_column("")
+        for level in level_names:
+            pt.add_column(level, justify="right")
+        for t in PARTIAL_TYPES:
+            pt.add_row(t, *[_fmt(match_summary[lv]["partial"][t] and match_summary[lv]["partial"][t]["f1"])
+                            for lv in level_names])
+        console.print(pt)
+        unparsed = sum(not m.parsed and not m.gold_error for m in matches)
+        gold_bad = sum(bool(m.gold_error) for m in matches)
+        console.print(f"predictions the official parser rejects (scored as the empty query): {unparsed}"
+                      + (f"; gold queries it rejects (not exact): {gold_bad}" if gold_bad else ""))
+    if verdicts is not None:
+        vc = Counter(v.status for v in verdicts)
+        st = Table(title="status")
+        st.add_column("status")
+        st.add_column("count", justify="right")
+        for s in STATUSES:
+            st.add_row(s, str(vc.get(s, 0)))
+        console.print(st)
     if args.out:
         console.print(f"verdicts written to {args.out}")
     return 0

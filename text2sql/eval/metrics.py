@@ -37,12 +37,13 @@ def summarize(verdicts: Iterable) -> dict[str, float]:
     return out
 
 
-def table_rows(verdicts: Iterable) -> list[tuple[str, int, float]]:
-    """(level, count, EX) for easy/medium/hard/extra/all, as the official table prints them (EX 0.0 when empty)."""
+def table_rows(verdicts: Iterable) -> list[tuple[str, int, float | None]]:
+    """(level, count, EX) for easy/medium/hard/extra/all, as the official table prints them; EX is None for an
+    empty level (printed as "—": an empty level has no accuracy, 0.000 would read as a failure)."""
     verdicts = list(verdicts)
     rows = []
     for level in (*HARDNESS_LEVELS, "all"):
         sub = verdicts if level == "all" else [v for v in verdicts if _get(v, "hardness") == level]
-        ex = sum(bool(_get(v, "correct")) for v in sub) / len(sub) if sub else 0.0
+        ex = sum(bool(_get(v, "correct")) for v in sub) / len(sub) if sub else None
         rows.append((level, len(sub), ex))
     return rows
