@@ -69,9 +69,10 @@ WRITES = [
     "ANALYZE",
     "BEGIN",
     "WITH x AS (SELECT 1) DELETE FROM t",
-    "SELECT 1; DROP TABLE t",
-    "SELECT * FROM empty; DELETE FROM t",
 ]
+# A write after a first SELECT: the official default mode executes the first statement only (its DISTINCT
+# removal keeps sqlparse's first statement), so these are refused only with keep_distinct (whole string run).
+TAIL_WRITES = ["SELECT 1; DROP TABLE t", "SELECT * FROM empty; DELETE FROM t"]
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -83,6 +84,9 @@ def test_writes_are_refused_and_files_unchanged(db_dir, tmp_path, workers):
     with ExecutionEvaluator(db_dir, workers=workers, timeout=5) as ev:
         verdicts = ev.evaluate([("shop", "SELECT x FROM empty", p) for p in preds])
         again = ev.evaluate([("shop", "SELECT count(*) FROM t", "SELECT count(*) FROM t")])
+    with ExecutionEvaluator(db_dir, workers=workers, timeout=5, keep_distinct=True) as ev:
+        preds += TAIL_WRITES
+        verdicts += ev.evaluate([("shop", "SELECT x FROM empty", p) for p in TAIL_WRITES])
     for pred, v in zip(preds, verdicts):
         assert v.status == "write_refused", (pred, v)
         assert v.correct is False
@@ -299,3 +303,36 @@ def test_plug_value_variants_share_one_time_budget(db_dir):
         elapsed = time.monotonic() - t0
     assert v.status == "timeout"
     assert elapsed < 2 * 1.0 + 1.5
+
+
+# (prediction, verdict in the default mode, verdict with keep_distinct) against gold "SELECT count(*) FROM t".
+# Official test-suite evaluator: default mode runs sqlparse's first statement only; keep_distinct runs the
+# whole string through sqlite3, which refuses a second statement (a lone ";" counts) but allows comments.
+MULTI_STATEMENTS = [
+    ("SELECT count(*) FROM t; ;", "correct", "syntax_error"),
+    ("SELECT count(*) FROM t;;", "correct", "syntax_error"),
+    ("SELECT count(*) FROM t; DROP TABLE t", "correct", "write_refused"),
+    ("SELECT count(*) FROM t; DELETE FROM t; DROP TABLE empty", "correct", "write_refused"),
+    ("SELECT count(*) FROM t; -- a trailing comment", "correct", "correct"),
+    ("SELECT count(*) FROM t -- a trailing comment", "correct", "correct"),
+    ("SELECT count(*) FROM t; /* a comment */", "correct", "correct"),
+    ("SELECT count(DISTINCT id) FROM t; SELECT 1", "correct", "syntax_error"),
+    ("SELECT id FROM t; SELECT count(*) FROM t", "wrong_result", "syntax_error"),
+    # the first statement holds no SQL: officially it executes to an empty result
+    ("; SELECT count(*) FROM t", "wrong_result", "correct"),
+    ("SELECT 'a;b' = 'a;b' FROM t WHERE 0; SELECT count(*) FROM t", "wrong_result", "syntax_error"),
+]
+
+
+@pytest.mark.parametrize("keep_distinct", [False, True])
+def test_multi_statement_predictions_get_the_official_verdict(db_dir, keep_distinct):
+    before = _sha(db_dir)
+    with ExecutionEvaluator(db_dir, workers=0, timeout=5, keep_distinct=keep_distinct) as ev:
+        verdicts = ev.evaluate([("shop", "SELECT count(*) FROM t", p) for p, _, _ in MULTI_STATEMENTS])
+        empty = ev.evaluate([("shop", "SELECT x FROM empty", "SELECT * FROM empty; DELETE FROM t")])[0]
+    want = [k if keep_distinct else d for _, d, k in MULTI_STATEMENTS]
+    assert [v.status for v in verdicts] == want, [p for (p, _, _), v, w in zip(MULTI_STATEMENTS, verdicts, want)
+                                                  if v.status != w]
+    # officially correct in the default mode (the DELETE is never run); refused when the whole string runs
+    assert empty.status == ("write_refused" if keep_distinct else "correct")
+    assert _sha(db_dir) == before

@@ -34,11 +34,14 @@ class ExecutionAccuracyCallback(pl.Callback):
         timeout: float = 30.0,
         workers: int | None = None,
         table_rows: int = 100,
+        exact_match: bool = True,
     ):
         self.db_dir, self.every_n_epochs, self.limit, self.seed = db_dir, every_n_epochs, limit, seed
         self.batch_size, self.max_new_tokens, self.timeout, self.workers = batch_size, max_new_tokens, timeout, workers
         self.output_dir = Path(output_dir) if output_dir else None
         self.table_rows = table_rows
+        self.exact_match = exact_match  # also log val/exact_match (official EM) and val/em_<level>
+        self._matcher = None
         self._evaluator = None
         self._items = None
         self.history: list[dict] = []
@@ -96,10 +99,11 @@ class ExecutionAccuracyCallback(pl.Callback):
                                 max_new_tokens=self.max_new_tokens, progress=progress)
 
     def _score(self, trainer, preds: list[str]) -> dict[str, float]:
-        from text2sql.eval.metrics import summarize
+        from text2sql.eval.metrics import summarize, summarize_exact
 
         verdicts = self._evaluator_for_run(trainer).evaluate([(it.db_id, it.gold, p) for it, p in zip(self._items, preds)])
         summary = summarize(verdicts)
+        matches = self._match(trainer, preds, verdicts) if self.exact_match else None
         metrics = {f"val/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float)) and k != "count"}
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
         epoch = trainer.current_epoch
@@ -108,11 +112,23 @@ class ExecutionAccuracyCallback(pl.Callback):
              "status": v.status, "hardness": v.hardness, "correct": v.correct, "error": v.error}
             for it, p, v in zip(self._items, preds, verdicts)
         ]
+        if matches is not None:
+            for row, m in zip(rows, matches):
+                row["exact_match"] = m.exact
+            metrics.update({f"val/{k}": v for k, v in summarize_exact(matches, [v.hardness for v in verdicts]).items()})
         self._save(epoch, rows)
         self._log_table(trainer, epoch, rows)
         log.info("epoch %d: execution accuracy %.3f on %d dev examples", epoch, metrics.get(MONITOR, 0.0), len(rows))
         self.history.append({"epoch": epoch, **metrics})
         return metrics
+
+    def _match(self, trainer, preds: list[str], verdicts) -> list:
+        if self._matcher is None:  # gold parses are cached for the run, like gold results
+            from text2sql.eval.match import ExactMatcher
+
+            root = trainer.datamodule.dataset.root
+            self._matcher = ExactMatcher(root / "tables.json", self.db_dir or root / "database")
+        return self._matcher.match_all([(it.db_id, it.gold, p) for it, p in zip(self._items, preds)])
 
     def _save(self, epoch: int, rows: list[dict]) -> None:
         if self.output_dir is None:
@@ -131,6 +147,7 @@ class ExecutionAccuracyCallback(pl.Callback):
             import wandb
 
             columns = ["epoch", "db_id", "question", "gold", "prediction", "status", "hardness"]
+            columns += ["exact_match"] if rows and "exact_match" in rows[0] else []
             table = wandb.Table(columns=columns)
             for r in rows[: self.table_rows]:
                 table.add_data(epoch, *(r[c] for c in columns[1:]))

@@ -9,6 +9,9 @@ The rules follow taoyds/test-suite-sql-eval (``exec_eval.py`` / ``parse.py``); t
   the same as the official one while the search is deterministic and much smaller);
 * two empty results are equal (whatever their columns);
 * ``> =``, ``< =``, ``! =`` are normalised, ``DISTINCT`` is dropped from both queries unless ``keep_distinct``;
+  the official DISTINCT removal goes through sqlparse and keeps only the *first statement*, so in the default
+  mode ``SELECT ...; ;`` or ``SELECT ...; DROP ...`` is judged by its first statement alone, while with
+  ``keep_distinct`` the whole string is executed (and SQLite refuses more than one statement);
 * optional *plug-value*: the gold query's literal values are plugged into the prediction's value slots, and the
   prediction is accepted if any variant matches (the official enumeration is unbounded; ours is capped).
 
@@ -27,6 +30,8 @@ __all__ = [
     "ComparisonTimeout",
     "postprocess",
     "remove_distinct",
+    "first_statement",
+    "EMPTY_RESULT_SQL",
     "replace_cur_year",
     "order_matters",
     "result_eq",
@@ -73,6 +78,27 @@ _DISTINCT = re.compile(r"(?<![\w$])distinct(?![\w$])", re.IGNORECASE)
 def remove_distinct(sql: str) -> str:
     """Drop every ``DISTINCT`` keyword outside quotes (official ``parse.remove_distinct``)."""
     return "".join(text if quoted else _DISTINCT.sub("", text) for quoted, text in _split_quoted(sql))
+
+
+# Executing a statement with no SQL in it (";", a comment) gives the official tool an empty result.
+EMPTY_RESULT_SQL = "SELECT NULL WHERE 0"
+
+
+def first_statement(sql: str) -> str:
+    """The first statement as sqlparse splits it (official ``remove_distinct`` keeps ``sqlparse.parse(s)[0]``),
+    with its ``;`` and any comment sqlparse attaches; :data:`EMPTY_RESULT_SQL` when it holds no SQL."""
+    if ";" not in sql:  # one statement: skip sqlparse (about 2 ms a query)
+        return sql
+    import sqlparse
+    from sqlparse import tokens as T
+
+    statements = sqlparse.parse(sql)
+    if not statements:
+        return EMPTY_RESULT_SQL
+    toks = list(statements[0].flatten())
+    if all(t.is_whitespace or t.ttype in T.Comment or (t.ttype in T.Punctuation and t.value == ";") for t in toks):
+        return EMPTY_RESULT_SQL
+    return "".join(t.value for t in toks)
 
 
 def order_matters(gold_sql: str) -> bool:

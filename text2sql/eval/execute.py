@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 from text2sql.eval.compare import (
     MAX_PLUG_VARIANTS,
     ComparisonTimeout,
+    first_statement,
     order_matters,
     plug_value_variants,
     postprocess,
@@ -552,16 +553,16 @@ class ExecutionEvaluator:
         hit = self._gold_text.get(gold)
         if hit is None:
             g = postprocess(gold.strip())
-            if not self.keep_distinct:
-                g = remove_distinct(g)
+            if not self.keep_distinct:  # official: sqlparse keeps the first statement only
+                g = remove_distinct(first_statement(g))
             hit = self._gold_text[gold] = (replace_cur_year(g), order_matters(g))
         return hit
 
     def _prepare(self, gold: str, pred: str) -> tuple[str, list[str], bool]:
         g, ordered = self._prepare_gold(gold)
         p = postprocess(pred.strip().replace(" value ", " 1 "))
-        if not self.keep_distinct:
-            p = remove_distinct(p)
+        if not self.keep_distinct:  # official: the first statement only; --keep-distinct runs the whole string
+            p = remove_distinct(first_statement(p))
         p = replace_cur_year(p)
         candidates = [p]
         if self.plug_value:

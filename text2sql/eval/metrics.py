@@ -7,7 +7,7 @@ from typing import Iterable, Mapping
 from text2sql.eval.execute import STATUSES
 from text2sql.eval.hardness import HARDNESS_LEVELS
 
-__all__ = ["summarize", "table_rows"]
+__all__ = ["summarize", "summarize_exact", "table_rows"]
 
 
 def _get(v, name):
@@ -47,3 +47,15 @@ def table_rows(verdicts: Iterable) -> list[tuple[str, int, float | None]]:
         ex = sum(bool(_get(v, "correct")) for v in sub) / len(sub) if sub else None
         rows.append((level, len(sub), ex))
     return rows
+
+
+def summarize_exact(matches: Iterable, levels: Iterable[str]) -> dict[str, float]:
+    """Keys: ``exact_match`` (official exact set match) and ``em_<level>`` for each hardness level with at least
+    one example; ``matches`` are :class:`~text2sql.eval.match.MatchResult` objects aligned with ``levels``."""
+    pairs = list(zip((bool(m.exact) for m in matches), levels))
+    out = {"exact_match": sum(e for e, _ in pairs) / len(pairs) if pairs else 0.0}
+    for level in HARDNESS_LEVELS:
+        sub = [e for e, lv in pairs if lv == level]
+        if sub:
+            out[f"em_{level}"] = sum(sub) / len(sub)
+    return out
