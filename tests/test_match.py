@@ -146,6 +146,9 @@ UNPARSABLE = [
     ("an unknown column", "SELECT nickname FROM singer"),
     ("an unknown table", "SELECT name FROM band"),
     ("an odd number of quotes", "SELECT name FROM singer WHERE name = 'O'Hara'"),
+    # tokenize: nltk's word_tokenize never splits "=", so an unspaced comparison is one unknown token
+    ("an unspaced =", "SELECT name FROM singer WHERE age=20"),
+    ("an unspaced >=", "SELECT name FROM singer WHERE age >=20"),
     ("not SQL", "the singers"),
     ("empty", ""),
 ]

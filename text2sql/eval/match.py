@@ -147,15 +147,37 @@ def load_schemas(tables_json: str | Path) -> dict[str, MatchSchema]:
 
 # ============================================================================================ tokens
 
-# Values are replaced by placeholders first (as the official tokenizer does); the rest is split the way
-# nltk's word_tokenize splits Spider-style SQL: words (with dots: t1.name, 2.5), a leading minus glued to a
-# number, and every operator / bracket / comma / semicolon on its own.
-_TOKEN = re.compile(r"__val_\d+__|(?<![\w.)])-\d+(?:\.\d+)?|[\w$.]+|[!<>=]|[(),;*+/\-%]|[^\s\w]")
+# nltk's word_tokenize (what the official tokenizer calls), reduced to the rules that can fire once quoted
+# values are placeholders: brackets, < > * ; ! ? @ # $ % & and backticks stand alone, a comma or colon only
+# when no digit follows, "--" and "..." stand alone, a final period is split off. "=", "+", "-", "/" and "." are
+# never split: "age>=20" is "age > =20" and "a=1" one token, both unparsable, as for the official tool.
+_NLTK_RULES = [
+    (re.compile(r"([«“‘„]|[`]+)"), r" \1 "),
+    (re.compile(r"([^\.])(\.)([\]\)}>»”’ ]*)\s*$"), r"\1 \2 \3 "),
+    (re.compile(r"([:,])([^\d])"), r" \1 \2"),
+    (re.compile(r"([:,])$"), r" \1 "),
+    (re.compile(r"\.{2,}"), r" \g<0> "),
+    (re.compile(r"[;@#$%&]"), r" \g<0> "),
+    (re.compile(r"[\u2012-\u2015]"), r" \g<0> "),
+    (re.compile(r"([^\.])(\.)([\]\)}>]*)\s*$"), r"\1 \2\3 "),
+    (re.compile(r"[?!]"), r" \g<0> "),
+    (re.compile(r"[*]"), r" \g<0> "),
+    (re.compile(r"[\]\[\(\)\{\}\<\>]"), r" \g<0> "),
+    (re.compile(r"--"), r" -- "),
+    (re.compile(r"(?i)\b(can)(not)\b"), r" \1 \2 "),
+]
+
+
+def _word_split(text: str) -> list[str]:
+    for rule, sub in _NLTK_RULES:
+        text = rule.sub(sub, text)
+    return text.split()
 
 
 def tokenize(sql: str) -> list[str]:
-    """Official ``process_sql.tokenize``: lower-cased tokens, quoted values kept whole (as double-quoted
-    text), ``! =``/``> =``/``< =`` pairs merged into one operator."""
+    """Official ``process_sql.tokenize``: single quotes become double quotes, each quoted value is replaced
+    by a placeholder *in place* (so ``name='x'`` stays glued to ``name=``), the text is split as nltk's
+    word_tokenize splits it, lower-cased, values put back, and ``! =``/``> =``/``< =`` merged."""
     text = str(sql).replace("'", '"')
     quotes = [i for i, ch in enumerate(text) if ch == '"']
     if len(quotes) % 2:
@@ -164,21 +186,17 @@ def tokenize(sql: str) -> list[str]:
     parts, last = [], 0
     for k in range(0, len(quotes), 2):
         start, end = quotes[k], quotes[k + 1]
-        key = f"__val_{k}__"
+        key = f"__val_{start}_{end}__"
         values[key] = text[start:end + 1]
         parts.append(text[last:start])
-        parts.append(f" {key} ")
+        parts.append(key)
         last = end + 1
     parts.append(text[last:])
-    toks = [t.lower() for t in _TOKEN.findall("".join(parts))]
-    toks = [values.get(t, t) for t in toks]
-    out: list[str] = []
-    for tok in toks:
-        if tok == "=" and out and out[-1] in ("!", ">", "<"):
-            out[-1] += "="
-        else:
-            out.append(tok)
-    return out
+    toks = [values.get(t, t) for t in (w.lower() for w in _word_split("".join(parts)))]
+    for i in range(len(toks) - 1, 0, -1):  # official: right to left, "=" joins the token before it
+        if toks[i] == "=" and toks[i - 1] in ("!", ">", "<"):
+            toks[i - 1:i + 1] = [toks[i - 1] + "="]
+    return toks
 
 
 # ============================================================================================ parser
