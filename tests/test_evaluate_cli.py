@@ -104,3 +104,81 @@ def test_flags_are_accepted(files, capsys):
     assert main(args + ["--test-suite"]) == 0
     assert "test suite" in capsys.readouterr().out
     assert main(args[:-5] + ["--timeout", "0"]) == 2
+
+
+ZOO_TABLES = [{"db_id": "zoo", "table_names_original": ["animal"],
+               "column_names_original": [[-1, "*"], [0, "id"], [0, "name"], [0, "legs"]],
+               "column_types": ["text", "number", "text", "number"], "primary_keys": [1], "foreign_keys": []}]
+
+
+def test_etype_all_prints_em_beside_ex_and_writes_components(files, capsys):
+    tmp_path, gold, pred = files
+    (tmp_path / "tables.json").write_text(json.dumps(ZOO_TABLES))  # beside --db: found without --tables
+    questions = tmp_path / "dev.json"
+    questions.write_text(json.dumps([{"question": f"q{i}", "db_id": "zoo"} for i in range(5)]))
+    out = tmp_path / "v.jsonl"
+    rc = main(["evaluate", "--gold", str(gold), "--pred", str(pred), "--db", str(tmp_path / "database"),
+               "--etype", "all", "--questions", str(questions), "--out", str(out), "--workers", "0",
+               "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "execution" in text and "exact match" in text and "keywords" in text and "select(no AGG)" in text
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["question"] for r in rows] == ["q0", "q1", "q2", "q3", "q4"]
+    assert rows[1]["gold"].startswith("SELECT name FROM animal WHERE") and rows[1]["prediction"].endswith("ASC")
+    # count(*) same; ORDER BY direction flipped; select items permuted; empty prediction; db unknown
+    assert [r["exact_match"] for r in rows] == [True, False, True, False, False]
+    assert rows[1]["match_differs"] == ["order", "keywords"] and rows[1]["status"] == "wrong_result"
+    assert rows[0]["match_differs"] == [] and "match_error" in rows[3] and "match_error" in rows[4]
+    # exact match over all 5 is 2/5, as EX: both print 0.400
+    assert text.count("0.400") >= 2
+
+
+def test_etype_match_needs_no_execution_and_empty_levels_print_a_dash(files, capsys):
+    tmp_path, gold, pred = files
+    tables = tmp_path / "elsewhere.json"
+    tables.write_text(json.dumps(ZOO_TABLES))
+    out = tmp_path / "v.jsonl"
+    rc = main(["evaluate", "--gold", str(gold), "--pred", str(pred), "--db", str(tmp_path / "database"),
+               "--etype", "match", "--tables", str(tables), "--out", str(out), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "exact match" in text and "execution" not in text and "status" not in text
+    assert "—" in text  # no hard / extra example: an empty level is "—", not 0.000
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "status" not in rows[0] and [r["exact_match"] for r in rows] == [True, False, True, False, False]
+
+
+def test_etype_match_without_tables_json_is_one_error(files, capsys):
+    tmp_path, gold, pred = files
+    rc = main(["evaluate", "--gold", str(gold), "--pred", str(pred), "--db", str(tmp_path / "database"),
+               "--etype", "match"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "tables.json" in err and "--tables" in err
+
+
+def test_db_dir_without_gold_databases_is_refused_with_a_hint(files, capsys):
+    tmp_path, gold, pred = files
+    # the Spider root instead of its database/ folder
+    rc = main(["evaluate", "--gold", str(gold), "--pred", str(pred), "--db", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "none of the 2 gold databases" in err and f"--db {tmp_path / 'database'}" in err
+
+
+def test_some_missing_databases_give_one_warning_line(files, capsys):
+    tmp_path, gold, pred = files
+    rc = main(["evaluate", "--gold", str(gold), "--pred", str(pred), "--db", str(tmp_path / "database"),
+               "--workers", "0", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 0 and len(err) == 1 and "warning: 1 of 2 gold databases are missing" in err[0]
+
+
+def test_questions_file_must_align(files, capsys):
+    tmp_path, gold, pred = files
+    questions = tmp_path / "dev.json"
+    questions.write_text(json.dumps([{"question": "only one"}]))
+    rc = main(["evaluate", "--gold", str(gold), "--pred", str(pred), "--db", str(tmp_path / "database"),
+               "--questions", str(questions)])
+    assert rc == 2 and "has 1 examples, the gold file has 5" in capsys.readouterr().err
