@@ -30,7 +30,6 @@ Comparison (``evaluation.py`` with ``DISABLE_VALUE`` and ``DISABLE_DISTINCT``):
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from dataclasses import dataclass, field
@@ -566,7 +565,8 @@ def _norm_cols(sql: dict | None, valid: set[str], fk_map) -> dict | None:
 
 
 def normalize(sql: dict, schema: MatchSchema) -> dict:
-    sql = _drop_values(copy.deepcopy(sql))
+    """Values dropped, foreign keys identified, DISTINCT ignored; rewrites ``sql`` (a fresh parse) in place."""
+    sql = _drop_values(sql)
     return _norm_cols(sql, _valid_columns(sql["from"]["table_units"], schema), schema.fk_map)
 
 
