@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from text2sql.eval.execute import STATUSES, ExecutionEvaluator, Verdict, db_files
+from text2sql.eval.execute import STATUSES, ExecutionEvaluator, Verdict, db_files, execute_query, open_readonly
 
 
 def _make_db(path: Path, rows: int = 50) -> None:
@@ -233,7 +233,8 @@ def test_no_torch_import():
     import sys
 
     code = ("import sys; import text2sql.eval.execute, text2sql.eval.compare, text2sql.eval.hardness, "
-            "text2sql.eval.metrics, text2sql.eval.evaluate; assert 'torch' not in sys.modules")
+            "text2sql.eval.metrics, text2sql.eval.evaluate, text2sql.eval.match, text2sql.eval.pool, "
+            "text2sql.eval.query, text2sql.eval.sqlite_guard; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -336,3 +337,15 @@ def test_multi_statement_predictions_get_the_official_verdict(db_dir, keep_disti
     # officially correct in the default mode (the DELETE is never run); refused when the whole string runs
     assert empty.status == ("write_refused" if keep_distinct else "correct")
     assert _sha(db_dir) == before
+
+
+def test_split_modules_keep_the_public_names(db_dir):
+    """execute.py was split (guard / query / pool); its public names still import from it and work."""
+    from text2sql.eval import execute, pool, query, sqlite_guard
+
+    assert execute.open_readonly is sqlite_guard.open_readonly and execute.execute_query is query.execute_query
+    assert execute.QueryResult is query.QueryResult and execute._Worker is pool._Worker
+    conn, guard = open_readonly(db_dir / "shop" / "shop.sqlite", heap_limit=None)
+    assert execute_query(conn, guard, "SELECT count(*) FROM t", timeout=5).rows == [(50,)]
+    assert execute_query(conn, guard, "DELETE FROM t", timeout=5).status == "write_refused"
+    conn.close()

@@ -10,39 +10,48 @@ Safety and robustness, beyond the official evaluator:
 * a hard per-query timeout (SQLite progress handler), backed by a watchdog in the parent that kills a
   worker stuck for longer; a cap on rows and bytes fetched and on SQLite's heap (``hard_heap_limit``,
   in-memory temp store), so a huge cross join can neither hang nor exhaust memory;
-* queries run in worker *processes* started fresh (``python -m text2sql.eval.execute --worker``, i.e. a spawn,
+* queries run in worker *processes* started fresh (``python -m text2sql.eval.pool --worker``, i.e. a spawn,
   which never inherits the caller's torch threads or imports its ``__main__``); a crashing worker costs one
   example (``exec_error``) and is replaced;
 * text that is not valid UTF-8 is decoded with replacement characters instead of failing;
 * gold results are computed once per (database file, gold query) and cached for the evaluator's life.
+
+The parts live in their own modules (:mod:`~text2sql.eval.sqlite_guard`: the read-only guard;
+:mod:`~text2sql.eval.query`: one query and one example; :mod:`~text2sql.eval.pool`: the worker processes);
+this module schedules examples over them and keeps the public names importable from here.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
 import threading
-import time
 import weakref
 from collections import deque
 from dataclasses import asdict, dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from text2sql.eval.compare import (
     MAX_PLUG_VARIANTS,
-    ComparisonTimeout,
     first_statement,
     order_matters,
     plug_value_variants,
     postprocess,
     remove_distinct,
     replace_cur_year,
-    result_eq,
 )
+from text2sql.eval.pool import _shutdown, _Worker
+from text2sql.eval.query import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ROWS,
+    QueryResult,
+    _ConnCache,
+    _evaluate_item,
+    execute_query,
+)
+from text2sql.eval.sqlite_guard import DEFAULT_HEAP_LIMIT, open_readonly
 
 __all__ = [
     "STATUSES",
@@ -57,9 +66,6 @@ __all__ = [
 STATUSES = ("correct", "wrong_result", "syntax_error", "exec_error", "timeout", "write_refused", "db_missing",
             "empty_prediction")
 
-DEFAULT_MAX_ROWS = 200_000
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-DEFAULT_HEAP_LIMIT = 1024 * 1024 * 1024  # per worker process (SQLite's own allocations)
 _WATCHDOG_SLACK_S = 5.0
 
 
@@ -73,392 +79,6 @@ class Verdict:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# ============================================================================================ execution
-# (runs inside the worker processes, or in-process when workers=0)
-
-import sqlite3  # noqa: E402
-
-# Actions a query may need: reading, functions, recursive CTEs. Everything else is refused.
-_ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
-                    getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
-# Pragmas that only read (allowed without an argument, or with a table/index name as argument).
-_READ_PRAGMAS_WITH_ARG = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
-                          "foreign_key_list"}
-_READ_PRAGMAS_NO_ARG = _READ_PRAGMAS_WITH_ARG | {
-    "database_list", "collation_list", "function_list", "module_list", "pragma_list", "table_list",
-    "compile_options", "encoding", "user_version", "application_id", "schema_version", "page_size",
-    "page_count", "freelist_count", "query_only", "foreign_keys", "case_sensitive_like"}
-_WRITE_WORDS = ("drop", "delete", "update", "insert", "replace", "create", "alter", "attach", "detach",
-                "pragma", "vacuum", "reindex", "analyze", "begin", "commit", "end", "rollback", "savepoint",
-                "release")
-
-
-class _Guard:
-    """Authorizer state of one connection: records whether the current statement tried to write."""
-
-    __slots__ = ("refused", "deadline")
-
-    def __init__(self) -> None:
-        self.refused: str | None = None
-        self.deadline = math.inf
-
-    def authorize(self, action, arg1, arg2, dbname, source):  # sqlite3 authorizer callback
-        if action in _ALLOWED_ACTIONS:
-            return sqlite3.SQLITE_OK
-        if action == sqlite3.SQLITE_PRAGMA:
-            name = (arg1 or "").lower()
-            if (arg2 is None and name in _READ_PRAGMAS_NO_ARG) or name in _READ_PRAGMAS_WITH_ARG:
-                return sqlite3.SQLITE_OK
-            self.refused = f"PRAGMA {name}" + (f" = {arg2}" if arg2 is not None else "")
-            return sqlite3.SQLITE_DENY
-        if self.refused is None:
-            self.refused = f"action {action} ({arg1 or ''}{' ' + arg2 if arg2 else ''})".strip()
-        return sqlite3.SQLITE_DENY
-
-    def progress(self) -> int:  # sqlite3 progress handler: non-zero aborts the statement
-        return 1 if time.monotonic() > self.deadline else 0
-
-
-_heap_limit_set = False
-
-
-def open_readonly(path: str | os.PathLike, heap_limit: int | None = DEFAULT_HEAP_LIMIT
-                  ) -> tuple[sqlite3.Connection, _Guard]:
-    """Open an existing SQLite file read-only, with the write-refusing authorizer and a progress handler.
-
-    ``heap_limit`` (bytes) caps SQLite's memory *process-wide* and keeps temporary results in memory, so
-    that a huge sort fails fast instead of filling the disk: only for worker processes. ``None`` leaves
-    the process's SQLite settings alone (in-process evaluation).
-    """
-    global _heap_limit_set
-    uri = Path(os.path.abspath(path)).as_uri() + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA query_only = ON")
-    if heap_limit:
-        conn.execute("PRAGMA temp_store = MEMORY")  # sorts of huge results hit the heap limit, not the disk
-    if heap_limit and not _heap_limit_set:
-        try:
-            conn.execute(f"PRAGMA hard_heap_limit = {int(heap_limit)}")  # process-wide
-        except sqlite3.Error:
-            pass
-        _heap_limit_set = True
-    guard = _Guard()
-    conn.set_authorizer(guard.authorize)
-    conn.set_progress_handler(guard.progress, 1000)
-    return conn, guard
-
-
-@dataclass
-class QueryResult:
-    status: str  # "ok" | "too_many_rows" | a failure status of STATUSES
-    rows: list | None = None
-    error: str | None = None
-
-
-def _classify(err: BaseException, guard: _Guard, timed_out: bool) -> tuple[str, str]:
-    msg = str(err) or type(err).__name__
-    low = msg.lower()
-    if guard.refused is not None:
-        return "write_refused", f"write refused: {guard.refused}"
-    if timed_out or low == "interrupted":
-        return "timeout", "query exceeded the time limit"
-    if any(k in low for k in ("readonly", "read-only", "not authorized", "query_only", "may not be modified",
-                              "attempt to write", "cannot modify", "cannot commit", "cannot start a transaction")):
-        return "write_refused", msg
-    if "one statement at a time" in low:
-        return "syntax_error", msg
-    if "syntax error" in low or "incomplete input" in low or "unrecognized token" in low:
-        return "syntax_error", msg
-    return "exec_error", msg
-
-
-def _tail_writes(sql: str) -> bool:
-    """Whether a statement after the first one starts with a writing keyword (``SELECT 1; DROP ...``)."""
-    from text2sql.eval.compare import _split_quoted
-
-    statements, current = [], []
-    for quoted, text in _split_quoted(sql):
-        if quoted:
-            current.append(" ")
-            continue
-        pieces = text.split(";")
-        current.append(pieces[0])
-        for piece in pieces[1:]:
-            statements.append("".join(current))
-            current = [piece]
-    statements.append("".join(current))
-    for stmt in statements[1:]:
-        words = stmt.strip().split(None, 1)
-        if words and words[0].lower() in _WRITE_WORDS:
-            return True
-    return False
-
-
-def execute_query(conn: sqlite3.Connection, guard: _Guard, sql: str, timeout: float,
-                  max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int = DEFAULT_MAX_BYTES) -> QueryResult:
-    """Run one query with the connection's guard armed; never raises for a bad query."""
-    for attempt in range(2):
-        guard.refused = None
-        guard.deadline = time.monotonic() + timeout
-        cur = None
-        try:
-            cur = conn.cursor()
-            cur.execute(sql)
-            if cur.description is None:  # no result columns: not a query (REINDEX, ANALYZE, BEGIN, ...)
-                return QueryResult("write_refused", None, "write refused: not a read-only query")
-            rows: list = []
-            nbytes = 0
-            while True:
-                chunk = cur.fetchmany(4096)
-                if not chunk:
-                    break
-                rows.extend(chunk)
-                for row in chunk:
-                    for v in row:
-                        if v.__class__ is str or v.__class__ is bytes:
-                            nbytes += len(v)
-                nbytes += 64 * len(chunk)
-                if len(rows) > max_rows or nbytes > max_bytes:
-                    return QueryResult("too_many_rows", None,
-                                       f"result exceeds the cap of {max_rows} rows / {max_bytes} bytes")
-            if guard.refused is not None:  # denied sub-action that did not abort (defensive)
-                return QueryResult("write_refused", None, f"write refused: {guard.refused}")
-            return QueryResult("ok", rows)
-        except sqlite3.OperationalError as err:
-            if attempt == 0 and "could not decode" in str(err).lower():
-                conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
-                continue
-            timed_out = time.monotonic() > guard.deadline
-            status, msg = _classify(err, guard, timed_out)
-            return QueryResult(status, None, msg)
-        except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError) as err:
-            status, msg = _classify(err, guard, False)
-            if status == "syntax_error" and "one statement at a time" in msg.lower() and _tail_writes(sql):
-                status, msg = "write_refused", "write refused: a later statement writes"
-            return QueryResult(status, None, msg)
-        except MemoryError:
-            return QueryResult("exec_error", None, "out of memory")
-        finally:
-            guard.deadline = math.inf
-            if cur is not None:
-                try:
-                    cur.close()
-                except sqlite3.Error:
-                    pass
-            if conn.in_transaction:  # never keep anything open between queries
-                try:
-                    conn.rollback()
-                except sqlite3.Error:
-                    pass
-    return QueryResult("exec_error", None, "undecodable text")  # pragma: no cover
-
-
-class _ConnCache:
-    """Open read-only connections per database file (LRU)."""
-
-    def __init__(self, size: int = 64, heap_limit: int | None = DEFAULT_HEAP_LIMIT) -> None:
-        self.size = size
-        self.heap_limit = heap_limit
-        self._conns: dict[str, tuple[sqlite3.Connection, _Guard]] = {}
-
-    def get(self, path: str) -> tuple[sqlite3.Connection, _Guard]:
-        entry = self._conns.pop(path, None)
-        if entry is None:
-            entry = open_readonly(path, self.heap_limit)
-            while len(self._conns) >= self.size:
-                old = next(iter(self._conns))
-                self._conns.pop(old)[0].close()
-        self._conns[path] = entry
-        return entry
-
-    def close(self) -> None:
-        for conn, _ in self._conns.values():
-            conn.close()
-        self._conns.clear()
-
-
-def _run(conns: _ConnCache, path: str, sql: str, opts: dict, timeout: float | None = None) -> QueryResult:
-    try:
-        conn, guard = conns.get(path)
-    except sqlite3.Error as err:
-        return QueryResult("db_missing", None, f"cannot open {path}: {err}")
-    return execute_query(conn, guard, sql, opts["timeout"] if timeout is None else timeout, opts["max_rows"],
-                         opts["max_bytes"])
-
-
-def _evaluate_item(item: dict, conns: _ConnCache, gold_cache: dict, opts: dict) -> dict:
-    """Evaluate one example. item: {paths, gold, candidates, ordered, gold_rows: {path: QueryResult}}.
-
-    Returns {status, error, new_gold: {path: QueryResult}} where new_gold holds gold results computed here.
-    """
-    new_gold: dict[str, QueryResult] = {}
-    golds: list[QueryResult] = []
-    for path in item["paths"]:
-        key = (path, item["gold"])
-        g = item.get("gold_rows", {}).get(path) or gold_cache.get(key)
-        if g is None:
-            g = _run(conns, path, item["gold"], opts)
-            if g.status in ("ok", "too_many_rows", "syntax_error", "exec_error", "write_refused"):
-                gold_cache[key] = g
-                new_gold[path] = g
-        else:
-            gold_cache[key] = g
-        golds.append(g)
-        if g.status != "ok":
-            name = os.path.basename(path)
-            if g.status == "db_missing":
-                return {"status": "db_missing", "error": g.error, "new_gold": new_gold}
-            return {"status": "exec_error", "error": f"gold query failed on {name}: {g.status}: {g.error}",
-                    "new_gold": new_gold}
-
-    first: tuple[str, str | None] | None = None
-    variants_deadline = math.inf
-    for ci, cand in enumerate(item["candidates"]):
-        status, error = "correct", None
-        if ci == 1:  # plug-value variants share one budget of `timeout` seconds in all
-            variants_deadline = time.monotonic() + opts["timeout"]
-        if ci >= 1 and time.monotonic() >= variants_deadline:
-            break
-        for path, g in zip(item["paths"], golds):
-            qt = opts["timeout"] if ci == 0 else max(0.001, min(opts["timeout"], variants_deadline - time.monotonic()))
-            p = _run(conns, path, cand, opts, qt)
-            if p.status == "too_many_rows":
-                status, error = "wrong_result", p.error
-                break
-            if p.status != "ok":
-                status, error = p.status, p.error
-                break
-            try:
-                same = result_eq(g.rows, p.rows, item["ordered"], deadline=time.monotonic() + qt)
-            except ComparisonTimeout as err:
-                status, error = "timeout", str(err)
-                break
-            if not same:
-                status, error = "wrong_result", None
-                if len(item["paths"]) > 1:
-                    error = f"differs on {os.path.basename(path)}"
-                break
-        if status == "correct":
-            return {"status": "correct", "error": None if ci == 0 else f"correct with plugged values (variant {ci})",
-                    "new_gold": new_gold}
-        if first is None:
-            first = (status, error)
-            if status == "write_refused":  # plugging values into a write is still a write
-                break
-    assert first is not None
-    return {"status": first[0], "error": first[1], "new_gold": new_gold}
-
-
-# ============================================================================================ worker process
-
-
-_FLUSH_S = 0.02
-
-
-def _worker_main(rfd: int, wfd: int) -> None:
-    """Worker loop: receive [(index, item), ...] chunks, answer lists of (index, result) in item order.
-
-    Answers are buffered and flushed at the end of a chunk and, by a helper thread, every ``_FLUSH_S``:
-    few messages, yet a finished item is never held back behind a slow one (the parent's watchdog relies
-    on it to know which item hangs).
-    """
-    rconn = Connection(rfd, writable=False)
-    wconn = Connection(wfd, readable=False)
-    opts = rconn.recv()
-    conns = _ConnCache(heap_limit=opts.get("heap_limit"))
-    gold_cache: dict = {}
-    buf: list = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def flush() -> None:
-        with lock:
-            if buf:
-                wconn.send(list(buf))
-                buf.clear()
-
-    def flusher() -> None:
-        while not stop.wait(_FLUSH_S):
-            try:
-                flush()
-            except OSError:
-                return
-
-    threading.Thread(target=flusher, daemon=True).start()
-    while True:
-        try:
-            msg = rconn.recv()
-        except (EOFError, OSError):
-            break
-        if msg is None:
-            break
-        for index, item in msg:
-            try:
-                res = _evaluate_item(item, conns, gold_cache, opts)
-            except Exception as err:  # noqa: BLE001 - keep the worker alive
-                res = {"status": "exec_error", "error": f"evaluator error: {type(err).__name__}: {err}",
-                       "new_gold": {}}
-            with lock:
-                buf.append((index, res))
-        flush()
-    stop.set()
-    conns.close()
-
-
-class _Worker:
-    def __init__(self, opts: dict) -> None:
-        p2c_r, p2c_w = os.pipe()
-        c2p_r, c2p_w = os.pipe()
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        # keep workers lean: no thread pools from numeric libraries
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = "1"
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "text2sql.eval.execute", "--worker", str(p2c_r), str(c2p_w)],
-                pass_fds=(p2c_r, c2p_w), stdin=subprocess.DEVNULL, env=env, close_fds=True)
-        finally:
-            os.close(p2c_r)
-            os.close(c2p_w)
-        self.send_conn = Connection(p2c_w, readable=False)
-        self.recv_conn = Connection(c2p_r, writable=False)
-        self.known_gold: set = set()
-        self.send_conn.send(opts)
-
-    def kill(self) -> None:
-        try:
-            self.proc.kill()
-        except OSError:
-            pass
-        self.proc.wait()
-        self.send_conn.close()
-        self.recv_conn.close()
-
-    def stop(self) -> None:
-        try:
-            self.send_conn.send(None)
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.send_conn.close()
-        self.recv_conn.close()
-
-
-def _shutdown(workers: list) -> None:
-    for w in workers:
-        if w is not None:
-            try:
-                w.kill()
-            except Exception:  # noqa: BLE001
-                pass
 
 
 # ============================================================================================ evaluator
@@ -749,15 +369,10 @@ class _Progress:
             self._bar = None
 
 
-def _main(argv: list[str]) -> int:
-    if len(argv) == 3 and argv[0] == "--worker":
-        # run the loop from the importable module so that pickled classes resolve in the parent
-        from text2sql.eval import execute as module
+def _main(argv: list[str]) -> int:  # older callers: ``python -m text2sql.eval.execute --worker``
+    from text2sql.eval.pool import _main as pool_main
 
-        module._worker_main(int(argv[1]), int(argv[2]))
-        return 0
-    print("usage: python -m text2sql.eval.execute --worker RFD WFD (internal)", file=sys.stderr)
-    return 2
+    return pool_main(argv)
 
 
 if __name__ == "__main__":
