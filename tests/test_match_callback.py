@@ -49,3 +49,21 @@ def test_callback_logs_exact_match(sample, tmp_path, exact_match):
     levels = {r["hardness"] for r in saved}
     assert {f"val/em_{lv}" for lv in levels} <= set(metrics)
     assert "val/execution_accuracy" in metrics
+
+
+def test_report_ranks_a_sweep_by_exact_match(tmp_path, capsys):
+    from text2sql.cli import main
+
+    # job 0 has the better EX, job 1 the better EM: ranking by val/exact_match puts job 1 first
+    for job, (ex, em) in enumerate([(0.9, 0.4), (0.7, 0.6)]):
+        d = tmp_path / str(job)
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(f"- optim.lr={job + 1}e-3\n")
+        history = [{"epoch": 0, "val/execution_accuracy": ex, "val/exact_match": em, "val/loss": 1.0}]
+        (d / "metrics.json").write_text(json.dumps({"final": history[0], "history": history, "best": None,
+                                                    "status": "ok", "error": None, "wall_time_s": 1.0}))
+    assert main(["report", str(tmp_path), "--metric", "val/exact_match", "--no-plot"]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    rows = [line.split("|")[1:-1] for line in summary.splitlines() if line.startswith(("| 1 ", "| 2 "))]
+    assert "best exact_match" in summary
+    assert [(r[1].strip(), float(r[3])) for r in rows] == [("1", 0.6), ("0", 0.4)]
