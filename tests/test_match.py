@@ -225,3 +225,49 @@ def test_spider_dev_gold_against_itself_is_exact_everywhere():
     assert not bad, bad[:5]
     assert len(results) == len(dev) == 1034 or len(dev) > 0
     assert all(s["f1"] == 1 for r in results for s in r.partial.values())
+
+
+def test_spider_dev_parses_equal_the_official_sql_field():
+    """dev.json's "sql" is process_sql's own parse: ours must be identical on every example (values included),
+    column and table ids mapped to tables.json indexes as Spider stores them."""
+    root = _spider_root()
+    if root is None:
+        pytest.skip("real Spider not found ($SPIDER_DIR, ../shared/spider or /work/shared/spider)")
+    entries = {e["db_id"]: e for e in json.loads((root / "tables.json").read_text())}
+
+    def ids(entry):
+        tables = [t.lower() for t in entry["table_names_original"]]
+        out = {"__all__": 0}
+        out.update({f"__{tables[t]}.{c.lower()}__": i for i, (t, c) in enumerate(entry["column_names_original"]) if t >= 0})
+        out.update({f"__{t}__": i for i, t in enumerate(tables)})
+        return out
+
+    def to_spider(x, m):
+        if isinstance(x, dict):
+            return {k: to_spider(v, m) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [to_spider(v, m) for v in x]
+        return m.get(x, x) if isinstance(x, str) else x
+
+    dev = [d for d in json.loads((root / "dev.json").read_text()) if "sql" in d]
+    assert dev, "dev.json has no 'sql' field"
+    bad = []
+    for d in dev:
+        entry = entries[d["db_id"]]
+        ours = to_spider(parse_sql(d["query"], MatchSchema.from_entry(entry)), ids(entry))
+        if json.loads(json.dumps(ours)) != d["sql"]:
+            bad.append(d["query"])
+    assert not bad, bad[:5]
+
+
+def test_hardness_is_counted_on_the_official_parse():
+    from text2sql.eval.hardness import hardness
+
+    # a column value swallows the tokens up to the next AND/keyword: the OR and its condition vanish,
+    # so this counts where + one join = 2 components: medium (a count of the text's OR would say hard)
+    assert hardness("SELECT T1.city FROM city AS T1 JOIN temperature AS T2 ON T1.city_id = T2.city_id "
+                    "WHERE T2.Mar < T2.Jul OR T2.Mar > T2.Oct") == "medium"
+    # ORDER BY / LIMIT before INTERSECT belong to the left query: group + order + limit + intersect = extra
+    assert hardness("SELECT document_name FROM documents GROUP BY document_type_code ORDER BY count(*) DESC "
+                    "LIMIT 3 INTERSECT SELECT document_name FROM documents GROUP BY document_structure_code "
+                    "ORDER BY count(*) DESC LIMIT 3") == "extra"

@@ -1,4 +1,8 @@
-"""Spider hardness (easy / medium / hard / extra) with the official rules, computed on a sqlglot AST.
+"""Spider hardness (easy / medium / hard / extra) with the official rules.
+
+A gold query is parsed with the official grammar (:mod:`text2sql.eval.spider_sql`, schema-free) and its
+components are counted exactly as ``evaluation.py`` counts them; a query that grammar rejects falls back to
+the counts below, computed on a sqlglot AST.
 
 Official rules (Spider ``evaluation.py``: ``Evaluator.eval_hardness``, ``count_component1``,
 ``count_component2``, ``count_others``) are applied to the *top-level* query as Spider's ``process_sql``
@@ -218,6 +222,12 @@ def _level(comp1: int, comp2: int, others: int) -> str:
 @lru_cache(maxsize=65536)
 def hardness(sql: str) -> str:
     """Official Spider hardness of a (gold) query; ``"extra"`` when it cannot be parsed."""
+    from text2sql.eval import spider_sql
+
+    try:
+        return _level(*spider_sql.hardness_counts(spider_sql.parse_sql(sql, spider_sql.OPEN_SCHEMA)))
+    except spider_sql.MatchParseError:
+        pass
     try:
         return _level(*hardness_counts(sql))
     except Exception:  # noqa: BLE001 - an unparsable gold query is the hardest bucket, never a crash
