@@ -1,16 +1,18 @@
 """Exact set match (EM) and partial component scores with the semantics of the official Spider evaluator.
 
 The official verdict (taoyds/test-suite-sql-eval ``evaluation.py`` over Spider's ``process_sql.py``) is
-defined by that tool's *token grammar*, failures included, so this module re-implements the grammar rather
-than mapping a general SQL AST onto it (sqlglot would accept, and an AST would normalise, many queries the
-official parser rejects or reads differently). The code is our own; the rules it follows:
-
-Parsing: :mod:`text2sql.eval.spider_sql` (the official grammar, failures and quirks included).
+defined by that tool's *token grammar*, failures included, so the grammar is re-implemented
+(:mod:`text2sql.eval.spider_sql`, whose parse equals the ``sql`` field of every Spider dev example) rather than
+a general SQL AST mapped onto it: sqlglot would accept, and an AST would normalise, many queries the official
+parser rejects or reads differently. The code is our own; the comparison rules it follows:
 
 Comparison (``evaluation.py`` with ``DISABLE_VALUE`` and ``DISABLE_DISTINCT``):
 
 * values are dropped (a sub-query used as a value is kept and compared structurally), ``DISTINCT`` is
   ignored everywhere, columns linked by foreign keys are identified (outer query only);
+* ``JOIN ... ON`` conditions are never compared (only their or/not/in/like keywords count); the later
+  first-join-condition check of taoyds/spider's own evaluation.py is not applied (DB-GPT-Hub and the
+  test-suite evaluator do not have it);
 * each component (select, select(no AGG), where, where(no OP), group(no Having), group, order, and/or, IUEN,
   keywords) scores 1 only when prediction and gold have the same number of units and all of them match as a
   multiset; EM needs every component at 1 and the same multiset of FROM tables;
