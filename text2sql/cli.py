@@ -15,7 +15,7 @@ import sys
 VERBS: dict[str, tuple[str, str]] = {
     "prepare": ("text2sql.data.prepare", "write Spider as DB-GPT-Hub instruction records (example_text2sql_*.json)"),
     "predict": ("text2sql.eval.predict", "generate SQL for the dev split with a trained model -> pred.sql"),
-    "evaluate": ("text2sql.eval.evaluate", "execution accuracy of pred.sql against gold, official semantics, safe"),
+    "evaluate": ("text2sql.eval.evaluate", "execution accuracy and exact set match of pred.sql against gold, official semantics, safe"),
     "merge": ("text2sql.model.merge", "merge a LoRA adapter into its base model for serving"),
     "report": ("text2sql.sweep.report", "rank the jobs of a multirun dir: summary.md / .csv / .png"),
 }
