@@ -182,3 +182,12 @@ def test_questions_file_must_align(files, capsys):
     rc = main(["evaluate", "--gold", str(gold), "--pred", str(pred), "--db", str(tmp_path / "database"),
                "--questions", str(questions)])
     assert rc == 2 and "has 1 examples, the gold file has 5" in capsys.readouterr().err
+
+
+def test_malformed_tables_json_is_one_error(files, capsys):
+    tmp_path, gold, pred = files
+    (tmp_path / "tables.json").write_text('[{"db_id": "zoo"}')
+    rc = main(["evaluate", "--gold", str(gold), "--pred", str(pred), "--db", str(tmp_path / "database"),
+               "--etype", "match"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "tables.json" in err
