@@ -69,5 +69,31 @@ def read_run(run_dir: str | Path) -> dict:
     return {"history": history, "summary": summary, "config": config}
 
 
+def read_artifacts(run_dir: str | Path) -> list[dict]:
+    """The artifacts an offline run logged, in order: name, type, aliases, metadata and files.
+
+    `files` maps each path inside the artifact to {"local_path", "digest" (base64 MD5), "size"}: where
+    `wandb sync` will read it from, so the files must still be there when the run is synced.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    artifacts = []
+    for raw in _records(run_file(run_dir).read_bytes()):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") != "artifact":
+            continue
+        art = record.artifact
+        artifacts.append({
+            "name": art.name,
+            "type": art.type,
+            "aliases": list(art.aliases),
+            "metadata": json.loads(art.metadata) if art.metadata else {},
+            "files": {e.path: {"local_path": e.local_path, "digest": e.digest, "size": e.size}
+                      for e in art.manifest.contents},
+        })
+    return artifacts
+
+
 def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
