@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -139,3 +140,31 @@ class WandbArtifacts(pl.Callback):
         run.log_artifact(artifact, aliases=aliases)
         self.logged.append((artifact.name, aliases))
         log.info("logged W&B artifact %s (%s)", artifact.name, ", ".join(aliases))
+
+
+# -- reading them back: `text2sql predict --adapter entity/project/adapter-<id>:best` ----------------------------
+_REF = re.compile(r"^(?:[\w.-]+/){1,2}[\w.-]+:[\w.-]+$")  # [entity/]project/name:alias-or-version
+
+
+def is_artifact_ref(value: str) -> bool:
+    """A W&B artifact reference rather than a local dir (an existing path always wins)."""
+    return bool(_REF.match(value)) and not Path(value).exists()
+
+
+def resolve_artifact(ref: str, root: Path) -> tuple[str, Path]:
+    """Download a model artifact with W&B's API into `root/<name>_<version>`; ('adapter'|'model', dir)."""
+    from text2sql.cli import CliError
+
+    try:
+        import wandb
+
+        artifact = wandb.Api().artifact(ref, type="model")
+        path = Path(artifact.download(root=str(root / f"{artifact.name.replace(':', '_')}")))
+    except Exception as err:  # noqa: BLE001 - network, login, unknown name: one line that says which
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CliError(f"cannot download W&B artifact {ref} (needs network and `wandb login`): {first}") from None
+    if (path / "adapter_config.json").is_file():
+        return "adapter", path
+    if (path / "config.json").is_file():
+        return "model", path
+    raise CliError(f"W&B artifact {ref} holds neither adapter_config.json nor config.json")
