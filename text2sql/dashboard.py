@@ -144,6 +144,8 @@ def sketch(view: dict, png: Path) -> Path:
     ax.axis("off")
     ax.text(0.1, height - 0.35, f"W&B workspace \"{view['displayName']}\" ({view['entity']}/{view['project']})",
             fontsize=13, weight="bold", va="center")
+    ax.text(0.1, height - 0.62, "layout drawn from `text2sql dashboard --print` (the JSON sent to W&B), not a screenshot",
+            fontsize=8, color="#555555", va="center")
     y = height - 0.8
     colors = {"Run History Line Plot": "#dbe9f6", "Scatter Plot": "#fde2c8", "Parallel Coordinates Plot": "#fde2c8",
               "Table": "#e2f0d9"}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from text2sql.metric_names import EX, VAL
+from text2sql.metric_names import EX, VAL_LOSS
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,16 @@ class WandbArtifacts(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning 2 validates inside the training epoch: the EX callback has written this epoch's files by now
         epoch = trainer.current_epoch
-        row = {"epoch": epoch, **_clean({k: float(v) for k, v in trainer.callback_metrics.items()
-                                         if k.startswith(VAL) and v.numel() == 1})}
+        row = {"epoch": epoch, **self._ex_metrics(trainer, epoch)}
+        if VAL_LOSS in trainer.callback_metrics:
+            row[VAL_LOSS] = float(trainer.callback_metrics[VAL_LOSS])
         self.epochs.append(row)
         run = _wandb_run(trainer)
         if run is None or not trainer.is_global_zero or not self.log_predictions:
             return
         pred_dir = self.output_dir / "predictions"
         files = [pred_dir / f"epoch_{epoch}.jsonl", pred_dir / f"epoch_{epoch}_pred.sql"]
-        if not files[0].is_file():  # not an evaluated epoch (eval.every_n_epochs)
+        if self.monitor not in row or not files[0].is_file():  # not an evaluated epoch (eval.every_n_epochs)
             return
         import wandb
 
@@ -72,6 +73,17 @@ class WandbArtifacts(pl.Callback):
                 artifact.add_file(str(path), name=path.name, policy="immutable", skip_cache=True)
         self._log(run, artifact, aliases)
 
+    @staticmethod
+    def _ex_metrics(trainer: pl.Trainer, epoch: int) -> dict:
+        """This epoch's EX metrics as the EX callback scored them ({} for an epoch it skipped)."""
+        from text2sql.eval.callback import ExecutionAccuracyCallback
+
+        for callback in trainer.callbacks:
+            if isinstance(callback, ExecutionAccuracyCallback):
+                rows = [r for r in callback.history if r["epoch"] == epoch]
+                return _clean({k: v for k, v in rows[-1].items() if k != "epoch"}) if rows else {}
+        return {}
+
     # -- end of fit: the exported adapter / model ---------------------------------------------------------------
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         run = _wandb_run(trainer)
@@ -83,6 +95,7 @@ class WandbArtifacts(pl.Callback):
         scored = [r for r in self.epochs if self.monitor in r]
         best = max(scored, key=lambda r: r[self.monitor]) if scored else None  # first max, as ModelCheckpoint
         last = self.epochs[-1] if self.epochs else {"epoch": trainer.current_epoch}
+        best, last = trainer.strategy.broadcast((best, last), src=0)  # rank 0 scored: every rank decides alike
         kind = final_dir.name  # "adapter" or "model"
         final_aliases = ["latest"]
         if best is not None and best["epoch"] == last["epoch"]:
