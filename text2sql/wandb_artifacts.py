@@ -89,7 +89,7 @@ class WandbArtifacts(pl.Callback):
         run = _wandb_run(trainer)
         if run is None or not self.log_model:
             return
-        final_dir = self._final_dir(trainer)
+        final_dir = self._final_dir(trainer, pl_module)  # the same on every rank: they all take part below
         if final_dir is None:
             return
         scored = [r for r in self.epochs if self.monitor in r]
@@ -104,11 +104,11 @@ class WandbArtifacts(pl.Callback):
             best_dir = self._export_best(trainer, pl_module, best, final_dir.with_name(f"{kind}_best"))
             if best_dir is not None and trainer.is_global_zero:
                 self._log_model(run, kind, best_dir, best, ["best"])
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and final_dir.is_dir():
             self._log_model(run, kind, final_dir, last, final_aliases)
 
-    def _final_dir(self, trainer: pl.Trainer) -> Path | None:
-        from text2sql.model.checkpoint import ExportPretrained
+    def _final_dir(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
+        from text2sql.model.checkpoint import ExportPretrained, is_peft_model
 
         exports = [c for c in trainer.callbacks if isinstance(c, ExportPretrained)]
         if not exports:
@@ -117,7 +117,9 @@ class WandbArtifacts(pl.Callback):
         if trainer.callbacks.index(exports[0]) > trainer.callbacks.index(self):
             log.warning("WandbArtifacts runs before ExportPretrained: list it after export_pretrained in callbacks")
             return None
-        return Path(exports[0].saved_to).resolve() if exports[0].saved_to else None
+        export = exports[0]
+        sub = export.adapter_subdir if is_peft_model(pl_module.model) else export.model_subdir
+        return (export.output_dir / sub).resolve()
 
     def _export_best(self, trainer, pl_module, best: dict, out_dir: Path) -> Path | None:
         """The best epoch's checkpoint saved like the final adapter (all ranks take part, as in the export)."""
