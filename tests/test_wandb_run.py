@@ -162,12 +162,12 @@ def test_predict_accepts_an_artifact_reference(smoke_run: Path, tmp_path: Path, 
 
     out = tmp_path / "pred.sql"
     monkeypatch.chdir(tmp_path)
-    assert main(["predict", "--adapter", "me/proj/adapter-x:best", "--limit", "3", "--out", str(out),
-                 "--no-progress", "debug=smoke"]) == 0
+    assert main(["predict", "--adapter", "me/proj/adapter-x:best", "--limit", "2", "--max-new-tokens", "8",
+                 "--out", str(out), "--no-progress", "debug=smoke"]) == 0
     assert requested == [("me/proj/adapter-x:best", "model")]
     downloaded = REPO_ROOT / ".cache" / "text2sql" / "artifacts" / "adapter-x_v1"
     assert (downloaded / "adapter_config.json").is_file()
-    assert len(out.read_text().splitlines()) == 3
+    assert len(out.read_text().splitlines()) == 2
     shutil.rmtree(downloaded)
 
 
