@@ -120,3 +120,26 @@ def test_save_updates_the_workspace_of_the_same_name(monkeypatch):
     assert [(v.id, v.name, v.display_name) for v in sent] == [("VIEW1", "nw-b-v", "text2sql")]
     assert workspace_json(workspace)["spec"] == json.loads(sent[0].spec.model_dump_json(by_alias=True,
                                                                                          exclude_none=True))
+
+
+def test_swept_keys_online_are_the_override_keys_that_differ(monkeypatch):
+    import wandb
+
+    from text2sql.dashboard import swept_keys_online
+
+    class Run:
+        def __init__(self, **config):
+            self.config = {"model": {"name": "tiny"}, "seed": 42, **config}
+
+    queried = []
+
+    class Api:
+        def runs(self, path, filters=None):
+            queried.append((path, filters))
+            return [Run(**{"peft.r": 4, "optim.lr": 1e-3, "debug": "smoke"}),
+                    Run(**{"peft.r": 8, "optim.lr": 1e-3, "debug": "smoke"}),
+                    Run(**{"peft.r": 8, "optim.lr": 2e-3, "debug": "smoke"})]
+
+    monkeypatch.setattr(wandb, "Api", Api)
+    assert swept_keys_online("team", "text2sql", "2026-11-25_14-03-12") == ["peft.r", "optim.lr"]
+    assert queried == [("team/text2sql", {"group": "2026-11-25_14-03-12"})]
