@@ -135,8 +135,10 @@ def sketch(view: dict, png: Path) -> Path:
     sections: dict[str, list[dict]] = {}
     for p in panels:
         sections.setdefault(p["section"], []).append(p)
-    cols = 4
-    rows = sum(-(-len(ps) // cols) for ps in sections.values())
+    per_row = {sec["name"]: sec.get("flowConfig", {}).get("columnsPerPage", 3)  # W&B's panel grid per section
+               for sec in view["spec"]["section"]["panelBankConfig"]["sections"]}
+    cols = max(per_row.values(), default=3)
+    rows = sum(-(-len(ps) // per_row[name]) for name, ps in sections.items())
     height = rows * 1.5 + len(sections) * 0.55 + 0.8
     fig, ax = plt.subplots(figsize=(cols * 3.6, height))
     ax.set_xlim(0, cols * 3.6)
@@ -153,9 +155,9 @@ def sketch(view: dict, png: Path) -> Path:
         ax.text(0.1, y - 0.2, f"▾ {name}", fontsize=11, weight="bold", va="center")
         y -= 0.45
         for i, p in enumerate(ps):
-            if i and i % cols == 0:
+            if i and i % per_row[name] == 0:
                 y -= 1.5
-            x = (i % cols) * 3.6 + 0.1
+            x = (i % per_row[name]) * 3.6 + 0.1
             ax.add_patch(FancyBboxPatch((x, y - 1.35), 3.4, 1.25, boxstyle="round,pad=0.02",
                                         fc=colors.get(p["type"], "#eeeeee"), ec="#666666"))
             title = p["title"] or (f"table {p['table'][0]}" if p["table"] else p["type"])
