@@ -10,7 +10,7 @@ from __future__ import annotations
 from text2sql.eval.execute import STATUSES
 from text2sql.eval.hardness import HARDNESS_LEVELS
 
-VAL = "val/"                                   # prefix of everything the EX callback logs
+VAL = "val/"                                   # prefix of everything the EX callback logs (summarize() keys)
 EX = f"{VAL}execution_accuracy"                # the optimised metric (conf/train.yaml optimized_metric)
 EX_BY_HARDNESS = {level: f"{VAL}ex_{level}" for level in HARDNESS_LEVELS}     # logged for levels present
 STATUS_SHARES = {status: f"{VAL}status/{status}" for status in STATUSES}     # always all of them

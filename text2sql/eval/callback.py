@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from text2sql.eval.generate import generate_sql, generation_progress
 from text2sql.metric_names import EX as MONITOR
-from text2sql.metric_names import EXAMPLES_TABLE, val_name
+from text2sql.metric_names import EXAMPLES_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class ExecutionAccuracyCallback(pl.Callback):
 
         verdicts = self._evaluator_for_run(trainer).evaluate([(it.db_id, it.gold, p) for it, p in zip(self._items, preds)])
         summary = summarize(verdicts)
-        metrics = {val_name(k): float(v) for k, v in summary.items() if isinstance(v, (int, float)) and k != "count"}
+        metrics = {f"val/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float)) and k != "count"}
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
         epoch = trainer.current_epoch
         rows = [
