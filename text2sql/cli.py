@@ -18,6 +18,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("text2sql.eval.evaluate", "execution accuracy and exact set match of pred.sql against gold, official semantics, safe"),
     "merge": ("text2sql.model.merge", "merge a LoRA adapter into its base model for serving"),
     "report": ("text2sql.sweep.report", "rank the jobs of a multirun dir: summary.md / .csv / .png"),
+    "dashboard": ("text2sql.dashboard", "create/update the W&B workspace for runs and sweeps (--print: JSON, offline)"),
+    "sync": ("text2sql.wandb_offline", "upload every offline W&B run under a run or multirun dir (wandb sync)"),
 }
 
 

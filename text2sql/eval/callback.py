@@ -15,10 +15,10 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from text2sql.eval.generate import generate_sql, generation_progress
+from text2sql.metric_names import EX as MONITOR
+from text2sql.metric_names import EXAMPLES_TABLE
 
 log = logging.getLogger(__name__)
-
-MONITOR = "val/execution_accuracy"
 
 
 class ExecutionAccuracyCallback(pl.Callback):
@@ -151,4 +151,4 @@ class ExecutionAccuracyCallback(pl.Callback):
             table = wandb.Table(columns=columns)
             for r in rows[: self.table_rows]:
                 table.add_data(epoch, *(r[c] for c in columns[1:]))
-            logger.experiment.log({"val/examples": table, "trainer/global_step": trainer.global_step})
+            logger.experiment.log({EXAMPLES_TABLE: table, "trainer/global_step": trainer.global_step})

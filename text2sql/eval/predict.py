@@ -23,7 +23,8 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--run", type=Path, help="a training run dir: its config, and its adapter/model or last checkpoint")
-    src.add_argument("--adapter", type=Path, help="a PEFT adapter dir (adapter_config.json) to load on the base model")
+    src.add_argument("--adapter", type=Path, help="a PEFT adapter dir (adapter_config.json) to load on the base model, "
+                     "or a W&B artifact entity/project/name:alias (downloaded with W&B's API)")
     src.add_argument("--checkpoint", type=Path, help="a Lightning .ckpt written by train.py")
     parser.add_argument("--out", type=Path, default=Path("pred.sql"), help="where to write one SQL per line (default pred.sql)")
     parser.add_argument("--split", default="dev", help="dataset split to predict (default dev)")
@@ -138,7 +139,10 @@ def run(args: argparse.Namespace) -> int:
     if args.run is not None:
         weights = find_weights(args.run)
     elif args.adapter is not None:
-        weights = ("adapter", args.adapter)
+        from text2sql.wandb_artifacts import is_artifact_ref, resolve_artifact
+
+        weights = (resolve_artifact(str(args.adapter), Path(cfg.paths.cache_dir) / "artifacts")
+                   if is_artifact_ref(str(args.adapter)) else ("adapter", args.adapter))
     elif args.checkpoint is not None:
         if not args.checkpoint.is_file():
             raise CliError(f"checkpoint not found: {args.checkpoint}")
