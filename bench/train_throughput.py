@@ -54,7 +54,8 @@ def spider_dir(arg: str | None) -> Path | None:
 
 # ------------------------------------------------------------------------------------------------ one side
 
-def _setup(workload: str, spider: str | None, batch_size: int, train_limit: int | None, packing: bool | None):
+def _setup(workload: str, spider: str | None, batch_size: int, train_limit: int | None, packing: bool | None,
+           extra: list[str] = ()):
     """(cfg, datamodule, tokenizer, model_path): the project's own config, data and tiny model for `workload`."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -69,6 +70,7 @@ def _setup(workload: str, spider: str | None, batch_size: int, train_limit: int 
         overrides.append(f"data.train_limit={train_limit}")
     if packing is not None:
         overrides.append(f"data.packing={str(packing).lower()}")
+    overrides += list(extra)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     dataset = instantiate(cfg.dataset)
@@ -126,7 +128,8 @@ class Meter:
         }
 
 
-def run_ours(cfg, dm, tokenizer, path, steps: int, meter: Meter, full_head: bool = False) -> None:
+def run_ours(cfg, dm, tokenizer, path, steps: int, meter: Meter, full_head: bool = False):
+    """Train `steps` optimizer steps with our loop; returns the trained (PEFT) model."""
     import lightning.pytorch as pl
 
     from text2sql.model.module import Text2SQLModule
@@ -148,6 +151,7 @@ def run_ours(cfg, dm, tokenizer, path, steps: int, meter: Meter, full_head: bool
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[Timing()], default_root_dir=tempfile.mkdtemp(prefix="thru-"))
     trainer.fit(module, datamodule=dm)
+    return module.model
 
 
 def run_hf(cfg, dm, tokenizer, path, steps: int, meter: Meter, grouped: bool) -> None:
@@ -195,7 +199,8 @@ def child(args) -> None:
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
     packing = {"ours_packed": True}.get(args.child)
-    cfg, dm, tokenizer, path = _setup(args.child_workload, args.spider, args.batch_size, args.train_limit, packing)
+    cfg, dm, tokenizer, path = _setup(args.child_workload, args.spider, args.batch_size, args.train_limit, packing,
+                                    args.override)
     meter = Meter(tokenizer.pad_token_id)
     steps = args.warmup + args.steps
     if args.child.startswith("ours"):
@@ -219,6 +224,8 @@ def run_side(side: str, workload: str, args) -> dict:
         cmd += ["--spider", str(args.spider)]
     if args.train_limit:
         cmd += ["--train-limit", str(args.train_limit)]
+    for o in args.override:
+        cmd += ["--override", o]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": str(args.threads), "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=os.getcwd())
@@ -247,6 +254,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads on both sides (1: steadier on a shared box)")
     ap.add_argument("--train-limit", type=int, default=None, help="tokenise only the first N train records")
     ap.add_argument("--spider", default=None, help="real Spider dir (default: SPIDER_DIR or ../shared/spider)")
+    ap.add_argument("--override", action="append", default=[], help="a Hydra override for both sides (repeatable)")
     ap.add_argument("--loss-tolerance", type=float, default=0.1, help="max relative gap of the mean losses")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "train_throughput.json"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
