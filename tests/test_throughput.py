@@ -51,3 +51,30 @@ def test_bad_workload_is_one_line(monkeypatch):
     with pytest.raises(SystemExit) as err:
         train_throughput.main(["--workloads", "nope", "--json", ""])
     assert str(err.value).startswith("error: unknown workload/side ['nope']")
+
+
+def test_make_readme_renders_every_result(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import make_readme
+
+    results = tmp_path / "results"
+    results.mkdir()
+    machine = {"cores": 2, "cpu": "Test CPU"}
+    (results / "bench_predict.json").write_text(json.dumps({
+        "benchmark": "bench_predict", "date": "2026-01-02", "machine": machine, "command": "python bench/bench_predict.py",
+        "summary": {"compares": "batched vs one at a time", "ours": "1.00 s", "baseline": "9.00 s", "ratio": 9.0}}))
+    side = {"train_records": 10, "s_per_step": 0.5, "tokens_per_s": 100.0, "target_tokens_per_s": 20.0,
+            "padding_share": 0.1, "peak_rss_mb": 500.0, "loss_mean": 5.0, "runs_s_per_step": [0.5]}
+    (results / "train_throughput.json").write_text(json.dumps({
+        "benchmark": "train_throughput", "date": "2026-01-03", "machine": machine, "command": "python bench/train_throughput.py",
+        "batch_size": 16, "steps": 20, "warmup": 3, "threads": 1, "repeats": 2, "ratio": 1.25, "ratio_workload": "spider",
+        "workloads": {"spider": {"sides": {"ours": side, "hf_grouped": side}, "ratios": {"hf_grouped": 1.25},
+                                 "loss_gap": 0.01}},
+        "summary": {"compares": "training tokens/s", "ours": "125 tokens/s", "baseline": "100 tokens/s", "ratio": 1.25}}))
+    out = tmp_path / "README.md"
+    assert make_readme.main(["--results", str(results), "--out", str(out), "--notes", str(tmp_path / "none")]) == 0
+    text = out.read_text()
+    assert "| `python bench/bench_predict.py` | batched vs one at a time | 1.00 s | 9.00 s | 9.00 |" in text
+    assert "| `python bench/train_throughput.py` | training tokens/s | 125 tokens/s | 100 tokens/s | 1.25 |" in text
+    assert "2 cores, Test CPU | 2026-01-03 |" in text and "`ratio a/b: 1.25`" in text
+    assert text.index("train_throughput.py` |") < text.index("bench_predict.py` |")  # fixed order
