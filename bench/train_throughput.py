@@ -8,8 +8,8 @@ with `train_sampling_strategy="group_by_length"` (and, once, with the Trainer's 
 Each side runs in its own process (so peak RSS is its own), the sides alternate and each is run `--repeats`
 times; the best run of each side counts (the machine may be shared: the least disturbed run is the fairest).
 Reported per side: s/step and real (non-pad) input tokens/s over the timed steps (after `--warmup`), target
-tokens, padding share, peak RSS and the mean training loss per target token (the two sides must be close: same
-work). The last line is `ratio a/b: X.XX`, the lower of the workloads' tokens/s ratios (ours / Trainer with
+tokens, padding share, peak RSS, the mean training loss per target token, and the loss per target token of the
+trained model on 64 dev records (the two sides' held-out losses must be close: same work). The last line is `ratio a/b: X.XX`, the lower of the workloads' tokens/s ratios (ours / Trainer with
 length grouping).
 
     python bench/train_throughput.py [--workloads sample,spider] [--steps 20] [--repeats 2] [--threads 1]
@@ -154,7 +154,8 @@ def run_ours(cfg, dm, tokenizer, path, steps: int, meter: Meter, full_head: bool
     return module.model
 
 
-def run_hf(cfg, dm, tokenizer, path, steps: int, meter: Meter, grouped: bool) -> None:
+def run_hf(cfg, dm, tokenizer, path, steps: int, meter: Meter, grouped: bool):
+    """Train `steps` optimizer steps with transformers' Trainer; returns the trained (PEFT) model."""
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
@@ -189,6 +190,25 @@ def run_hf(cfg, dm, tokenizer, path, steps: int, meter: Meter, grouped: bool) ->
     collator = DataCollatorForSeq2Seq(tokenizer, model=None, padding=True, label_pad_token_id=-100)
     Counting(model=model, args=args, train_dataset=Records(), data_collator=collator,
              processing_class=tokenizer).train()
+    return model
+
+
+def held_out_loss(model, dm, n: int = 64) -> float:
+    """Mean loss per target token of the trained model on the first `n` dev records: the same yardstick for both
+    sides (their training losses are taken on differently ordered batches)."""
+    import torch
+
+    from text2sql.data.datamodule import pad_batch
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, min(n, len(dm.val_items)), 16):
+            batch = pad_batch(dm.val_items[start:start + 16][: n - start], dm.tokenizer.pad_token_id)
+            k = int((batch["labels"][:, 1:] != -100).sum())
+            total += float(model(**batch).loss) * k
+            count += k
+    return total / max(1, count)
 
 
 def child(args) -> None:
@@ -204,13 +224,14 @@ def child(args) -> None:
     meter = Meter(tokenizer.pad_token_id)
     steps = args.warmup + args.steps
     if args.child.startswith("ours"):
-        run_ours(cfg, dm, tokenizer, path, steps, meter, full_head=args.child == "ours_full_head")
+        model = run_ours(cfg, dm, tokenizer, path, steps, meter, full_head=args.child == "ours_full_head")
     else:
-        run_hf(cfg, dm, tokenizer, path, steps, meter, grouped=args.child == "hf_grouped")
+        model = run_hf(cfg, dm, tokenizer, path, steps, meter, grouped=args.child == "hf_grouped")
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # training's peak, before the check
     out = {"side": args.child, "workload": args.child_workload, "threads": torch.get_num_threads(),
            "batch_size": dm.batch_size, "packing": bool(dm.packing) if args.child.startswith("ours") else False,
            "train_records": len(dm.train_items),
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **meter.summary(args.warmup)}
+           "peak_rss_mb": peak_rss, "held_out_loss": held_out_loss(model, dm), **meter.summary(args.warmup)}
     print("RESULT " + json.dumps(out))
 
 
@@ -255,7 +276,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-limit", type=int, default=None, help="tokenise only the first N train records")
     ap.add_argument("--spider", default=None, help="real Spider dir (default: SPIDER_DIR or ../shared/spider)")
     ap.add_argument("--override", action="append", default=[], help="a Hydra override for both sides (repeatable)")
-    ap.add_argument("--loss-tolerance", type=float, default=0.1, help="max relative gap of the mean losses")
+    ap.add_argument("--loss-tolerance", type=float, default=0.1,
+                    help="max relative gap of the two sides' held-out losses after training")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "train_throughput.json"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-workload", help=argparse.SUPPRESS)
@@ -296,7 +318,7 @@ def main(argv=None) -> int:
             if side not in results:
                 results[side] = best([run_side(side, workload, args)])
         ours, base = results["ours"], results[BASELINE]
-        gap = abs(ours["loss_mean"] - base["loss_mean"]) / base["loss_mean"]
+        gap = abs(ours["held_out_loss"] - base["held_out_loss"]) / base["held_out_loss"]
         ratio = ours["tokens_per_s"] / base["tokens_per_s"]
         entry = {"sides": results, "ratio_vs_grouped": ratio, "loss_gap": gap,
                  "ratios": {s: ours["tokens_per_s"] / r["tokens_per_s"] for s, r in results.items() if s != "ours"}}
@@ -305,14 +327,16 @@ def main(argv=None) -> int:
         print(f"\n== {workload}: {ours['train_records']} train records, batch {args.batch_size}, "
               f"{args.steps} timed steps after {args.warmup}, threads {args.threads}, best of {args.repeats} ==")
         print(f"{'side':<16}{'s/step':>8}{'tok/s':>9}{'tgt tok/s':>10}{'padding':>9}{'peak RSS':>10}"
-              f"{'loss':>8}  runs s/step")
+              f"{'loss':>8}{'held-out':>9}  runs s/step")
         for side, r in results.items():
             print(f"{side:<16}{r['s_per_step']:>8.3f}{r['tokens_per_s']:>9.0f}{r['target_tokens_per_s']:>10.0f}"
-                  f"{r['padding_share']:>8.1%}{r['peak_rss_mb']:>8.0f}MB{r['loss_mean']:>8.3f}  {r['runs_s_per_step']}")
+                  f"{r['padding_share']:>8.1%}{r['peak_rss_mb']:>8.0f}MB{r['loss_mean']:>8.3f}{r['held_out_loss']:>9.3f}"
+                  f"  {r['runs_s_per_step']}")
         for side, x in entry["ratios"].items():
             print(f"ours vs {side}: {x:.2f}x tokens/s")
-        print(f"mean loss per target token: ours {ours['loss_mean']:.4f}, {BASELINE} {base['loss_mean']:.4f} "
-              f"(gap {gap:.1%}, tolerance {args.loss_tolerance:.0%})")
+        print(f"held-out loss per target token after training (64 dev records): ours {ours['held_out_loss']:.4f}, "
+              f"{BASELINE} {base['held_out_loss']:.4f} (gap {gap:.1%}, tolerance {args.loss_tolerance:.0%}); "
+              f"training loss means {ours['loss_mean']:.3f} / {base['loss_mean']:.3f} (different batch orders)")
         if not gap <= args.loss_tolerance:
             raise SystemExit(f"error: losses differ by {gap:.1%} on {workload}: the sides did not do the same work")
     low = min(ratios, key=ratios.get)

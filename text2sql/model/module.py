@@ -110,8 +110,9 @@ class Text2SQLModule(pl.LightningModule):
             return loss
         # Per target token over the accumulated batch: return the token sum over a fixed count and rescale the
         # accumulated gradients by (that count / the window's real count) in on_before_optimizer_step.
-        if self._loss_scale is None:
-            self._loss_scale = max(1.0, float(n_targets))  # once per run
+        if self._loss_scale is None:  # once per run; the same on every rank, since DDP averages the gradients
+            first = self.trainer.strategy.reduce(n_targets.detach().clone(), reduce_op="mean")
+            self._loss_scale = max(1.0, float(first))
         self._window_targets = n_targets if self._window_targets is None else self._window_targets + n_targets
         return loss_sum / self._loss_scale
 
