@@ -136,3 +136,22 @@ def test_accumulated_gradients_are_per_target_token(setup, tmp_path, packing):
     assert whole.keys() == split.keys() and whole
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-7)
+
+
+def test_datamodule_packing_option(setup, tmp_path):
+    model_cfg, path, tokenizer, _ = setup
+    from text2sql.data.datasets import sample
+
+    dataset = sample(str(tmp_path / "data"), seed=0, n_train=40, n_dev=4)
+    batches = {}
+    for packing in (False, True):
+        dm = TextToSQLDataModule(dataset, tokenizer, max_source_length=256, max_target_length=64, batch_size=8,
+                                 group_by_length=False, packing=packing)
+        dm.setup("fit")
+        batches[packing] = next(iter(dm.val_dataloader()))  # unshuffled: the same 8 examples both ways
+    plain, packed = batches[False], batches[True]
+    assert "position_ids" in packed and "attention_mask" not in packed and "attention_mask" in plain
+    for b in (plain, packed):  # the precomputed target index matches the labels
+        flat = b["labels"].reshape(-1)
+        assert (flat[b["target_positions"] + 1] != IGNORE_INDEX).all()
+    assert len(plain["target_positions"]) == len(packed["target_positions"])
