@@ -99,7 +99,8 @@ def throughput_details(r: dict) -> list[str]:
 def eval_cost_details(r: dict) -> list[str]:
     lines = ["", "## Per-epoch evaluation cost (`bench/eval_cost.py`)", "",
              f"Torch threads {r['threads']}. The callback's work per epoch (batched greedy generation + execution "
-             "with cached gold results) against the training time of one epoch (measured s/step x steps per epoch).",
+             "with cached gold results) against the training time of one epoch (measured s/step x steps per epoch); "
+             "training and generation on the CPU clock (one thread), execution (worker processes) on the wall clock.",
              "", "| workload | dev examples | training / epoch | EX callback / epoch | EX share | generated tokens/s "
              "| tokens / example | execution first / later | whole dev (est.) |", "|---|---|---|---|---|---|---|---|---|"]
     for w, x in r["workloads"].items():
