@@ -149,10 +149,14 @@ class Text2SQLModule(pl.LightningModule):
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        # One fused kernel instead of a loop over every adapter tensor (what transformers' Trainer uses by default);
+        # DeepSpeed wraps the optimizer itself, so it keeps the plain one.
+        fused = self._owns_gradients() and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
         optimizer = torch.optim.AdamW(
             [g for g in groups if g["params"]],  # DeepSpeed ZeRO drops empty groups, then the scheduler's count is off
             lr=self.optim.lr,
             betas=tuple(self.optim.betas),
+            fused=fused or None,
         )
         total = int(self.trainer.estimated_stepping_batches)
         warmup = self.optim.warmup_steps if self.optim.warmup_steps is not None else int(self.optim.warmup_ratio * total)
