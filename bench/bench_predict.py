@@ -9,7 +9,9 @@ same dev prompts, same max_new_tokens; asserts identical SQL on both sides and p
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -21,12 +23,16 @@ from text2sql.eval.generate import generate_sql
 from text2sql.eval.predict import CONF_DIR, _resolve_subtree
 from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchjson import RESULTS, write_json  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--json", default=str(RESULTS / "bench_predict.json"), help="write the figures here ('' for none)")
     args = parser.parse_args()
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -53,6 +59,16 @@ def main() -> None:
     print(f"one at a time : {t_single:7.2f} s")
     print(f"batched ({args.batch_size:>3}) : {t_batched:7.2f} s")
     print(f"speed-up      : {t_single / t_batched:7.2f}x   identical outputs: {same}/{len(sources)}")
+    if args.json:
+        write_json(args.json, {
+            "benchmark": "bench_predict", "threads": torch.get_num_threads(), "examples": len(sources),
+            "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "single_s": t_single,
+            "batched_s": t_batched, "identical": same,
+            "summary": {"compares": "batched greedy generation (left padding, KV cache; what predict and the callback "
+                                    f"use) vs one example at a time, tiny model, {len(sources)} dev prompts, "
+                                    f"identical outputs: {same}/{len(sources)}",
+                        "ours": f"{t_batched:.2f} s", "baseline": f"{t_single:.2f} s",
+                        "ratio": round(t_single / t_batched, 2)}})
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from text2sql.data.packing import add_target_positions, pack_batch
 from text2sql.data.prompt import encode_record, encode_source, length_stats, truncation_counts
 from text2sql.data.spider import SpiderDataset
 
@@ -103,6 +104,7 @@ class TextToSQLDataModule(pl.LightningDataModule):
         train_limit: int | None = None,
         val_loss_limit: int | None = 256,
         seed: int = 0,
+        packing: bool = False,
     ):
         super().__init__()
         self.dataset, self.tokenizer = dataset, tokenizer
@@ -111,6 +113,7 @@ class TextToSQLDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.group_by_length, self.train_limit, self.val_loss_limit, self.seed = (
             group_by_length, train_limit, val_loss_limit, seed)
+        self.packing = packing  # several examples per row with position_ids (text2sql.data.packing)
         self.train_items: list[dict] | None = None
         self.val_items: list[dict] | None = None
         self.dev_records: list[dict] | None = None
@@ -144,7 +147,8 @@ class TextToSQLDataModule(pl.LightningDataModule):
         self.val_items = self._encode(val, "dev")
 
     def _collate(self, items):
-        return pad_batch(items, self.tokenizer.pad_token_id)
+        pack = pack_batch if self.packing else pad_batch
+        return add_target_positions(pack(items, self.tokenizer.pad_token_id))
 
     def train_dataloader(self) -> DataLoader:
         trainer = getattr(self, "trainer", None)
