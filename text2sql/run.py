@@ -113,10 +113,10 @@ def run_job(cfg: DictConfig, train_fn) -> float:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says what to fix; shown as one line instead of a traceback."""
-    from text2sql.cli import CliError
+    from text2sql.errors import UserError
     from text2sql.data.spider import SpiderDataError
 
-    return (SpiderDataError, FileNotFoundError, CliError)
+    return (SpiderDataError, FileNotFoundError, UserError)
 
 
 def _user_error(err: BaseException) -> BaseException | None:

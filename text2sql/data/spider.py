@@ -14,6 +14,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from text2sql.errors import UserError
+
 ENV_VAR = "SPIDER_DIR"
 DEFAULT_ROOT = "data/spider"
 SPLIT_FILES: dict[str, tuple[str, ...]] = {
@@ -23,7 +25,7 @@ SPLIT_FILES: dict[str, tuple[str, ...]] = {
 OPTIONAL_FILES = frozenset({"train_others.json"})
 
 
-class SpiderDataError(ValueError):
+class SpiderDataError(UserError, ValueError):
     """A problem with the user's Spider files; the message is one line naming the file (and record/db_id)."""
 
 
@@ -171,10 +173,11 @@ class SpiderDataset:
         """Where the SQLite file should be; it may not exist (e.g. wta_1 in the shared copy)."""
         return self.root / "database" / db_id / f"{db_id}.sqlite"
 
-    def records(self, split: str) -> list[dict]:
-        """DB-GPT-Hub instruction records (see prompt.make_record); a db_id unknown to tables.json is an error."""
-        from text2sql.data.prompt import make_record  # prompt imports this module
+    def pairs(self, split: str) -> list[tuple[SpiderExample, SpiderSchema]]:
+        """Each example with its schema, in source order; a db_id unknown to tables.json is an error.
 
+        What a prompt format needs; the format itself lives above this loader (`prompt.make_record`).
+        """
         schemas = self.schemas()
         out = []
         for path, i, ex in self._load(split):
@@ -183,5 +186,5 @@ class SpiderDataset:
                 raise SpiderDataError(
                     f"{path} record {i}: db_id {ex.db_id!r} is not in {self.root / 'tables.json'}"
                 )
-            out.append(make_record(ex, schema))
+            out.append((ex, schema))
         return out

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from text2sql.cli import CliError
+from text2sql.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -40,7 +40,7 @@ def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictCon
     if run_dir is not None:
         saved = run_dir / ".hydra" / "config.yaml"
         if not saved.is_file():
-            raise CliError(f"{run_dir} is not a training run dir (no .hydra/config.yaml)")
+            raise UserError(f"{run_dir} is not a training run dir (no .hydra/config.yaml)")
         cfg = OmegaConf.load(saved)
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
@@ -52,7 +52,7 @@ def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictCon
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name="train", overrides=overrides)
     except HydraException as err:
-        raise CliError(str(err).splitlines()[0]) from None
+        raise UserError(str(err).splitlines()[0]) from None
 
 
 def _resolve_subtree(cfg: DictConfig, key: str) -> DictConfig:
@@ -68,7 +68,7 @@ def find_weights(run_dir: Path) -> tuple[str, Path]:
     ckpts = sorted((run_dir / "checkpoints").glob("last*.ckpt")) or sorted((run_dir / "checkpoints").glob("*.ckpt"))
     if ckpts:
         return "checkpoint", ckpts[-1]
-    raise CliError(f"no adapter/, model/ or checkpoints/*.ckpt in {run_dir}")
+    raise UserError(f"no adapter/, model/ or checkpoints/*.ckpt in {run_dir}")
 
 
 def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | None):
@@ -92,7 +92,7 @@ def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | Non
         from peft import PeftModel
 
         if not (path / "adapter_config.json").is_file():
-            raise CliError(f"{path} holds no adapter_config.json (not a PEFT adapter dir)")
+            raise UserError(f"{path} holds no adapter_config.json (not a PEFT adapter dir)")
         return PeftModel.from_pretrained(model, str(path)), tokenizer
     if kind == "checkpoint":
         from text2sql.model.module import Text2SQLModule
@@ -101,7 +101,7 @@ def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | Non
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
         result = module.load_state_dict(state, strict=False)
         if result.unexpected_keys:
-            raise CliError(f"{path} does not fit this model/peft config: unexpected keys such as "
+            raise UserError(f"{path} does not fit this model/peft config: unexpected keys such as "
                            f"{result.unexpected_keys[0]}")
         return module.model, tokenizer
     return apply_peft(model, peft_cfg) if peft_cfg.method != "full" else model, tokenizer
@@ -141,10 +141,10 @@ def run(args: argparse.Namespace) -> int:
         weights = ("adapter", args.adapter)
     elif args.checkpoint is not None:
         if not args.checkpoint.is_file():
-            raise CliError(f"checkpoint not found: {args.checkpoint}")
+            raise UserError(f"checkpoint not found: {args.checkpoint}")
         weights = ("checkpoint", args.checkpoint)
     if weights and not weights[1].exists():
-        raise CliError(f"{weights[0]} not found: {weights[1]}")
+        raise UserError(f"{weights[0]} not found: {weights[1]}")
     if weights is None:
         print("text2sql predict: no --run/--adapter/--checkpoint given: predicting with the untrained base model",
               file=sys.stderr)

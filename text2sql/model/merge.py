@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from text2sql.cli import CliError
+from text2sql.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def adapter_dir(path: Path) -> Path:
             return candidate
     if not path.exists():
         raise FileNotFoundError(f"adapter dir not found: {path}")
-    raise CliError(f"{path} holds no adapter_config.json (not a PEFT adapter dir, nor a run dir with adapter/)")
+    raise UserError(f"{path} holds no adapter_config.json (not a PEFT adapter dir, nor a run dir with adapter/)")
 
 
 def _dtype(name: str, base: str):
@@ -67,7 +67,7 @@ def merge(base: str, adapter: Path, out: Path, dtype: str = "auto", overwrite: b
     out = Path(out).expanduser().resolve()
     empty_dir = out.is_dir() and not any(out.iterdir())
     if out.exists() and not empty_dir and not overwrite:
-        raise CliError(f"{out} already exists; pass --overwrite to replace it")
+        raise UserError(f"{out} already exists; pass --overwrite to replace it")
     torch_dtype = _dtype(dtype, base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
     model = PeftModel.from_pretrained(model, str(adapter))
@@ -104,7 +104,7 @@ def run(args) -> int:
     if base is None:
         base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base:
-            raise CliError(f"{adapter}/adapter_config.json names no base model; pass --base PATH_OR_ID")
+            raise UserError(f"{adapter}/adapter_config.json names no base model; pass --base PATH_OR_ID")
     base = check_model_path(base, "--base", hint="pass --base <local dir with config.json> or a hub id")
     out = merge(base, adapter, args.out, dtype=args.dtype, overwrite=args.overwrite)
     print(f"merged {adapter} into {base} -> {out}")

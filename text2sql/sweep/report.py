@@ -503,16 +503,16 @@ class Report:
 
 
 def build_report(sweep_dir: str | Path, metric: str = DEFAULT_METRIC, *, png: bool = True) -> Report:
-    from text2sql.cli import CliError
+    from text2sql.errors import UserError
 
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise CliError(f"{sweep_dir}: not a directory")
+        raise UserError(f"{sweep_dir}: not a directory")
     job_dirs = find_job_dirs(sweep_dir)
     if not job_dirs:
         nested = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and find_job_dirs(p))
         hint = f" (it holds sweep dirs: {', '.join(nested[:5])}{'…' if len(nested) > 5 else ''})" if nested else ""
-        raise CliError(f"{sweep_dir}: no Hydra jobs found (no sub-directory with .hydra/ or metrics.json){hint}")
+        raise UserError(f"{sweep_dir}: no Hydra jobs found (no sub-directory with .hydra/ or metrics.json){hint}")
     jobs = [read_job(d, metric) for d in job_dirs]
     swept = swept_keys(jobs, _declared_sweep_keys(sweep_dir))
     ranked = rank(jobs)
