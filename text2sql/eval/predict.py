@@ -52,7 +52,9 @@ def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictCon
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name="train", overrides=overrides)
     except HydraException as err:
-        raise UserError(str(err).splitlines()[0]) from None
+        from text2sql.config_schema import describe_compose_error
+
+        raise UserError(describe_compose_error(err) or str(err).splitlines()[0]) from None
 
 
 def _resolve_subtree(cfg: DictConfig, key: str) -> DictConfig:
