@@ -11,6 +11,7 @@ Registered on `import text2sql`, so every compose (train.py, `text2sql predict`,
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -247,7 +248,8 @@ def describe_compose_error(ex: BaseException) -> str | None:
         key = getattr(cause, "full_key", None)
         detail = one_line(cause)
         return f"{key}: {detail} ({head})" if key else f"{head}: {detail}"
-    return head
+    key = re.search(r"^\s*full_key: (\S+)", str(ex), re.M)  # a YAML file's bad key: the detail is in the text
+    return f"{key[1]}: {head}" if key else head
 
 
 def compact_hydra_errors() -> None:
