@@ -96,6 +96,21 @@ def merge(base: str, adapter: Path, out: Path, dtype: str = "auto", overwrite: b
     return out
 
 
+def _from_run_start(base: str, adapter: Path) -> str:
+    """A relative base path (adapters saved before paths were absolute) read from the dir its run started in."""
+    if os.path.isabs(base) or Path(base).is_dir():
+        return base
+    from omegaconf import OmegaConf
+
+    from text2sql.eval.predict import find_run_dir
+
+    run_dir = find_run_dir(adapter)
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml" if run_dir else None
+    start = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd") if hydra_yaml and hydra_yaml.is_file() else None
+    candidate = Path(start) / base if start else None
+    return str(candidate) if candidate is not None and candidate.is_dir() else base
+
+
 def run(args) -> int:
     from text2sql.model.load import check_model_path
 
@@ -105,6 +120,7 @@ def run(args) -> int:
         base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base:
             raise UserError(f"{adapter}/adapter_config.json names no base model; pass --base PATH_OR_ID")
+        base = _from_run_start(base, adapter)
     base = check_model_path(base, "--base", hint="pass --base <local dir with config.json> or a hub id")
     out = merge(base, adapter, args.out, dtype=args.dtype, overwrite=args.overwrite)
     print(f"merged {adapter} into {base} -> {out}")
