@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError, ValueError) as err:
         print(f"text2sql {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # an output dir that is not writable, a full disk, ...: what and where, one line
+        where = f": {err.filename}" if err.filename else ""
+        print(f"text2sql {args.verb}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"text2sql {args.verb}: interrupted", file=sys.stderr)
         return 130

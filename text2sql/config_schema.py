@@ -11,6 +11,7 @@ Registered on `import text2sql`, so every compose (train.py, `text2sql predict`,
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 from dataclasses import dataclass, field
@@ -235,9 +236,13 @@ def one_line(err: BaseException) -> str:
 
 
 def describe_compose_error(ex: BaseException) -> str | None:
-    """One line for a Hydra compose error, naming the key and what it expected; None for other errors."""
+    """One line for a Hydra compose error (naming the key and what it expected) or an output dir that
+    cannot be written; None for other errors."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
+    if isinstance(ex, (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError)) or (
+            isinstance(ex, OSError) and ex.errno in (errno.EROFS, errno.ENOSPC)):
+        return f"cannot write {ex.filename}: {ex.strerror} (check hydra.run.dir / hydra.sweep.dir)"
     if isinstance(ex, MissingConfigException):  # Hydra's list of valid choices, without the search path
         return " ".join(ln.strip() for ln in str(ex).split("Config search path")[0].splitlines() if ln.strip())
     if not isinstance(ex, (ConfigCompositionException, OverrideParseException)):

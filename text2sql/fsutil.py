@@ -1,12 +1,20 @@
-"""Write a directory all at once: build it beside its destination, rename it into place when complete."""
+"""Write a directory all at once: build it beside its destination, rename it into place when complete.
+
+Several processes may build the same cache dir at once (two runs started together on a cold cache):
+`build_lock` lets the first build it while the others wait and then find it complete, and `atomic_dir` never
+deletes a complete dir another process may be reading.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+COMPLETE = ".complete"  # written last into every dir atomic_dir builds
 
 
 @contextmanager
@@ -20,9 +28,29 @@ def atomic_dir(out_dir: str | os.PathLike):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         yield tmp
+        (tmp / COMPLETE).touch()
+        if (out_dir / COMPLETE).is_file():  # another process finished the same build first: keep its dir
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def build_lock(out_dir: str | os.PathLike):
+    """Hold an exclusive lock named after `out_dir` (a `.NAME.lock` file beside it) while checking/building it.
+
+    `fcntl.flock` is released by the kernel when the process dies, so a killed build never leaves a stale lock.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f".{out_dir.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

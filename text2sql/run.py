@@ -88,7 +88,8 @@ def run_job(cfg: DictConfig, train_fn) -> float:
     try:
         history = train_fn(cfg, history)
     except Exception as err:  # noqa: BLE001 - recorded, then re-raised or turned into the worst value
-        message = f"{type(err).__name__}: {err}".splitlines()[0]
+        shown = _user_error(err) or err  # the user error, not Hydra's InstantiationException around it
+        message = f"{type(shown).__name__}: {shown}".splitlines()[0]
         (out_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         write_metrics(out_dir, history, metric, "failed", message, time.time() - start)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from text2sql.data.prompt import make_records
 from text2sql.data.sample import ensure_sample
-from text2sql.data.spider import SpiderDataset
+from text2sql.data.spider import SpiderDataError, SpiderDataset
+from text2sql.fsutil import build_lock
 
 
 class InstructionDataset(SpiderDataset):
@@ -18,14 +19,25 @@ class InstructionDataset(SpiderDataset):
         return make_records(self, split)
 
 
+def _nonempty(dataset: InstructionDataset) -> InstructionDataset:
+    """An empty split is one line now, not a crash (or an EX of 0/0) after the first epoch."""
+    for split in ("train", "dev"):
+        if not dataset.examples(split):
+            files = ", ".join(p.name for p in dataset.split_files(split))
+            raise SpiderDataError(f"the {split} split of {dataset.root} is empty ({files} holds no example)")
+    return dataset
+
+
 def spider(root: str | None = None, **_ignored) -> InstructionDataset:
     """Real Spider at `root` (default: $SPIDER_DIR, else data/spider); a missing dir is one clear error."""
-    return InstructionDataset(root)
+    return _nonempty(InstructionDataset(root))
 
 
 def sample(root: str, seed: int = 0, n_train: int = 3000, n_dev: int = 200, **_ignored) -> InstructionDataset:
-    """The generated sample, written to `root` on first use and read back like Spider."""
-    return InstructionDataset(ensure_sample(root, seed=seed, n_train=n_train, n_dev=n_dev))
+    """The generated sample, written to `root` on first use (once, when several runs start together)."""
+    with build_lock(root):
+        path = ensure_sample(root, seed=seed, n_train=n_train, n_dev=n_dev)
+    return _nonempty(InstructionDataset(path))
 
 
 def corpus(dataset: InstructionDataset, split: str = "train"):

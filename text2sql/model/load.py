@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from text2sql.fsutil import atomic_dir
+from text2sql.fsutil import atomic_dir, build_lock
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,11 @@ def resolve_model_path(model_cfg: DictConfig, corpus: Callable[[], Iterable[str]
                         "merge": merge})
     out_dir = Path(build.cache_dir).expanduser().resolve() / f"{model_cfg.name}-{key}"  # absolute: see check_model_path
     if not (out_dir / "config.json").is_file():
-        if corpus is None:
-            raise ValueError(f"tiny model not built yet at {out_dir} and no dataset text given to build it")
-        build_tiny_model(out_dir, arch, corpus(), build.vocab_size, build.seed, merge)
+        with build_lock(out_dir):  # two runs on a cold cache: one builds, the other waits and loads it
+            if not (out_dir / "config.json").is_file():
+                if corpus is None:
+                    raise ValueError(f"tiny model not built yet at {out_dir} and no dataset text given to build it")
+                build_tiny_model(out_dir, arch, corpus(), build.vocab_size, build.seed, merge)
     return str(out_dir)
 
 
