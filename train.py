@@ -20,19 +20,20 @@ log = logging.getLogger("text2sql.train")
 def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.config_schema import check_config, check_source_budget
     from text2sql.data.datasets import corpus
+    from text2sql.model.strategy import check_hardware
 
     check_config(cfg)  # types and ranges, before the heavy imports: a bad value fails in about a second
+    check_hardware(cfg.hardware)  # GPU presets without a GPU: one line before any data loads (torch only then)
     dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use); bad paths fail here
 
     import lightning.pytorch as pl
+
     from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
     from text2sql.model.module import Text2SQLModule
     from text2sql.model.peft import apply_peft, count_parameters
-    from text2sql.model.strategy import check_hardware
     from text2sql.run import flat_hparams, job_dir, wandb_identity
     from text2sql.train_history import EpochHistory
 
-    check_hardware(cfg.hardware)  # GPU presets without a GPU: one line, before any weights load
     model_path = resolve_model_path(cfg.model, corpus=lambda: corpus(dataset, "train"))
     tokenizer = load_tokenizer(cfg.model, model_path)
     datamodule = instantiate(cfg.data, dataset=dataset, tokenizer=tokenizer)
