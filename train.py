@@ -64,7 +64,14 @@ def main(cfg: DictConfig) -> float | None:
     from text2sql.run import job_dir, run_job
 
     if cfg.dry_run:  # size the run from the YAML's architecture: no data, no weights, no download
+        from text2sql.config_schema import check_config
+        from text2sql.errors import ConfigError
         from text2sql.model.sizing import dry_run
+
+        try:
+            check_config(cfg)
+        except ConfigError as err:
+            raise SystemExit(f"error: {err}") from None
 
         dry_run(cfg, job_dir())
         return None

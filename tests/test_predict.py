@@ -101,3 +101,15 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_one_line(trained_run, tmp_
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "predict:" in ln]
     assert len(err) == 1 and "does not fit this model/peft config" in err[0] and "size mismatch" in err[0]
     assert not (tmp_path / "p.sql").exists()
+
+
+def test_group_choice_with_a_saved_run_config_is_refused(tmp_path):
+    """`--run R model=x` used to merge the string 'x' over the run's whole model section."""
+    from text2sql.errors import UserError
+    from text2sql.eval.predict import compose_config
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("model: {name: tiny}\neval: {batch_size: 4}\n")
+    assert compose_config(["eval.batch_size=8"], tmp_path).eval.batch_size == 8
+    with pytest.raises(UserError, match="model=codellama7b picks a config group"):
+        compose_config(["model=codellama7b"], tmp_path)

@@ -47,6 +47,10 @@ def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictCon
         saved = run_dir / ".hydra" / "config.yaml"
         if not saved.is_file():
             raise UserError(f"{run_dir} is not a training run dir (no .hydra/config.yaml)")
+        picked = _group_choices(overrides)
+        if picked:
+            raise UserError(f"{picked[0]} picks a config group, but a run's saved config takes key overrides only "
+                            f"(e.g. model.path=..., eval.batch_size=...); drop --run to compose from conf/")
         cfg = localize(OmegaConf.load(saved), run_dir)
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
