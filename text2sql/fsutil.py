@@ -54,3 +54,24 @@ def build_lock(out_dir: str | os.PathLike):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def find_run_dir(path: str | os.PathLike) -> Path | None:
+    """The training run dir holding `path` (RUN/checkpoints/last.ckpt, RUN/adapter, ...): nearest `.hydra/` above."""
+    path = Path(path).expanduser().resolve()
+    for parent in [path, *path.parents][:4]:
+        if (parent / ".hydra" / "config.yaml").is_file():
+            return parent
+    return None
+
+
+def run_start_dir(run_dir: str | os.PathLike | None) -> Path | None:
+    """The directory a run was started in (Hydra records it in `.hydra/hydra.yaml`): what its relative paths
+    (`.cache/text2sql`, `data/spider`, ...) are relative to."""
+    hydra_yaml = Path(run_dir) / ".hydra" / "hydra.yaml" if run_dir is not None else None
+    if hydra_yaml is None or not hydra_yaml.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    start = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd")
+    return Path(start) if start else None

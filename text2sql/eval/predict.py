@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from text2sql.errors import UserError
+from text2sql.fsutil import find_run_dir, run_start_dir
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -77,9 +78,8 @@ def localize(cfg: DictConfig, run_dir: Path) -> DictConfig:
 
     Otherwise `predict` from another directory would silently rebuild the sample and the tiny model there.
     """
-    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-    start = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd") if hydra_yaml.is_file() else None
-    if not start:
+    start = run_start_dir(run_dir)
+    if start is None:
         return cfg
     for key in RUN_RELATIVE_KEYS:
         try:
@@ -91,15 +91,6 @@ def localize(cfg: DictConfig, run_dir: Path) -> DictConfig:
             if key == "paths.cache_dir" or candidate.exists():  # a hub id such as owner/name stays a hub id
                 OmegaConf.update(cfg, key, str(candidate), force_add=True)
     return cfg
-
-
-def find_run_dir(path: Path) -> Path | None:
-    """The training run dir holding `path` (RUN/checkpoints/last.ckpt, RUN/adapter, ...): nearest `.hydra/` above."""
-    path = Path(path).expanduser().resolve()
-    for parent in [path, *path.parents][:4]:
-        if (parent / ".hydra" / "config.yaml").is_file():
-            return parent
-    return None
 
 
 def _group_choices(overrides: list[str]) -> list[str]:

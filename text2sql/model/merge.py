@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from text2sql.errors import UserError
+from text2sql.fsutil import find_run_dir, run_start_dir
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +101,8 @@ def _from_run_start(base: str, adapter: Path) -> str:
     """A relative base path (adapters saved before paths were absolute) read from the dir its run started in."""
     if os.path.isabs(base) or Path(base).is_dir():
         return base
-    from omegaconf import OmegaConf
-
-    from text2sql.eval.predict import find_run_dir
-
-    run_dir = find_run_dir(adapter)
-    hydra_yaml = run_dir / ".hydra" / "hydra.yaml" if run_dir else None
-    start = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd") if hydra_yaml and hydra_yaml.is_file() else None
-    candidate = Path(start) / base if start else None
+    start = run_start_dir(find_run_dir(adapter))
+    candidate = start / base if start is not None else None
     return str(candidate) if candidate is not None and candidate.is_dir() else base
 
 
