@@ -102,7 +102,9 @@ def test_interpolated_value_of_the_wrong_type_names_the_typed_key():
 
 @pytest.mark.parametrize("overrides", [[], ["debug=smoke"], ["peft=qlora4"], ["peft=qlora8"], ["peft=full"],
                                        ["dataset=spider"], ["experiment=dbgpt_hub_codellama13b_lora"],
-                                       ["experiment=dbgpt_hub_codellama13b_qlora4"], ["model=codellama34b"]])
+                                       ["experiment=dbgpt_hub_codellama13b_qlora4"], ["model=codellama34b"],
+                                       ["hardware=deepspeed_zero3_offload"], ["hardware=multinode"],
+                                       ["hardware=deepspeed_zero2_cpu", "sweep=lora_grid"]])
 def test_shipped_configs_pass_the_checks(overrides):
     check_config(compose_cfg(overrides))
 

@@ -1,11 +1,13 @@
 """Typed schemas for the config keys that are ours, and the range checks types cannot express.
 
-Hydra merges every YAML into these dataclasses (ConfigStore entries `schema/*`, named in the defaults lists: `schema/train`
-first in `conf/train.yaml`, `schema/lora`, `schema/qlora`, `schema/sample`, `schema/spider` in group files),
-so `optim.lr=abc` or `trainer.max_epochs=abc` fails while Hydra composes, and a key a YAML file misspells
-fails too. Interpolations such as `${model.recommended.lr}` are kept and converted to the field's type when
-they resolve. `check_config` then checks ranges (lr > 0, r >= 1, ...) before torch is imported.
+Hydra merges every YAML into these dataclasses (ConfigStore entries `schema/*`, named in the defaults lists:
+`schema/train` first in `conf/train.yaml`; `schema/lora`, `schema/qlora`, `schema/sample`, `schema/spider` in the
+group files), so `optim.lr=abc` or `trainer.max_epochs=abc` fails while Hydra composes, and so does a key a YAML
+file misspells. Interpolations such as `${model.recommended.lr}` are kept and converted to the field's type
+when they resolve. `check_config` then checks ranges (lr > 0, r >= 1, ...) before torch is imported.
 
+A new key under optim/data/eval/trainer (conf/train.yaml) or in a typed group file needs its field here;
+`+trainer.KEY=V` on the command line adds any Lightning Trainer argument without one.
 Registered on `import text2sql`, so every compose (train.py, `text2sql predict`, tests) sees the schemas.
 """
 
