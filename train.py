@@ -20,6 +20,7 @@ log = logging.getLogger("text2sql.train")
 def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.config_schema import check_config, check_source_budget
     from text2sql.data.datasets import corpus
+    from text2sql.fsutil import record_resolved_paths
     from text2sql.model.strategy import check_hardware
 
     check_config(cfg)  # types and ranges, before the heavy imports: a bad value fails in about a second
@@ -35,6 +36,8 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.train_history import EpochHistory
 
     model_path = resolve_model_path(cfg.model, corpus=lambda: corpus(dataset, "train"))
+    record_resolved_paths(job_dir(), {"paths.cache_dir": cfg.paths.cache_dir, "dataset.root": str(dataset.root),
+                                      "model.path": model_path})  # predict/merge work from any directory
     tokenizer = load_tokenizer(cfg.model, model_path)
     datamodule = instantiate(cfg.data, dataset=dataset, tokenizer=tokenizer)
     datamodule.setup("fit")  # tokenise now: length/truncation statistics are logged with the config

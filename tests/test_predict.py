@@ -63,15 +63,17 @@ def test_checkpoint_alone_finds_its_run_config_from_anywhere(trained_run, tmp_pa
     """Issue 13.3 / 13.7: no overrides repeated (before: a size-mismatch traceback, the run used peft.r=4), no
     sample or tiny model rebuilt in the current dir, pred.sql in the run dir, the full evaluate tables."""
     run_dir, start = trained_run
-    monkeypatch.delenv("TEXT2SQL_CACHE", raising=False)
-    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setenv("TEXT2SQL_CACHE", str(tmp_path / "another_cache"))  # this shell's cache is not the run's
+    monkeypatch.chdir(elsewhere)
     models_before = sorted(p.name for p in (start / ".cache" / "text2sql" / "models").iterdir())
     assert main(["predict", "--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--limit", "12",
                  "--no-progress", "--evaluate", "--max-new-tokens", "24"]) == 0
     out = capsys.readouterr()
     assert f"using the config of run {run_dir}" in out.err
     assert len((run_dir / "pred.sql").read_text().splitlines()) == 12
-    assert list(tmp_path.iterdir()) == []  # no .cache/, no pred.sql here
+    assert list(elsewhere.iterdir()) == [] and not (tmp_path / "another_cache").exists()  # nothing rebuilt here
     assert sorted(p.name for p in (start / ".cache" / "text2sql" / "models").iterdir()) == models_before
     for needle in ("EXECUTION ACCURACY", "easy", "medium", "extra", "all", "wrong_result", "syntax_error"):
         assert needle in out.out, out.out  # per hardness and per status, not just the overall EX

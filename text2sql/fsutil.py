@@ -75,3 +75,30 @@ def run_start_dir(run_dir: str | os.PathLike | None) -> Path | None:
 
     start = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd")
     return Path(start) if start else None
+
+
+RESOLVED_PATHS = Path(".hydra") / "resolved_paths.json"  # inside a run dir
+
+
+def record_resolved_paths(run_dir: str | os.PathLike, paths: dict[str, str]) -> None:
+    """Save the absolute paths a run used (cache, dataset root, model): `.hydra/config.yaml` keeps them unresolved
+    (`${oc.env:TEXT2SQL_CACHE,...}`), which would resolve differently in another shell or directory."""
+    import json
+
+    target = Path(run_dir) / RESOLVED_PATHS
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps({k: str(Path(v).resolve()) if Path(v).exists() else str(v) for k, v in paths.items()},
+                              indent=2) + "\n", encoding="utf-8")
+    tmp.replace(target)
+
+
+def resolved_paths(run_dir: str | os.PathLike) -> dict[str, str]:
+    """What `record_resolved_paths` saved for a run ({} for runs from before it existed)."""
+    import json
+
+    path = Path(run_dir) / RESOLVED_PATHS
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        return {}

@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from text2sql.errors import UserError
-from text2sql.fsutil import find_run_dir, run_start_dir
+from text2sql.fsutil import find_run_dir, resolved_paths, run_start_dir
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -74,10 +74,15 @@ RUN_RELATIVE_KEYS = ("paths.cache_dir", "dataset.root", "model.path")
 
 
 def localize(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    """Make a saved run config's relative paths absolute against the run's start dir (`.hydra/hydra.yaml`).
+    """Make a saved run config's paths absolute: those training recorded (`.hydra/resolved_paths.json`), else
+    relative ones against the run's start dir (`.hydra/hydra.yaml`).
 
     Otherwise `predict` from another directory would silently rebuild the sample and the tiny model there.
     """
+    recorded = resolved_paths(run_dir)  # what training resolved (absolute), when it recorded it
+    for key in RUN_RELATIVE_KEYS:
+        if recorded.get(key):
+            OmegaConf.update(cfg, key, recorded[key], force_add=True)
     start = run_start_dir(run_dir)
     if start is None:
         return cfg
