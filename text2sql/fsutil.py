@@ -40,6 +40,11 @@ def atomic_dir(out_dir: str | os.PathLike):
         raise
 
 
+def is_complete(out_dir: str | os.PathLike) -> bool:
+    """Whether `out_dir` was fully written by `atomic_dir` (cheap: no lock, works on a read-only cache)."""
+    return (Path(out_dir) / COMPLETE).is_file()
+
+
 @contextmanager
 def build_lock(out_dir: str | os.PathLike):
     """Hold an exclusive lock named after `out_dir` (a `.NAME.lock` file beside it) while checking/building it.

@@ -8,7 +8,7 @@ from __future__ import annotations
 from text2sql.data.prompt import make_records
 from text2sql.data.sample import ensure_sample
 from text2sql.data.spider import SpiderDataError, SpiderDataset
-from text2sql.fsutil import build_lock
+from text2sql.fsutil import build_lock, is_complete
 
 
 class InstructionDataset(SpiderDataset):
@@ -35,9 +35,10 @@ def spider(root: str | None = None, **_ignored) -> InstructionDataset:
 
 def sample(root: str, seed: int = 0, n_train: int = 3000, n_dev: int = 200, **_ignored) -> InstructionDataset:
     """The generated sample, written to `root` on first use (once, when several runs start together)."""
-    with build_lock(root):
-        path = ensure_sample(root, seed=seed, n_train=n_train, n_dev=n_dev)
-    return _nonempty(InstructionDataset(path))
+    if not is_complete(root):
+        with build_lock(root):
+            ensure_sample(root, seed=seed, n_train=n_train, n_dev=n_dev)
+    return _nonempty(InstructionDataset(root))
 
 
 def corpus(dataset: InstructionDataset, split: str = "train"):
