@@ -9,29 +9,39 @@ from __future__ import annotations
 import logging
 
 import hydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+from text2sql.config_schema import compact_hydra_errors
 
 log = logging.getLogger("text2sql.train")
 
 
 def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
-    import lightning.pytorch as pl
-    from hydra.utils import instantiate
-
+    from text2sql.config_schema import check_config, check_source_budget
     from text2sql.data.datasets import corpus
+    from text2sql.fsutil import record_resolved_paths
+    from text2sql.model.strategy import check_hardware
+
+    check_config(cfg)  # types and ranges, before the heavy imports: a bad value fails in about a second
+    check_hardware(cfg.hardware)  # GPU presets without a GPU: one line before any data loads (torch only then)
+    dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use); bad paths fail here
+
+    import lightning.pytorch as pl
+
     from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
     from text2sql.model.module import Text2SQLModule
     from text2sql.model.peft import apply_peft, count_parameters
-    from text2sql.model.strategy import check_hardware
     from text2sql.run import flat_hparams, job_dir, wandb_identity
     from text2sql.train_history import EpochHistory
 
-    check_hardware(cfg.hardware)  # GPU presets without a GPU: one line, before any data or weights load
-    dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use)
     model_path = resolve_model_path(cfg.model, corpus=lambda: corpus(dataset, "train"))
+    record_resolved_paths(job_dir(), {"paths.cache_dir": cfg.paths.cache_dir, "dataset.root": str(dataset.root),
+                                      "model.path": model_path})  # predict/merge work from any directory
     tokenizer = load_tokenizer(cfg.model, model_path)
     datamodule = instantiate(cfg.data, dataset=dataset, tokenizer=tokenizer)
     datamodule.setup("fit")  # tokenise now: length/truncation statistics are logged with the config
+    check_source_budget(datamodule.stats, cfg.data.max_source_length)  # no question cut in the middle
 
     pl.seed_everything(cfg.seed, workers=True)  # adapter init, dropout, data order
     model = apply_peft(load_model(cfg.model, model_path, tokenizer, peft_cfg=cfg.peft), cfg.peft)
@@ -57,7 +67,14 @@ def main(cfg: DictConfig) -> float | None:
     from text2sql.run import job_dir, run_job
 
     if cfg.dry_run:  # size the run from the YAML's architecture: no data, no weights, no download
+        from text2sql.config_schema import check_config
+        from text2sql.errors import ConfigError
         from text2sql.model.sizing import dry_run
+
+        try:
+            check_config(cfg)
+        except ConfigError as err:
+            raise SystemExit(f"error: {err}") from None
 
         dry_run(cfg, job_dir())
         return None
@@ -65,4 +82,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    compact_hydra_errors()  # a wrong type or unknown key at compose time: one `error:` line naming the key
     main()

@@ -76,3 +76,24 @@ def test_user_errors_are_one_line(trained_adapter, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 3 and all(line.startswith("text2sql merge: error:") for line in lines), lines
     assert "--base" in lines[2] and not (tmp_path / "o").exists()
+
+
+def test_adapter_with_a_relative_base_merges_from_another_dir(trained_adapter, tmp_path, monkeypatch):
+    """Adapters saved before paths were absolute name their base relative to the run's start dir (issue 13.7)."""
+    import shutil
+    from pathlib import Path
+
+    base, adapter, _ = trained_adapter
+    start, run = Path(base).parent, tmp_path / "run"
+    shutil.copytree(adapter, run / "adapter")
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = Path(base).name  # relative to `start`
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("{}\n")
+    (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    cwd: {start}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cli(["merge", "--adapter", str(run), "--out", str(tmp_path / "merged")]) == 0
+    assert json.loads((tmp_path / "merged" / "merge_info.json").read_text())["base"] == base

@@ -14,19 +14,25 @@ from text2sql.cli import main
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
+    """A smoke run with a non-default adapter size (peft.r=4), started in its own dir with the default,
+    relative cache (.cache/text2sql there): what a user gets from `python train.py` in a fresh clone."""
     tmp = tmp_path_factory.mktemp("predict")
-    env = {**os.environ, "WANDB_MODE": "offline", "TEXT2SQL_CACHE": str(tmp / "cache")}
+    start = tmp / "start"
+    start.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "TEXT2SQL_CACHE"}
+    env.update(WANDB_MODE="offline", PYTHONPATH=str(REPO_ROOT))
     run_dir = tmp / "run"
-    proc = subprocess.run([sys.executable, "train.py", "debug=smoke", "logger=none", f"hydra.run.dir={run_dir}"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "debug=smoke", "logger=none", "peft.r=4",
+                           f"hydra.run.dir={run_dir}"], cwd=start, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return run_dir, env
+    assert (start / ".cache" / "text2sql").is_dir()
+    return run_dir, start
 
 
 def test_predict_from_run_dir_matches_the_callbacks_predictions(trained_run, tmp_path, monkeypatch):
-    run_dir, env = trained_run
-    monkeypatch.setenv("TEXT2SQL_CACHE", env["TEXT2SQL_CACHE"])
-    monkeypatch.chdir(REPO_ROOT)
+    run_dir, _ = trained_run
+    monkeypatch.delenv("TEXT2SQL_CACHE", raising=False)
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "pred.sql"
     assert main(["predict", "--run", str(run_dir), "--out", str(out), "--no-progress", "--limit", "40",
                  "eval.max_new_tokens=48"]) == 0
@@ -51,3 +57,61 @@ def test_predict_bad_inputs_are_one_line(tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
     assert main(["predict", "model=nope"]) == 2
     assert "model/nope" in capsys.readouterr().err
+
+
+def test_checkpoint_alone_finds_its_run_config_from_anywhere(trained_run, tmp_path, monkeypatch, capsys):
+    """Issue 13.3 / 13.7: no overrides repeated (before: a size-mismatch traceback, the run used peft.r=4), no
+    sample or tiny model rebuilt in the current dir, pred.sql in the run dir, the full evaluate tables."""
+    run_dir, start = trained_run
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setenv("TEXT2SQL_CACHE", str(tmp_path / "another_cache"))  # this shell's cache is not the run's
+    monkeypatch.chdir(elsewhere)
+    models_before = sorted(p.name for p in (start / ".cache" / "text2sql" / "models").iterdir())
+    assert main(["predict", "--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--limit", "12",
+                 "--no-progress", "--evaluate", "--max-new-tokens", "24"]) == 0
+    out = capsys.readouterr()
+    assert f"using the config of run {run_dir}" in out.err
+    assert len((run_dir / "pred.sql").read_text().splitlines()) == 12
+    assert list(elsewhere.iterdir()) == [] and not (tmp_path / "another_cache").exists()  # nothing rebuilt here
+    assert sorted(p.name for p in (start / ".cache" / "text2sql" / "models").iterdir()) == models_before
+    for needle in ("EXECUTION ACCURACY", "easy", "medium", "extra", "all", "wrong_result", "syntax_error"):
+        assert needle in out.out, out.out  # per hardness and per status, not just the overall EX
+    gold = (run_dir / "dev_gold.sql").read_text().splitlines()
+    assert len(gold) == 12 and all("\t" in line for line in gold)
+
+
+def test_adapter_records_an_absolute_base_and_merges_from_anywhere(trained_run, tmp_path, monkeypatch):
+    """Issue 13.7: the adapter's base_model_name_or_path was `.cache/text2sql/models/...`, relative to the start
+    dir, so `text2sql merge` failed from anywhere else."""
+    import json
+
+    run_dir, start = trained_run
+    base = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert os.path.isabs(base) and base.startswith(str(start))
+    monkeypatch.chdir(tmp_path)
+    assert main(["merge", "--adapter", str(run_dir), "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "config.json").is_file()
+
+
+def test_a_checkpoint_that_does_not_fit_the_config_is_one_line(trained_run, tmp_path, capsys):
+    run_dir, _ = trained_run
+    ckpt = tmp_path / "elsewhere.ckpt"  # outside its run dir: no config to find, the default one (r=16) is used
+    ckpt.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
+    assert main(["predict", "--checkpoint", str(ckpt), "--limit", "2", "--no-progress",
+                 "--out", str(tmp_path / "p.sql"), f"paths.cache_dir={run_dir.parent / 'start' / '.cache' / 'text2sql'}"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "predict:" in ln]
+    assert len(err) == 1 and "does not fit this model/peft config" in err[0] and "size mismatch" in err[0]
+    assert not (tmp_path / "p.sql").exists()
+
+
+def test_group_choice_with_a_saved_run_config_is_refused(tmp_path):
+    """`--run R model=x` used to merge the string 'x' over the run's whole model section."""
+    from text2sql.errors import UserError
+    from text2sql.eval.predict import compose_config
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("model: {name: tiny}\neval: {batch_size: 4}\n")
+    assert compose_config(["eval.batch_size=8"], tmp_path).eval.batch_size == 8
+    with pytest.raises(UserError, match="model=codellama7b picks a config group"):
+        compose_config(["model=codellama7b"], tmp_path)

@@ -173,3 +173,45 @@ def test_ties_go_to_the_lower_val_loss(tmp_path: Path):
     assert [j.name for j in rep.jobs] == ["1", "2", "0"]
     assert rep.jobs[0].val_loss == pytest.approx(1.7)
     assert len(rep.jobs[0].loss_history) == 2
+
+
+def test_unknown_metric_is_refused_and_good_output_stays(sweep: Path, capsys):
+    """Issue 13.5: a typo in --metric used to exit 0 and overwrite summary.* with an empty column."""
+    assert main(["report", str(sweep), "--no-plot"]) == 0
+    before = {name: (sweep / name).read_bytes() for name in ("summary.md", "summary.csv")}
+    capsys.readouterr()
+    assert main(["report", str(sweep), "--metric", "val/ex_hrad"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "unknown metric 'val/ex_hrad'" in err[0]
+    assert "val/execution_accuracy" in err[0] and "val/ex_hard" in err[0]  # the known ones are listed
+    assert {name: (sweep / name).read_bytes() for name in before} == before
+    assert not (sweep / "summary.png").exists() and not list(sweep.glob(".summary*"))
+
+
+def test_metric_absent_from_every_successful_job_says_no_example_of_this_kind(tmp_path: Path, capsys):
+    """A sample without hard questions: val/ex_hard is a real metric, but no job has a value for it."""
+    d = tmp_path / "sweep"
+    for num, lr in enumerate(("1e-3", "2e-3")):
+        m = ok_metrics([0.5, 0.7 + num / 10], [1.0, 0.8])
+        for row in [*m["history"], m["final"]]:
+            row.pop("val/ex_hard")
+        make_job(d, num, [f"optim.lr={lr}"], m)
+    (d / "summary.md").write_text("a good earlier report\n")
+    assert main(["report", str(d), "--metric", "val/ex_hard"]) == 2
+    err = capsys.readouterr().err
+    assert "no example of this kind" in err and "no successful job" not in err
+    assert (d / "summary.md").read_text() == "a good earlier report\n"
+    assert main(["report", str(d), "--metric", "val/ex_medium", "--no-plot"]) == 0  # a present bucket works
+
+
+def test_picture_of_jobs_without_the_metric_does_not_blame_success(tmp_path: Path, monkeypatch):
+    """Only some jobs have the metric: the file is written; an empty panel never says 'no successful job'."""
+    d = tmp_path / "sweep"
+    make_job(d, 0, ["optim.lr=1e-3"], ok_metrics([0.5], [1.0]))
+    texts = []
+    import matplotlib.axes
+
+    original = matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda self, *a, **k: texts.append(a[2]) or original(self, *a, **k))
+    report.plot(d / "p.png", [report.read_job(d / "0", "val/exact_match")], ["optim.lr"], "val/exact_match", "t")
+    assert texts == ["no job recorded an epoch", "no job has exact_match"]

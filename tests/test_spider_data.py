@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from text2sql.data.schema import parse_schema_text, schema_parts, schema_text
-from text2sql.data.spider import SpiderDataError, SpiderDataset, SpiderSchema, resolve_root
+from text2sql.data.datasets import InstructionDataset
+from text2sql.data.spider import SpiderDataError, SpiderSchema, resolve_root
 
 FIRST_TRAIN_SCHEMA = (
     "department_management contains tables such as department, head, management. "
@@ -73,7 +74,7 @@ def shop_schema(**changes) -> SpiderSchema:
 
 
 def test_real_spider_counts_and_first_record(spider_dir: Path) -> None:
-    ds = SpiderDataset(spider_dir)
+    ds = InstructionDataset(spider_dir)
     train, dev = ds.records("train"), ds.records("dev")
     assert (len(train), len(dev)) == (7000, 1034)
     first = train[0]
@@ -89,13 +90,13 @@ def test_real_spider_counts_and_first_record(spider_dir: Path) -> None:
 
 def test_real_spider_schema_texts_parse_back(spider_dir: Path) -> None:
     """Truncation works on record text; every real schema must parse back to the same pieces."""
-    for schema in SpiderDataset(spider_dir).schemas().values():
+    for schema in InstructionDataset(spider_dir).schemas().values():
         parts = parse_schema_text(schema_text(schema))
         assert parts is not None and parts == schema_parts(schema), schema.db_id
 
 
 def test_real_spider_db_path(spider_dir: Path) -> None:
-    ds = SpiderDataset(spider_dir)
+    ds = InstructionDataset(spider_dir)
     assert ds.db_path("concert_singer").is_file()
     assert ds.db_path("wta_1") == spider_dir.resolve() / "database" / "wta_1" / "wta_1.sqlite"
 
@@ -132,7 +133,7 @@ def test_parse_schema_text_rejects_foreign_text() -> None:
 
 def test_train_is_train_spider_then_train_others(tmp_path: Path) -> None:
     others = [{"db_id": "shop", "question": "Other?", "query": "SELECT 1"}]
-    ds = SpiderDataset(write_spider(tmp_path / "s", others=others))
+    ds = InstructionDataset(write_spider(tmp_path / "s", others=others))
     assert [e.question for e in ds.examples("train")] == ["How many customers?", "Other?"]
     assert [r["output"] for r in ds.records("dev")] == ["SELECT message FROM log"]
 
@@ -155,7 +156,7 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 
 def test_missing_root_says_how_to_point_at_it(tmp_path: Path) -> None:
     with pytest.raises(SpiderDataError) as err:
-        SpiderDataset(tmp_path / "nowhere")
+        InstructionDataset(tmp_path / "nowhere")
     msg = one_line(err)
     assert str(tmp_path / "nowhere") in msg and "dataset.root=" in msg and "SPIDER_DIR" in msg
 
@@ -164,14 +165,14 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
     root = write_spider(tmp_path / "s")
     (root / "dev.json").unlink()
     with pytest.raises(SpiderDataError) as err:
-        SpiderDataset(root).examples("dev")
+        InstructionDataset(root).examples("dev")
     assert "dev.json" in one_line(err)
 
 
 def test_malformed_json_names_the_file(tmp_path: Path) -> None:
     root = write_spider(tmp_path / "s", train='[{"db_id": "shop",')
     with pytest.raises(SpiderDataError) as err:
-        SpiderDataset(root).records("train")
+        InstructionDataset(root).records("train")
     msg = one_line(err)
     assert "malformed JSON" in msg and str(root / "train_spider.json") in msg
 
@@ -182,14 +183,14 @@ def test_unknown_db_id_names_file_and_record(tmp_path: Path) -> None:
         {"db_id": "nope", "question": "q1", "query": "SELECT 1"},
     ]
     with pytest.raises(SpiderDataError) as err:
-        SpiderDataset(write_spider(tmp_path / "s", train=train)).records("train")
+        InstructionDataset(write_spider(tmp_path / "s", train=train)).records("train")
     msg = one_line(err)
     assert "train_spider.json record 1" in msg and "'nope'" in msg and "tables.json" in msg
 
 
 def test_missing_key_names_file_and_record(tmp_path: Path) -> None:
     with pytest.raises(SpiderDataError) as err:
-        SpiderDataset(write_spider(tmp_path / "s", dev=[{"db_id": "shop", "query": "SELECT 1"}])).examples("dev")
+        InstructionDataset(write_spider(tmp_path / "s", dev=[{"db_id": "shop", "query": "SELECT 1"}])).examples("dev")
     assert "dev.json record 0" in one_line(err) and "question" in str(err.value)
 
 
@@ -200,11 +201,11 @@ def test_missing_key_names_file_and_record(tmp_path: Path) -> None:
 )
 def test_key_index_out_of_range_names_file_and_db(tmp_path: Path, change: dict, what: str) -> None:
     with pytest.raises(SpiderDataError) as err:
-        SpiderDataset(write_spider(tmp_path / "s", tables=[{**SHOP, **change}])).schemas()
+        InstructionDataset(write_spider(tmp_path / "s", tables=[{**SHOP, **change}])).schemas()
     msg = one_line(err)
     assert "tables.json" in msg and "'shop'" in msg and what in msg
 
 
 def test_unknown_split(tmp_path: Path) -> None:
     with pytest.raises(SpiderDataError, match="unknown Spider split"):
-        SpiderDataset(write_spider(tmp_path / "s")).examples("test")
+        InstructionDataset(write_spider(tmp_path / "s")).examples("test")

@@ -23,8 +23,9 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
+from text2sql.errors import UserError
+
+CliError = UserError  # the older name; core modules raise text2sql.errors.UserError
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
@@ -52,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(VERBS[args.verb][0])
     try:
         return int(module.run(args) or 0)
-    except (CliError, FileNotFoundError, ValueError) as err:
+    except (UserError, FileNotFoundError, ValueError) as err:
         print(f"text2sql {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an output dir that is not writable, a full disk, ...: what and where, one line
+        where = f": {err.filename}" if err.filename else ""
+        print(f"text2sql {args.verb}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"text2sql {args.verb}: interrupted", file=sys.stderr)

@@ -88,7 +88,8 @@ def run_job(cfg: DictConfig, train_fn) -> float:
     try:
         history = train_fn(cfg, history)
     except Exception as err:  # noqa: BLE001 - recorded, then re-raised or turned into the worst value
-        message = f"{type(err).__name__}: {err}".splitlines()[0]
+        shown = _user_error(err) or err  # the user error, not Hydra's InstantiationException around it
+        message = f"{type(shown).__name__}: {shown}".splitlines()[0]
         (out_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         write_metrics(out_dir, history, metric, "failed", message, time.time() - start)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -113,10 +114,10 @@ def run_job(cfg: DictConfig, train_fn) -> float:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says what to fix; shown as one line instead of a traceback."""
-    from text2sql.cli import CliError
+    from text2sql.errors import UserError
     from text2sql.data.spider import SpiderDataError
 
-    return (SpiderDataError, FileNotFoundError, CliError)
+    return (SpiderDataError, FileNotFoundError, UserError)
 
 
 def _user_error(err: BaseException) -> BaseException | None:

@@ -1,25 +1,47 @@
-"""Hydra targets of the `dataset` group: each returns a `SpiderDataset` (one loader for every dataset).
+"""Hydra targets of the `dataset` group: each returns an `InstructionDataset` (one loader for every dataset).
 
 Dataset configs also carry keys for other stages (name, fingerprint, token budgets); targets ignore them.
 """
 
 from __future__ import annotations
 
+from text2sql.data.prompt import make_records
 from text2sql.data.sample import ensure_sample
-from text2sql.data.spider import SpiderDataset
+from text2sql.data.spider import SpiderDataError, SpiderDataset
+from text2sql.fsutil import build_lock, is_complete
 
 
-def spider(root: str | None = None, **_ignored) -> SpiderDataset:
+class InstructionDataset(SpiderDataset):
+    """A Spider-layout dir whose splits read as DB-GPT-Hub instruction records (what training consumes)."""
+
+    def records(self, split: str) -> list[dict]:
+        """DB-GPT-Hub instruction records (see prompt.make_record); a db_id unknown to tables.json is an error."""
+        return make_records(self, split)
+
+
+def _nonempty(dataset: InstructionDataset) -> InstructionDataset:
+    """An empty split is one line now, not a crash (or an EX of 0/0) after the first epoch."""
+    for split in ("train", "dev"):
+        if not dataset.examples(split):
+            files = ", ".join(p.name for p in dataset.split_files(split))
+            raise SpiderDataError(f"the {split} split of {dataset.root} is empty ({files} holds no example)")
+    return dataset
+
+
+def spider(root: str | None = None, **_ignored) -> InstructionDataset:
     """Real Spider at `root` (default: $SPIDER_DIR, else data/spider); a missing dir is one clear error."""
-    return SpiderDataset(root)
+    return _nonempty(InstructionDataset(root))
 
 
-def sample(root: str, seed: int = 0, n_train: int = 3000, n_dev: int = 200, **_ignored) -> SpiderDataset:
-    """The generated sample, written to `root` on first use and read back like Spider."""
-    return SpiderDataset(ensure_sample(root, seed=seed, n_train=n_train, n_dev=n_dev))
+def sample(root: str, seed: int = 0, n_train: int = 3000, n_dev: int = 200, **_ignored) -> InstructionDataset:
+    """The generated sample, written to `root` on first use (once, when several runs start together)."""
+    if not is_complete(root):
+        with build_lock(root):
+            ensure_sample(root, seed=seed, n_train=n_train, n_dev=n_dev)
+    return _nonempty(InstructionDataset(root))
 
 
-def corpus(dataset: SpiderDataset, split: str = "train"):
+def corpus(dataset: InstructionDataset, split: str = "train"):
     """Text the tiny model's tokenizer is trained on: every question and target of the split, and each
     distinct instruction (schema) once, so the repeated instruction does not crowd words out of the vocab."""
     seen = set()

@@ -16,8 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from text2sql.data.datasets import InstructionDataset
 from text2sql.data.prompt import TEMPLATES, encode_record, length_stats, record_lengths, truncation_counts
-from text2sql.data.spider import ENV_VAR, SpiderDataset
+from text2sql.data.spider import ENV_VAR
 
 FILES = {"train": "example_text2sql_train.json", "dev": "example_text2sql_dev.json"}
 COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history"}
@@ -85,7 +86,7 @@ def _format(stats: dict[str, int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = SpiderDataset(args.spider)
+    dataset = InstructionDataset(args.spider)
     records = {split: dataset.records(split) for split in FILES}  # validates everything before writing
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     write_atomically(Path(args.out), {**{FILES[s]: r for s, r in records.items()}, "dataset_info.json": dataset_info()})

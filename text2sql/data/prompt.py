@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from text2sql.data.schema import SchemaParts, parse_schema_text, schema_text
-from text2sql.data.spider import SpiderExample, SpiderSchema
+from text2sql.data.spider import SpiderDataset, SpiderExample, SpiderSchema
 
 # Byte for byte DB-GPT-Hub's INSTRUCTION_PROMPT: no space after "me." and a line holding a lone '"'.
 INSTRUCTION = (
@@ -57,6 +57,11 @@ def make_record(example: SpiderExample, schema: SpiderSchema) -> dict:
         "output": example.query,
         "history": [],
     }
+
+
+def make_records(dataset: SpiderDataset, split: str) -> list[dict]:
+    """The records of one split, in source order (the loader knows no prompt format; this module does)."""
+    return [make_record(example, schema) for example, schema in dataset.pairs(split)]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from text2sql.errors import UserError
+
 ENV_VAR = "SPIDER_DIR"
 DEFAULT_ROOT = "data/spider"
 SPLIT_FILES: dict[str, tuple[str, ...]] = {
@@ -23,7 +25,7 @@ SPLIT_FILES: dict[str, tuple[str, ...]] = {
 OPTIONAL_FILES = frozenset({"train_others.json"})
 
 
-class SpiderDataError(ValueError):
+class SpiderDataError(UserError, ValueError):
     """A problem with the user's Spider files; the message is one line naming the file (and record/db_id)."""
 
 
@@ -85,14 +87,38 @@ def _require(entry: Any, keys: tuple[str, ...], where: str) -> None:
         raise SpiderDataError(f"{where}: missing key(s) {', '.join(missing)}")
 
 
+def _expect_list(entry: dict, key: str, where: str, of: type | None = None) -> None:
+    """A tables.json field of the wrong JSON type is one line naming the key (not a crash, nor a silent list of
+    characters from a string)."""
+    value = entry[key]
+    if not isinstance(value, list):
+        raise SpiderDataError(f"{where}: {key} must be a list, got {type(value).__name__} {str(value)[:40]!r}")
+    if of is not None:
+        bad = next((v for v in value if not isinstance(v, of)), None)
+        if bad is not None:
+            raise SpiderDataError(f"{where}: {key} must hold {of.__name__}s, got {type(bad).__name__} {bad!r}")
+
+
 def parse_schema(entry: Any, path: Path, index: int) -> SpiderSchema:
     """Validate one tables.json entry: every key index must name a real column (the `*` at 0 included)."""
     keys = ("db_id", "table_names_original", "column_names_original", "column_types", "primary_keys", "foreign_keys")
     _require(entry, keys, f"{path} entry {index}")
     db_id = entry["db_id"]
+    if not isinstance(db_id, str) or not db_id:
+        raise SpiderDataError(f"{path} entry {index}: db_id must be a non-empty string, got {db_id!r}")
     where = f"{path} db_id {db_id!r}"
+    _expect_list(entry, "table_names_original", where, of=str)
+    _expect_list(entry, "column_types", where, of=str)
+    _expect_list(entry, "primary_keys", where)
+    _expect_list(entry, "foreign_keys", where)
+    _expect_list(entry, "column_names_original", where)
     tables = list(entry["table_names_original"])
-    columns = [(int(t), str(name)) for t, name in entry["column_names_original"]]
+    for i, pair in enumerate(entry["column_names_original"]):
+        if not (isinstance(pair, list) and len(pair) == 2 and type(pair[0]) is int and isinstance(pair[1], str)):
+            raise SpiderDataError(f"{where}: column_names_original[{i}] = {pair!r} is not a pair [table index, name]")
+    columns = [(t, name) for t, name in entry["column_names_original"]]
+    if len(entry["column_types"]) != len(columns):
+        raise SpiderDataError(f"{where}: {len(entry['column_types'])} column_types for {len(columns)} columns")
     for t, name in columns[1:]:
         if not 0 <= t < len(tables):
             raise SpiderDataError(f"{where}: column {name!r} refers to table {t} but there are {len(tables)} tables")
@@ -159,6 +185,10 @@ class SpiderDataset:
                     raise SpiderDataError(f"{path}: expected a JSON array of examples")
                 for i, item in enumerate(data):
                     _require(item, ("db_id", "question", "query"), f"{path} record {i}")
+                    bad = next((k for k in ("db_id", "question", "query") if not isinstance(item[k], str)), None)
+                    if bad:
+                        raise SpiderDataError(f"{path} record {i}: {bad} must be a string, got "
+                                              f"{type(item[bad]).__name__} {item[bad]!r}")
                     rows.append((path, i, SpiderExample(item["db_id"], item["question"], item["query"])))
             self._examples[split] = rows
         return self._examples[split]
@@ -171,10 +201,11 @@ class SpiderDataset:
         """Where the SQLite file should be; it may not exist (e.g. wta_1 in the shared copy)."""
         return self.root / "database" / db_id / f"{db_id}.sqlite"
 
-    def records(self, split: str) -> list[dict]:
-        """DB-GPT-Hub instruction records (see prompt.make_record); a db_id unknown to tables.json is an error."""
-        from text2sql.data.prompt import make_record  # prompt imports this module
+    def pairs(self, split: str) -> list[tuple[SpiderExample, SpiderSchema]]:
+        """Each example with its schema, in source order; a db_id unknown to tables.json is an error.
 
+        What a prompt format needs; the format itself lives above this loader (`prompt.make_record`).
+        """
         schemas = self.schemas()
         out = []
         for path, i, ex in self._load(split):
@@ -183,5 +214,5 @@ class SpiderDataset:
                 raise SpiderDataError(
                     f"{path} record {i}: db_id {ex.db_id!r} is not in {self.root / 'tables.json'}"
                 )
-            out.append(make_record(ex, schema))
+            out.append((ex, schema))
         return out

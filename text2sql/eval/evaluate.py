@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from text2sql.cli import CliError
+from text2sql.errors import UserError as CliError
 
 __all__ = ["add_arguments", "run", "read_gold", "read_pred"]
 

@@ -5,17 +5,23 @@ composed from `conf/` with overrides or taken from a finished run dir (`--run`).
 adapter dir (`--adapter`, what `PeftModel.from_pretrained` reads), a Lightning checkpoint (`--checkpoint`)
 or, with `--run`, the run's saved adapter/model or its last checkpoint. Generation is the callback's:
 batched greedy decoding with left padding and the KV cache.
+
+A checkpoint or adapter inside a run dir brings that run's config along (no overrides to repeat), and the run's
+relative paths (cache, dataset, model) are read from the directory training started in, so predict works from
+anywhere; pred.sql then lands in the run dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from text2sql.cli import CliError
+from text2sql.errors import UserError
+from text2sql.fsutil import find_run_dir, resolved_paths, run_start_dir
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -26,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--adapter", type=Path, help="a PEFT adapter dir (adapter_config.json) to load on the base model, "
                      "or a W&B artifact entity/project/name:alias (downloaded with W&B's API)")
     src.add_argument("--checkpoint", type=Path, help="a Lightning .ckpt written by train.py")
-    parser.add_argument("--out", type=Path, default=Path("pred.sql"), help="where to write one SQL per line (default pred.sql)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write one SQL per line (default: <run dir>/pred.sql, else ./pred.sql)")
     parser.add_argument("--split", default="dev", help="dataset split to predict (default dev)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N examples (default all)")
     parser.add_argument("--batch-size", type=int, default=None, help="generation batch size (default eval.batch_size)")
@@ -41,8 +48,12 @@ def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictCon
     if run_dir is not None:
         saved = run_dir / ".hydra" / "config.yaml"
         if not saved.is_file():
-            raise CliError(f"{run_dir} is not a training run dir (no .hydra/config.yaml)")
-        cfg = OmegaConf.load(saved)
+            raise UserError(f"{run_dir} is not a training run dir (no .hydra/config.yaml)")
+        picked = _group_choices(overrides)
+        if picked:
+            raise UserError(f"{picked[0]} picks a config group, but a run's saved config takes key overrides only "
+                            f"(e.g. model.path=..., eval.batch_size=...); drop --run to compose from conf/")
+        cfg = localize(OmegaConf.load(saved), run_dir)
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         return cfg
@@ -53,7 +64,45 @@ def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictCon
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name="train", overrides=overrides)
     except HydraException as err:
-        raise CliError(str(err).splitlines()[0]) from None
+        from text2sql.config_schema import describe_compose_error
+
+        raise UserError(describe_compose_error(err) or str(err).splitlines()[0]) from None
+
+
+# Keys whose relative values are relative to the directory a run was started in (paths.cache_dir first: the
+# sample's root and the tiny model's cache interpolate it).
+RUN_RELATIVE_KEYS = ("paths.cache_dir", "dataset.root", "model.path")
+
+
+def localize(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """Make a saved run config's paths absolute: those training recorded (`.hydra/resolved_paths.json`), else
+    relative ones against the run's start dir (`.hydra/hydra.yaml`).
+
+    Otherwise `predict` from another directory would silently rebuild the sample and the tiny model there.
+    """
+    recorded = resolved_paths(run_dir)  # what training resolved (absolute), when it recorded it
+    for key in RUN_RELATIVE_KEYS:
+        if recorded.get(key):
+            OmegaConf.update(cfg, key, recorded[key], force_add=True)
+    start = run_start_dir(run_dir)
+    if start is None:
+        return cfg
+    for key in RUN_RELATIVE_KEYS:
+        try:
+            value = OmegaConf.select(cfg, key, default=None)
+        except Exception:  # noqa: BLE001 - e.g. an env var the run had and this shell lacks: leave as is
+            continue
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            candidate = Path(start) / Path(value).expanduser()
+            if key == "paths.cache_dir" or candidate.exists():  # a hub id such as owner/name stays a hub id
+                OmegaConf.update(cfg, key, str(candidate), force_add=True)
+    return cfg
+
+
+def _group_choices(overrides: list[str]) -> list[str]:
+    """Overrides that pick a config group option (`model=...`): a saved run config cannot take them."""
+    return [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0].lstrip("+~")
+            and (CONF_DIR / o.split("=", 1)[0].lstrip("+~")).is_dir()]
 
 
 def _resolve_subtree(cfg: DictConfig, key: str) -> DictConfig:
@@ -69,7 +118,7 @@ def find_weights(run_dir: Path) -> tuple[str, Path]:
     ckpts = sorted((run_dir / "checkpoints").glob("last*.ckpt")) or sorted((run_dir / "checkpoints").glob("*.ckpt"))
     if ckpts:
         return "checkpoint", ckpts[-1]
-    raise CliError(f"no adapter/, model/ or checkpoints/*.ckpt in {run_dir}")
+    raise UserError(f"no adapter/, model/ or checkpoints/*.ckpt in {run_dir}")
 
 
 def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | None):
@@ -93,16 +142,21 @@ def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | Non
         from peft import PeftModel
 
         if not (path / "adapter_config.json").is_file():
-            raise CliError(f"{path} holds no adapter_config.json (not a PEFT adapter dir)")
+            raise UserError(f"{path} holds no adapter_config.json (not a PEFT adapter dir)")
         return PeftModel.from_pretrained(model, str(path)), tokenizer
     if kind == "checkpoint":
         from text2sql.model.module import Text2SQLModule
 
         module = Text2SQLModule(apply_peft(model, peft_cfg), _resolve_subtree(cfg, "optim"))
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-        result = module.load_state_dict(state, strict=False)
+        try:
+            result = module.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # size mismatches: the config is not the one the checkpoint was trained with
+            detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), str(err)[:200])
+            raise UserError(f"{path} does not fit this model/peft config ({detail}); pass --run RUN_DIR or "
+                            f"the overrides it was trained with") from None
         if result.unexpected_keys:
-            raise CliError(f"{path} does not fit this model/peft config: unexpected keys such as "
+            raise UserError(f"{path} does not fit this model/peft config: unexpected keys such as "
                            f"{result.unexpected_keys[0]}")
         return module.model, tokenizer
     return apply_peft(model, peft_cfg) if peft_cfg.method != "full" else model, tokenizer
@@ -134,7 +188,14 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = compose_config(list(args.overrides), args.run)
+    overrides = list(args.overrides)
+    run_dir = args.run
+    if run_dir is None and (args.checkpoint or args.adapter) is not None:
+        found = find_run_dir(args.checkpoint or args.adapter)
+        if found is not None and not _group_choices(overrides):
+            run_dir = found
+            print(f"text2sql predict: using the config of run {run_dir}", file=sys.stderr)
+    cfg = compose_config(overrides, run_dir)
     weights = None
     if args.run is not None:
         weights = find_weights(args.run)
@@ -145,23 +206,45 @@ def run(args: argparse.Namespace) -> int:
                    if is_artifact_ref(str(args.adapter)) else ("adapter", args.adapter))
     elif args.checkpoint is not None:
         if not args.checkpoint.is_file():
-            raise CliError(f"checkpoint not found: {args.checkpoint}")
+            raise UserError(f"checkpoint not found: {args.checkpoint}")
         weights = ("checkpoint", args.checkpoint)
     if weights and not weights[1].exists():
-        raise CliError(f"{weights[0]} not found: {weights[1]}")
+        raise UserError(f"{weights[0]} not found: {weights[1]}")
     if weights is None:
         print("text2sql predict: no --run/--adapter/--checkpoint given: predicting with the untrained base model",
               file=sys.stderr)
-    dataset, records, preds = predict(cfg, weights, args.out, args.split, args.limit, args.batch_size,
+    out = args.out if args.out is not None else (run_dir / "pred.sql" if run_dir is not None else Path("pred.sql"))
+    dataset, records, preds = predict(cfg, weights, out, args.split, args.limit, args.batch_size,
                                       args.max_new_tokens, progress=not args.no_progress)
-    print(f"wrote {len(preds)} predictions to {args.out}")
+    print(f"wrote {len(preds)} predictions to {out}")
     if args.evaluate:
-        from text2sql.eval.execute import ExecutionEvaluator
-        from text2sql.eval.metrics import summarize
-
-        eval_cfg = _resolve_subtree(cfg, "eval")
-        with ExecutionEvaluator(dataset.root / "database", timeout=eval_cfg.timeout, workers=eval_cfg.workers) as ev:
-            verdicts = ev.evaluate([(r["db_id"], r["output"], p) for r, p in zip(records, preds)])
-        summary = summarize(verdicts)
-        print(f"execution accuracy: {summary['execution_accuracy']:.4f} on {len(preds)} examples")
+        evaluate_predictions(cfg, dataset, records, out, args.split, progress=not args.no_progress)
     return 0
+
+
+def _one_line(sql: str) -> str:
+    return sql.replace("\r", " ").replace("\n", " ").replace("\t", " ")
+
+
+def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Path, split: str,
+                         progress: bool = True) -> None:
+    """Score `pred` with `text2sql evaluate` itself: the same tables (per hardness, per status), and a gold
+    file (`<split>_gold.sql`, Spider's `SQL<TAB>db_id`) beside it to rerun the evaluation later."""
+    from text2sql.eval import evaluate
+
+    gold = pred.with_name(f"{split}_gold.sql")
+    tmp = gold.with_name(gold.name + ".tmp")
+    tmp.write_text("".join(f"{_one_line(r['output'])}\t{r['db_id']}\n" for r in records), encoding="utf-8")
+    tmp.replace(gold)
+    eval_cfg = _resolve_subtree(cfg, "eval")
+    argv = ["--gold", str(gold), "--pred", str(pred), "--db", str(dataset.root / "database"),
+            "--timeout", str(eval_cfg.timeout)]
+    if eval_cfg.workers is not None:
+        argv += ["--workers", str(eval_cfg.workers)]
+    if not progress:
+        argv.append("--no-progress")
+    parser = argparse.ArgumentParser(prog="text2sql evaluate")
+    evaluate.add_arguments(parser)
+    evaluate.run(parser.parse_args(argv))
+    print(f"gold written to {gold}: rerun with text2sql evaluate --gold {gold} --pred {pred} "
+          f"--db {dataset.root / 'database'}")

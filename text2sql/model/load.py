@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from text2sql.fsutil import atomic_dir
+from text2sql.fsutil import atomic_dir, build_lock
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,13 @@ def resolve_model_path(model_cfg: DictConfig, corpus: Callable[[], Iterable[str]
     merge = bool(build.get("merge_preamble", True))
     key = _fingerprint({"arch": arch, "vocab": build.vocab_size, "seed": build.seed, "data": build.data_key,
                         "merge": merge})
-    out_dir = Path(build.cache_dir) / f"{model_cfg.name}-{key}"
+    out_dir = Path(build.cache_dir).expanduser().resolve() / f"{model_cfg.name}-{key}"  # absolute: see check_model_path
     if not (out_dir / "config.json").is_file():
-        if corpus is None:
-            raise ValueError(f"tiny model not built yet at {out_dir} and no dataset text given to build it")
-        build_tiny_model(out_dir, arch, corpus(), build.vocab_size, build.seed, merge)
+        with build_lock(out_dir):  # two runs on a cold cache: one builds, the other waits and loads it
+            if not (out_dir / "config.json").is_file():
+                if corpus is None:
+                    raise ValueError(f"tiny model not built yet at {out_dir} and no dataset text given to build it")
+                build_tiny_model(out_dir, arch, corpus(), build.vocab_size, build.seed, merge)
     return str(out_dir)
 
 
@@ -134,7 +136,7 @@ def check_model_path(path, name=None, hint: str | None = None) -> str:
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise FileNotFoundError(f"model weights not found: '{local}' has no config.json; {how}")
-        return str(local)
+        return str(local.resolve())  # absolute: adapters record it as their base, usable from any directory
     looks_local = path.startswith(("/", ".", "~")) or os.sep in path.replace("/", "", 1) or not _HUB_ID.match(path)
     if looks_local:
         raise FileNotFoundError(f"model weights not found: no directory '{local}'; {how}")

@@ -16,7 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from text2sql.cli import CliError
+from text2sql.errors import UserError
+from text2sql.fsutil import find_run_dir, run_start_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def adapter_dir(path: Path) -> Path:
             return candidate
     if not path.exists():
         raise FileNotFoundError(f"adapter dir not found: {path}")
-    raise CliError(f"{path} holds no adapter_config.json (not a PEFT adapter dir, nor a run dir with adapter/)")
+    raise UserError(f"{path} holds no adapter_config.json (not a PEFT adapter dir, nor a run dir with adapter/)")
 
 
 def _dtype(name: str, base: str):
@@ -67,7 +68,7 @@ def merge(base: str, adapter: Path, out: Path, dtype: str = "auto", overwrite: b
     out = Path(out).expanduser().resolve()
     empty_dir = out.is_dir() and not any(out.iterdir())
     if out.exists() and not empty_dir and not overwrite:
-        raise CliError(f"{out} already exists; pass --overwrite to replace it")
+        raise UserError(f"{out} already exists; pass --overwrite to replace it")
     torch_dtype = _dtype(dtype, base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
     model = PeftModel.from_pretrained(model, str(adapter))
@@ -96,6 +97,15 @@ def merge(base: str, adapter: Path, out: Path, dtype: str = "auto", overwrite: b
     return out
 
 
+def _from_run_start(base: str, adapter: Path) -> str:
+    """A relative base path (adapters saved before paths were absolute) read from the dir its run started in."""
+    if os.path.isabs(base) or Path(base).is_dir():
+        return base
+    start = run_start_dir(find_run_dir(adapter))
+    candidate = start / base if start is not None else None
+    return str(candidate) if candidate is not None and candidate.is_dir() else base
+
+
 def run(args) -> int:
     from text2sql.model.load import check_model_path
 
@@ -104,7 +114,8 @@ def run(args) -> int:
     if base is None:
         base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base:
-            raise CliError(f"{adapter}/adapter_config.json names no base model; pass --base PATH_OR_ID")
+            raise UserError(f"{adapter}/adapter_config.json names no base model; pass --base PATH_OR_ID")
+        base = _from_run_start(base, adapter)
     base = check_model_path(base, "--base", hint="pass --base <local dir with config.json> or a hub id")
     out = merge(base, adapter, args.out, dtype=args.dtype, overwrite=args.overwrite)
     print(f"merged {adapter} into {base} -> {out}")

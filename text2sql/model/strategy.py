@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from text2sql.cli import CliError
+from text2sql.errors import UserError as CliError
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 

@@ -480,13 +480,14 @@ def plot(path: Path, ranked: list[Job], swept: list[str], metric: str, title: st
             ax.scatter([pos[str(x)] for x in xs], ys, s=28, zorder=3)
             ax.set_xticks(range(len(cats)), cats, rotation=20, fontsize=8)
         else:
-            ax.text(0.5, 0.5, "no successful job", ha="center", va="center", transform=ax.transAxes)
+            empty = "no successful job" if not any(j.status == "ok" for j in ranked) else f"no job has {short}"
+            ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
         _unit_ylim(ax, ys)
         ax.set_xlabel(key)
         ax.set_ylabel(f"best {short}")
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # path may be a temp name without .png
     plt.close(fig)
 
 
@@ -502,25 +503,72 @@ class Report:
     files: dict[str, Path]
 
 
+# Metrics every training job may log; a name outside these and the jobs' own keys is a typo.
+STANDARD_METRICS = (DEFAULT_METRIC, *(f"val/ex_{h}" for h in HARDNESS), VAL_LOSS_KEY, "train/loss")
+
+
+def recorded_metrics(job_dirs: list[Path]) -> set[str]:
+    """Every numeric key the jobs' metrics.json files hold (per-epoch history and final values)."""
+    keys: set[str] = set()
+    for job_dir in job_dirs:
+        try:
+            data = json.loads((job_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        rows = [*(data.get("history") or []), data.get("final") or {}] if isinstance(data, dict) else []
+        for row in rows:
+            if isinstance(row, dict):
+                keys.update(k for k, v in row.items() if k != "epoch" and isinstance(v, (int, float)))
+    return keys
+
+
+def check_metric(metric: str, jobs: list[Job], recorded: set[str]) -> None:
+    """Refuse, before anything is written, a metric no job records: a typo, or a kind of example the dev
+    split does not have (e.g. val/ex_hard on a sample without hard questions). Good summaries stay."""
+    from text2sql.errors import UserError
+
+    known = recorded | set(STANDARD_METRICS)
+    if metric not in known:
+        raise UserError(f"unknown metric {metric!r}; known: {', '.join(sorted(known))}")
+    ok = [j for j in jobs if j.status == "ok"]
+    if ok and all(j.best is None for j in ok):
+        why = (f"no example of this kind ({metric.rsplit('_', 1)[-1]} questions) in the jobs' dev split"
+               if metric.rsplit("/", 1)[-1].startswith("ex_") else "the successful jobs did not record it")
+        raise UserError(f"no job has a value of {metric}: {why}; nothing written")
+
+
+def _write_atomically(path: Path, write) -> None:
+    """`write(tmp_path)`, then rename over `path`: a crash never leaves a half-written summary."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def build_report(sweep_dir: str | Path, metric: str = DEFAULT_METRIC, *, png: bool = True) -> Report:
-    from text2sql.cli import CliError
+    from text2sql.errors import UserError
 
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise CliError(f"{sweep_dir}: not a directory")
+        raise UserError(f"{sweep_dir}: not a directory")
     job_dirs = find_job_dirs(sweep_dir)
     if not job_dirs:
         nested = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and find_job_dirs(p))
         hint = f" (it holds sweep dirs: {', '.join(nested[:5])}{'…' if len(nested) > 5 else ''})" if nested else ""
-        raise CliError(f"{sweep_dir}: no Hydra jobs found (no sub-directory with .hydra/ or metrics.json){hint}")
+        raise UserError(f"{sweep_dir}: no Hydra jobs found (no sub-directory with .hydra/ or metrics.json){hint}")
     jobs = [read_job(d, metric) for d in job_dirs]
+    check_metric(metric, jobs, recorded_metrics(job_dirs))
     swept = swept_keys(jobs, _declared_sweep_keys(sweep_dir))
     ranked = rank(jobs)
     files = {name: sweep_dir / name for name in SUMMARY_FILES}
-    files["summary.md"].write_text(markdown(sweep_dir, ranked, swept, metric))
-    write_csv(files["summary.csv"], ranked, swept, metric)
+    text = markdown(sweep_dir, ranked, swept, metric)
+    _write_atomically(files["summary.md"], lambda p: p.write_text(text))
+    _write_atomically(files["summary.csv"], lambda p: write_csv(p, ranked, swept, metric))
     if png:
-        plot(files["summary.png"], ranked, swept, metric, title=f"{sweep_dir.parent.name}/{sweep_dir.name}")
+        title = f"{sweep_dir.parent.name}/{sweep_dir.name}"
+        _write_atomically(files["summary.png"], lambda p: plot(p, ranked, swept, metric, title=title))
     else:
         files.pop("summary.png")
     return Report(sweep_dir, metric, ranked, swept, files)

@@ -1,0 +1,289 @@
+"""Typed schemas for the config keys that are ours, and the range checks types cannot express.
+
+Hydra merges every YAML into these dataclasses (ConfigStore entries `schema/*`, named in the defaults lists:
+`schema/train` first in `conf/train.yaml`; `schema/lora`, `schema/qlora`, `schema/sample`, `schema/spider` in the
+group files), so `optim.lr=abc` or `trainer.max_epochs=abc` fails while Hydra composes, and so does a key a YAML
+file misspells. Interpolations such as `${model.recommended.lr}` are kept and converted to the field's type
+when they resolve. `check_config` then checks ranges (lr > 0, r >= 1, ...) before torch is imported.
+
+A new key under optim/data/eval/trainer (conf/train.yaml) or in a typed group file needs its field here;
+`+trainer.KEY=V` on the command line adds any Lightning Trainer argument without one.
+Registered on `import text2sql`, so every compose (train.py, `text2sql predict`, tests) sees the schemas.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from text2sql.errors import ConfigError
+
+# --- schemas -----------------------------------------------------------------------------------------------
+# Fields without a default are MISSING until a YAML sets them; `Any` where Lightning/PEFT accept several types.
+
+
+@dataclass
+class OptimSchema:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.0
+    warmup_steps: Optional[int] = None
+
+
+@dataclass
+class DataSchema:
+    _target_: str = "text2sql.data.datamodule.TextToSQLDataModule"
+    template: str = "vanilla"
+    system_prompt: Optional[str] = None
+    max_source_length: int = 2048
+    max_target_length: int = 512
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    num_workers: int = 0
+    group_by_length: bool = True
+    train_limit: Optional[int] = None
+    val_loss_limit: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass
+class EvalSchema:
+    every_n_epochs: int = 1
+    limit: Optional[int] = None
+    seed: int = 0
+    batch_size: int = 32
+    max_new_tokens: int = 128
+    timeout: float = 30.0
+    workers: Optional[int] = None
+
+
+@dataclass
+class TrainerSchema:
+    """The Trainer keys conf/train.yaml sets; any other Trainer argument can be added with `+trainer.KEY=V`."""
+
+    _target_: str = "lightning.pytorch.Trainer"
+    max_epochs: int = 1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None
+    log_every_n_steps: int = 50
+    num_sanity_val_steps: int = 0
+    check_val_every_n_epoch: Optional[int] = 1
+    limit_train_batches: Any = None  # int: batches, float: fraction (Lightning reads the type)
+    limit_val_batches: Any = None
+    deterministic: Any = False  # bool or "warn"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: Any = "32-true"
+    strategy: Any = "auto"
+
+
+@dataclass
+class DatasetSchema:
+    _target_: str = "text2sql.data.datasets.spider"
+    name: str = "spider"
+    root: Optional[str] = None
+    fingerprint: str = "spider"
+    max_source_length: int = 2048
+    max_target_length: int = 512
+
+
+@dataclass
+class SampleDatasetSchema(DatasetSchema):
+    seed: int = 0
+    n_train: int = 3000
+    n_dev: int = 200
+
+
+@dataclass
+class LoraSchema:
+    method: str = "lora"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: Any = None  # a list, "all-linear" or "q_proj,v_proj"
+    modules_to_save: Any = None
+
+
+@dataclass
+class QLoraSchema(LoraSchema):
+    gradient_checkpointing: bool = True
+    quantization: Dict[str, Any] = field(default_factory=dict)
+
+
+def register() -> None:
+    """Store the schemas where the defaults lists of conf/ name them."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="train", node={"optim": OptimSchema, "data": DataSchema, "eval": EvalSchema,
+                                                 "trainer": TrainerSchema})
+    cs.store(group="schema", name="spider", node=DatasetSchema)
+    cs.store(group="schema", name="sample", node=SampleDatasetSchema)
+    cs.store(group="schema", name="lora", node=LoraSchema)
+    cs.store(group="schema", name="qlora", node=QLoraSchema)
+
+
+# --- range checks ------------------------------------------------------------------------------------------
+
+
+def _at_least(low, *, allow_none: bool = False, inclusive: bool = True, also: tuple = ()):
+    def check(value) -> str | None:
+        if value is None and allow_none:
+            return None
+        if value in also:
+            return None
+        ok = value is not None and (value >= low if inclusive else value > low)
+        return None if ok else f"must be {'>=' if inclusive else '>'} {low}" + (" or null" if allow_none else "")
+    return check
+
+
+def _fraction(upper_open: bool):
+    def check(value) -> str | None:
+        ok = 0 <= value < 1 if upper_open else 0 <= value <= 1
+        return None if ok else f"must be in [0, 1{')' if upper_open else ']'}"
+    return check
+
+
+RANGES: dict[str, Any] = {  # dataset budgets first: the key users set (data.* interpolates them)
+    "dataset.max_source_length": _at_least(16),
+    "dataset.max_target_length": _at_least(2),
+    "optim.lr": _at_least(0, inclusive=False),
+    "optim.weight_decay": _at_least(0),
+    "optim.warmup_ratio": _fraction(upper_open=False),
+    "optim.warmup_steps": _at_least(0, allow_none=True),
+    "data.max_source_length": _at_least(16),
+    "data.max_target_length": _at_least(2),
+    "data.batch_size": _at_least(1),
+    "data.eval_batch_size": _at_least(1),
+    "data.num_workers": _at_least(0),
+    "data.train_limit": _at_least(1, allow_none=True),
+    "data.val_loss_limit": _at_least(1, allow_none=True),
+    "eval.every_n_epochs": _at_least(1),
+    "eval.limit": _at_least(1, allow_none=True),
+    "eval.batch_size": _at_least(1),
+    "eval.max_new_tokens": _at_least(1),
+    "eval.timeout": _at_least(0, inclusive=False),
+    "eval.workers": _at_least(1, allow_none=True),
+    "trainer.max_epochs": _at_least(1, also=(-1,)),
+    "trainer.accumulate_grad_batches": _at_least(1),
+    "trainer.log_every_n_steps": _at_least(1),
+    "peft.r": _at_least(1),
+    "peft.alpha": _at_least(0, inclusive=False),
+    "peft.dropout": _fraction(upper_open=True),
+}
+
+
+def _value(cfg: DictConfig, key: str):
+    """The resolved value at `key` (None when absent); an interpolation of the wrong type is a ConfigError."""
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{key}: {one_line(err)}") from None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Resolve the typed keys and check their ranges; the first problem is one ConfigError line naming the key.
+
+    Needs no torch: train.py calls it before the heavy imports, so a bad value fails in about a second.
+    """
+    for section in ("optim", "data", "eval", "trainer", "dataset", "peft"):
+        node = cfg.get(section)
+        if isinstance(node, DictConfig):
+            for key in node:
+                if not str(key).startswith("_"):
+                    _value(cfg, f"{section}.{key}")  # interpolated values get their field's type here
+    betas = _value(cfg, "optim.betas")
+    if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
+        raise ConfigError(f"optim.betas={list(betas)} must be two numbers in [0, 1)")
+    for key, check in RANGES.items():
+        if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
+            continue
+        value = _value(cfg, key)
+        problem = check(value)
+        if problem:
+            raise ConfigError(f"{key}={value} {problem}")
+
+
+def check_source_budget(stats: dict, max_source_length: int, needed: int | None = None) -> None:
+    """A budget that cannot hold a question even with the whole schema cut is an error, not a silent mid-cut.
+
+    `stats` is the datamodule's per-split statistics (`truncated_hard` counts prompts cut inside the question).
+    """
+    for split, st in stats.items():
+        hard = st.get("truncated_hard", 0)
+        if hard:
+            need = f"; the longest needs {needed} tokens" if needed else ""
+            raise ConfigError(
+                f"dataset.max_source_length={max_source_length} cannot hold the question of {hard} of "
+                f"{st.get('count', '?')} {split} examples even with the schema cut away{need}: raise it")
+
+
+# --- one-line compose errors -------------------------------------------------------------------------------
+
+
+def one_line(err: BaseException) -> str:
+    """OmegaConf's message without its `full_key:` / `object_type=` detail lines, as one line."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "reference_type=", "key:"))]
+    return " ".join(keep or lines or [type(err).__name__])
+
+
+def describe_compose_error(ex: BaseException) -> str | None:
+    """One line for a Hydra compose error (naming the key and what it expected) or an output dir that
+    cannot be written; None for other errors."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    if isinstance(ex, (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError)) or (
+            isinstance(ex, OSError) and ex.errno in (errno.EROFS, errno.ENOSPC)):
+        return f"cannot write {ex.filename}: {ex.strerror} (check hydra.run.dir / hydra.sweep.dir)"
+    if isinstance(ex, MissingConfigException):  # Hydra's list of valid choices, without the search path
+        return " ".join(ln.strip() for ln in str(ex).split("Config search path")[0].splitlines() if ln.strip())
+    if not isinstance(ex, (ConfigCompositionException, OverrideParseException)):
+        return None
+    cause = ex.__cause__
+    head = one_line(ex)
+    if isinstance(cause, OmegaConfBaseException):
+        key = getattr(cause, "full_key", None)
+        detail = one_line(cause)
+        return f"{key}: {detail} ({head})" if key else f"{head}: {detail}"
+    key = re.search(r"^\s*full_key: (\S+)", str(ex), re.M)  # a YAML file's bad key: the detail is in the text
+    return f"{key[1]}: {head}" if key else head
+
+
+def compact_hydra_errors() -> None:
+    """Print Hydra's compose errors (wrong type, unknown key, bad override) as one `error:` line.
+
+    Hydra prints them over several lines plus a HYDRA_FULL_ERROR hint; everything else (and HYDRA_FULL_ERROR=1)
+    keeps Hydra's own reporting. Patches `hydra._internal.utils.run_and_report`, which `hydra.main` calls.
+    """
+    import hydra._internal.utils as hydra_utils
+
+    original = hydra_utils.run_and_report
+    if getattr(original, "_text2sql", False):
+        return
+
+    def run_and_report(func):
+        import os
+
+        try:
+            return func()
+        except Exception as ex:  # noqa: BLE001 - compose errors become one line, others go to Hydra
+            line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else describe_compose_error(ex)
+            if line is None:
+                def again():
+                    raise ex
+                return original(again)
+            sys.stderr.write(f"error: {line}\n")
+            sys.exit(1)
+
+    run_and_report._text2sql = True  # type: ignore[attr-defined]
+    hydra_utils.run_and_report = run_and_report
