@@ -15,6 +15,9 @@ log = logging.getLogger("text2sql.train")
 
 
 def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
+    from text2sql.console import drop_unset_wandb_options, quiet_after_imports, quiet_before_imports
+
+    quiet_before_imports(cfg.hardware.get("accelerator"))
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
@@ -25,6 +28,8 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.model.strategy import check_hardware
     from text2sql.run import flat_hparams, job_dir, wandb_identity
     from text2sql.train_history import EpochHistory
+
+    quiet_after_imports(local_model=bool(cfg.model.get("build")))
 
     check_hardware(cfg.hardware)  # GPU presets without a GPU: one line, before any data or weights load
     dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use)
@@ -41,6 +46,7 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
 
     loggers = [instantiate(lg, **{k: v for k, v in wandb_identity(cfg).items() if lg.get(k, "") is None})
                for lg in (cfg.get("logger") or {}).values()]
+    drop_unset_wandb_options(loggers)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()
                  if loggers or "LearningRateMonitor" not in c._target_]  # LR monitor needs a logger
     callbacks.append(EpochHistory(history))
