@@ -305,7 +305,8 @@ def _aggregate(c: _Ctx):
     t = c.table()
     num = c.pick(_nums(t))
     fn, word = c.pick(AGGS)
-    return f"What is the {word} {num.phrase} of all {t.plural}?", f"SELECT {fn}({num.name}) FROM {t.name}"
+    q = c.pick(["What is the {} {} of all {}?", "Give the {} {} over all {}.", "Compute the {} {} of the {}."])
+    return q.format(word, num.phrase, t.plural), f"SELECT {fn}({num.name}) FROM {t.name}"
 
 
 @template("easy")
@@ -340,8 +341,9 @@ def _count_where(c: _Ctx):
 def _distinct(c: _Ctx):
     t = c.table()
     cat = c.pick(_cats(t))
-    return (f"Show the different {cat.phrase} values of all {t.plural}.",
-            f"SELECT DISTINCT {cat.name} FROM {t.name}")
+    q = c.pick(["Show the different {} values of all {}.", "What distinct {} values do the {} have?",
+                "List each {} that occurs among the {}, once."])
+    return q.format(cat.phrase, t.plural), f"SELECT DISTINCT {cat.name} FROM {t.name}"
 
 
 @template("easy")
@@ -349,7 +351,9 @@ def _sorted(c: _Ctx):
     t = c.table()
     sel, num = c.pick(_texts(t)), c.pick(_nums(t))
     order, word = c.pick([("DESC", "descending"), ("ASC", "ascending")])
-    return (f"List the {sel.phrase} of all {t.plural} sorted by {num.phrase} in {word} order.",
+    q = c.pick(["List the {sel} of all {t} sorted by {num} in {w} order.",
+                "Sort the {t} by {num} in {w} order and show their {sel}."])
+    return (q.format(sel=sel.phrase, t=t.plural, num=num.phrase, w=word),
             f"SELECT {sel.name} FROM {t.name} ORDER BY {num.name} {order}")
 
 
@@ -368,8 +372,9 @@ def _aggregate_where(c: _Ctx):
 def _group_count(c: _Ctx):
     t = c.table()
     cat = c.pick(_cats(t))
-    return (f"Show each {cat.phrase} and the number of {t.plural} with it.",
-            f"SELECT {cat.name}, count(*) FROM {t.name} GROUP BY {cat.name}")
+    q = c.pick(["Show each {} and the number of {} with it.", "For each {}, how many {} are there?",
+                "Count the {1} per {0}, with the {0}."])
+    return q.format(cat.phrase, t.plural), f"SELECT {cat.name}, count(*) FROM {t.name} GROUP BY {cat.name}"
 
 
 @template("medium")
@@ -377,7 +382,8 @@ def _group_aggregate(c: _Ctx):
     t = c.table()
     cat, num = c.pick(_cats(t)), c.pick(_nums(t))
     fn, word = c.pick(AGGS)
-    return (f"For each {cat.phrase}, what is the {word} {num.phrase} of the {t.plural}?",
+    q = c.pick(["For each {cat}, what is the {w} {num} of the {t}?", "Show each {cat} with the {w} {num} of its {t}."])
+    return (q.format(cat=cat.phrase, w=word, num=num.phrase, t=t.plural),
             f"SELECT {cat.name}, {fn}({num.name}) FROM {t.name} GROUP BY {cat.name}")
 
 
@@ -433,8 +439,9 @@ def _min_max_where(c: _Ctx):
 def _join_pairs(c: _Ctx):
     child, parent = c.child, c.parent
     sel, pname = c.pick(_texts(child)), parent.columns[0]
-    return (f"Show the {sel.phrase} of every {child.singular} together with the {pname.phrase} of its "
-            f"{parent.singular}.",
+    q = c.pick(["Show the {sel} of every {c} together with the {pn} of its {p}.",
+                "For every {c}, list its {sel} and the {pn} of its {p}."])
+    return (q.format(sel=sel.phrase, c=child.singular, pn=pname.phrase, p=parent.singular),
             f"SELECT T1.{sel.name}, T2.{pname.name} FROM {_join(child, parent)}")
 
 
@@ -442,7 +449,9 @@ def _join_pairs(c: _Ctx):
 def _join_count(c: _Ctx):
     child, parent = c.child, c.parent
     pname = parent.columns[0]
-    return (f"Show the {pname.phrase} of each {parent.singular} and the number of {child.plural} in it.",
+    q = c.pick(["Show the {pn} of each {p} and the number of {c} in it.",
+                "How many {c} does each {p} have? Show the {p}'s {pn} with the count."])
+    return (q.format(pn=pname.phrase, p=parent.singular, c=child.plural),
             f"SELECT T2.{pname.name}, count(*) FROM {_join(child, parent)} GROUP BY T1.{child.parent[0]}")
 
 
@@ -461,7 +470,8 @@ def _most_common(c: _Ctx):
     t = c.table()
     cat = c.pick(_cats(t))
     order, word = c.pick([("DESC", "most"), ("ASC", "least")])
-    return (f"Which {cat.phrase} is the {word} common among {t.plural}?",
+    q = c.pick(["Which {cat} is the {w} common among {t}?", "What is the {w} common {cat} of the {t}?"])
+    return (q.format(cat=cat.phrase, w=word, t=t.plural),
             f"SELECT {cat.name} FROM {t.name} GROUP BY {cat.name} ORDER BY count(*) {order} LIMIT 1")
 
 
@@ -470,7 +480,9 @@ def _versus_average(c: _Ctx):
     t = c.table()
     sel, num = c.pick(_texts(t)), c.pick(_nums(t))
     op, word = c.pick([(">", "above"), ("<", "below")])
-    return (f"Show the {sel.phrase} of {t.plural} whose {num.phrase} is {word} the average {num.phrase}.",
+    q = c.pick(["Show the {sel} of {t} whose {num} is {w} the average {num}.",
+                "Which {t} have a {num} {w} the average? Show their {sel}."])
+    return (q.format(sel=sel.phrase, t=t.plural, num=num.phrase, w=word),
             f"SELECT {sel.name} FROM {t.name} WHERE {num.name} {op} (SELECT avg({num.name}) FROM {t.name})")
 
 
@@ -544,7 +556,8 @@ def _best_group(c: _Ctx):
     t = c.table()
     cat, num = c.pick(_cats(t)), c.pick(_nums(t))
     order, word = c.pick(ORDERS)
-    return (f"Which {cat.phrase} has the {word} average {num.phrase} among {t.plural}?",
+    q = c.pick(["Which {cat} has the {w} average {num} among {t}?", "Show the {cat} whose {t} have the {w} average {num}."])
+    return (q.format(cat=cat.phrase, w=word, num=num.phrase, t=t.plural),
             f"SELECT {cat.name} FROM {t.name} GROUP BY {cat.name} ORDER BY avg({num.name}) {order} LIMIT 1")
 
 
@@ -554,7 +567,9 @@ def _parent_with_most(c: _Ctx):
     child, parent = c.child, c.parent
     pname = parent.columns[0]
     order, word = c.pick([("DESC", "most"), ("ASC", "fewest")])
-    return (f"What is the {pname.phrase} of the {parent.singular} with the {word} {child.plural}?",
+    q = c.pick(["What is the {pn} of the {p} with the {w} {c}?", "Which {p} has the {w} {c}? Give its {pn}.",
+                "Give the {pn} of the {p} that has the {w} {c}."])
+    return (q.format(pn=pname.phrase, p=parent.singular, w=word, c=child.plural),
             f"SELECT T2.{pname.name} FROM {_join(child, parent)} GROUP BY T1.{child.parent[0]} "
             f"ORDER BY count(*) {order} LIMIT 1")
 
@@ -564,8 +579,9 @@ def _parent_best_average(c: _Ctx):
     child, parent = c.child, c.parent
     pname, num = parent.columns[0], c.pick(_nums(child))
     order, word = c.pick(ORDERS)
-    return (f"What is the {pname.phrase} of the {parent.singular} whose {child.plural} have the {word} average "
-            f"{num.phrase}?",
+    q = c.pick(["What is the {pn} of the {p} whose {c} have the {w} average {num}?",
+                "Which {p} has {c} with the {w} average {num}? Give its {pn}."])
+    return (q.format(pn=pname.phrase, p=parent.singular, c=child.plural, w=word, num=num.phrase),
             f"SELECT T2.{pname.name} FROM {_join(child, parent)} GROUP BY T1.{child.parent[0]} "
             f"ORDER BY avg(T1.{num.name}) {order} LIMIT 1")
 
