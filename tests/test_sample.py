@@ -125,3 +125,15 @@ def test_tiny_model_cache_dir_is_named_after_model_and_data(tmp_path, monkeypatc
     assert len(name.rsplit("-", 1)[1]) == 12  # the fingerprint still decides which build is reused
     cfg.build.seed = 1
     assert load.resolve_model_path(cfg, corpus=lambda: iter(["x"])) != path
+
+
+def test_spider_is_looked_for_at_SPIDER_DIR_first(tmp_path, monkeypatch):
+    import conftest
+
+    (tmp_path / "dev.json").write_text("[]")
+    monkeypatch.setenv("SPIDER_DIR", str(tmp_path))
+    assert conftest.find_spider()[0] == tmp_path
+    monkeypatch.setenv("SPIDER_DIR", str(tmp_path / "absent"))
+    found, looked = conftest.find_spider()
+    assert looked == [tmp_path / "absent", conftest.SHARED_SPIDER]
+    assert found == (conftest.SHARED_SPIDER if (conftest.SHARED_SPIDER / "dev.json").is_file() else None)
