@@ -19,6 +19,7 @@ log = logging.getLogger("text2sql.train")
 
 def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.config_schema import check_config, check_source_budget
+    from text2sql.console import drop_unset_wandb_options, quiet_after_imports, quiet_before_imports
     from text2sql.data.datasets import corpus
     from text2sql.fsutil import record_resolved_paths
     from text2sql.model.strategy import check_hardware
@@ -27,6 +28,7 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     check_hardware(cfg.hardware)  # GPU presets without a GPU: one line before any data loads (torch only then)
     dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use); bad paths fail here
 
+    quiet_before_imports(cfg.hardware.get("accelerator"))
     import lightning.pytorch as pl
 
     from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
@@ -34,6 +36,8 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.model.peft import apply_peft, count_parameters
     from text2sql.run import flat_hparams, job_dir, wandb_identity
     from text2sql.train_history import EpochHistory
+
+    quiet_after_imports(local_model=bool(cfg.model.get("build")))
 
     model_path = resolve_model_path(cfg.model, corpus=lambda: corpus(dataset, "train"))
     record_resolved_paths(job_dir(), {"paths.cache_dir": cfg.paths.cache_dir, "dataset.root": str(dataset.root),
@@ -51,6 +55,7 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
 
     loggers = [instantiate(lg, **{k: v for k, v in wandb_identity(cfg).items() if lg.get(k, "") is None})
                for lg in (cfg.get("logger") or {}).values()]
+    drop_unset_wandb_options(loggers)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()
                  if loggers or "LearningRateMonitor" not in c._target_]  # LR monitor needs a logger
     callbacks.append(EpochHistory(history))

@@ -1,7 +1,9 @@
-"""Shared fixtures. Real Spider lives in ../shared/spider at run time and is never copied into the repo."""
+"""Shared fixtures. Real Spider is read at run time (never copied into the repo): from $SPIDER_DIR when it is
+set, else from ../shared/spider beside the repo."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_SPIDER = REPO_ROOT.parent / "shared" / "spider"
 
 
+def find_spider() -> tuple[Path | None, list[Path]]:
+    """The first Spider copy among $SPIDER_DIR and ../shared/spider (a dir with dev.json), and where we looked."""
+    candidates = [Path(os.environ["SPIDER_DIR"]).expanduser()] if os.environ.get("SPIDER_DIR") else []
+    candidates.append(SHARED_SPIDER)
+    found = next((c for c in candidates if (c / "dev.json").is_file()), None)
+    return found, candidates
+
+
 @pytest.fixture(scope="session")
 def spider_dir() -> Path:
-    """The real Spider copy beside the project; tests that need it skip with a reason when it is absent."""
-    if not (SHARED_SPIDER / "dev.json").is_file():
-        pytest.skip(f"real Spider not found at {SHARED_SPIDER} (expected ../shared/spider beside the repo)")
-    return SHARED_SPIDER
+    """The real Spider copy; tests that need it skip with a reason (where we looked) when it is absent."""
+    found, looked = find_spider()
+    if found is None:
+        pytest.skip("real Spider not found (looked at " + ", ".join(map(str, looked))
+                    + "; set SPIDER_DIR or put it at ../shared/spider beside the repo)")
+    return found

@@ -1,16 +1,19 @@
-"""The generated sample: deterministic, Spider-shaped, executable, written atomically."""
+"""The generated sample: deterministic, Spider-shaped, at Spider's hardness mix, executable, written atomically."""
 
 from __future__ import annotations
 
 import filecmp
 import json
+import random
 import sqlite3
+from collections import Counter
 
 import pytest
 
 from text2sql.data import sample as sample_mod
 from text2sql.data.datasets import sample
-from text2sql.data.sample import generate_sample
+from text2sql.data.sample import DOMAINS, LEVEL_SHARES, SAMPLE_VERSION, TEMPLATES, generate_sample, level_counts
+from text2sql.eval.hardness import HARDNESS_LEVELS, hardness
 
 
 def tree_bytes(root):
@@ -37,13 +40,13 @@ def test_spider_layout_and_gold_executes(tmp_path):
     dev_questions = {e.question for e in ds.examples("dev")}
     assert not dev_questions & {e.question for e in ds.examples("train")}  # dev is unseen
     kinds = " ".join(e.query for e in ds.examples("train"))
-    for clause in ("WHERE", "count(*)", "avg(", "GROUP BY", "ORDER BY", "LIMIT", "JOIN"):
-        assert clause in kinds
-    nonempty = 0
-    for ex in ds.examples("dev"):
+    for clause in ("WHERE", "count(*)", "avg(", "GROUP BY", "HAVING", "ORDER BY", "LIMIT", "JOIN", " OR ",
+                   "(SELECT", "NOT IN", "INTERSECT", "UNION", "EXCEPT"):
+        assert clause in kinds, clause
+    for ex in ds.examples("dev"):  # every gold query answers with at least one non-NULL row
         with sqlite3.connect(ds.db_path(ex.db_id)) as conn:
-            nonempty += bool(conn.execute(ex.query).fetchall())
-    assert nonempty >= 0.9 * 50
+            first = conn.execute(ex.query).fetchone()
+        assert first is not None and any(v is not None for v in first), ex.query
     gold = (root / "dev_gold.sql").read_text().splitlines()
     assert gold[0] == f"{ds.examples('dev')[0].query}\t{ds.examples('dev')[0].db_id}"
     assert json.loads((root / "tables.json").read_text())[0]["column_names_original"][0] == [-1, "*"]
@@ -65,3 +68,72 @@ def test_regeneration_is_skipped_when_cached(tmp_path):
     sample_mod.ensure_sample(root, seed=0, n_train=50, n_dev=10)
     assert (root / "dev.json").stat().st_mtime_ns == stamp
     assert not filecmp.dircmp(root, root).diff_files
+
+
+def test_levels_follow_spider_dev_mix(tmp_path):
+    """Each split holds Spider dev's hardness mix (24/43/17/16 %), as the official rules classify the gold SQL."""
+    root = generate_sample(tmp_path / "s", seed=1, n_train=400, n_dev=200)
+    for split, n in (("train_spider.json", 400), ("dev.json", 200)):
+        got = Counter(hardness(e["query"]) for e in json.loads((root / split).read_text()))
+        assert got == level_counts(n)
+        for level in HARDNESS_LEVELS:
+            assert abs(got[level] / n - LEVEL_SHARES[level]) <= 1 / n
+    assert level_counts(200) == {"easy": 48, "medium": 86, "hard": 34, "extra": 32}
+    assert sum(level_counts(7).values()) == 7
+
+
+@pytest.mark.parametrize("level", HARDNESS_LEVELS)
+def test_every_template_gives_its_level_on_every_database(level, tmp_path):
+    """A template filed under a level yields queries of that level (and valid SQLite) on all four databases."""
+    rng = random.Random(0)
+    for db_id, tables in DOMAINS.items():
+        rows = sample_mod._make_rows(rng, tables)
+        path = tmp_path / f"{db_id}.sqlite"
+        sample_mod._write_db(path, tables, rows)
+        with sqlite3.connect(path) as conn:
+            for make in TEMPLATES[level]:
+                for _ in range(5):
+                    question, query = make(sample_mod._Ctx(rng, tables, rows))
+                    assert hardness(query) == level, (make.__name__, query)
+                    conn.execute(query).fetchall()
+                    assert question.endswith(("?", ".")) and "'" not in question.replace("'s ", "")
+
+
+def test_cache_names_carry_the_generator_version():
+    """A new generator version never reuses an old cached sample or a tokenizer trained on it."""
+    from omegaconf import OmegaConf
+
+    from conftest import REPO_ROOT
+
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "dataset" / "sample.yaml"), resolve=False)
+    assert f"/sample-v{SAMPLE_VERSION}-" in cfg["root"] and cfg["fingerprint"].startswith(f"sample-v{SAMPLE_VERSION}-")
+
+
+def test_tiny_model_cache_dir_is_named_after_model_and_data(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from text2sql.model import load
+
+    built = []
+    monkeypatch.setattr(load, "build_tiny_model", lambda out_dir, *a, **k: built.append(out_dir))
+    cfg = OmegaConf.create({"name": "tiny-llama", "architecture": {"hidden_size": 8},
+                            "build": {"cache_dir": str(tmp_path), "vocab_size": 64, "seed": 0,
+                                      "data_key": "sample-v2-seed0-3000-200"}})
+    path = load.resolve_model_path(cfg, corpus=lambda: iter(["x"]))
+    name = built[0].name
+    assert path == str(built[0]) and name.startswith("tiny-llama-sample-v2-seed0-3000-200-")
+    assert len(name.rsplit("-", 1)[1]) == 12  # the fingerprint still decides which build is reused
+    cfg.build.seed = 1
+    assert load.resolve_model_path(cfg, corpus=lambda: iter(["x"])) != path
+
+
+def test_spider_is_looked_for_at_SPIDER_DIR_first(tmp_path, monkeypatch):
+    import conftest
+
+    (tmp_path / "dev.json").write_text("[]")
+    monkeypatch.setenv("SPIDER_DIR", str(tmp_path))
+    assert conftest.find_spider()[0] == tmp_path
+    monkeypatch.setenv("SPIDER_DIR", str(tmp_path / "absent"))
+    found, looked = conftest.find_spider()
+    assert looked == [tmp_path / "absent", conftest.SHARED_SPIDER]
+    assert found == (conftest.SHARED_SPIDER if (conftest.SHARED_SPIDER / "dev.json").is_file() else None)

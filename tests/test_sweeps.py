@@ -90,7 +90,7 @@ def test_lora_grid_preset(stub_app: Path, tmp_path: Path):
     assert rep.swept == ["peft.r", "peft.alpha", "optim.lr"]
     assert all(j.status == "ok" for j in rep.jobs)
     best = rep.jobs[0]
-    assert best.overrides["peft.r"] == 64 and best.overrides["optim.lr"] == pytest.approx(2e-4)
+    assert best.overrides["peft.r"] == 64 and best.overrides["optim.lr"] == pytest.approx(1e-3)
 
 
 def test_optuna_preset_best_trial_is_the_highest_metric(stub_app: Path, tmp_path: Path):

@@ -1,12 +1,21 @@
-"""A small, learnable text-to-SQL dataset generated from a seed, written in Spider's own layout.
+"""A small text-to-SQL dataset generated from a seed, written in Spider's own layout, at Spider's difficulty mix.
 
 Why generated: the project ships no data files, yet `python train.py` must run a real fine-tuning job
-out of the box. The generator builds a few SQLite databases (several domains, 2-3 tables each, foreign
-keys, realistic rows) and templated questions with gold SQL covering select, where, count/avg, group by,
-order by + limit and joins. It writes `train_spider.json`, `dev.json`, `tables.json`, `dev_gold.sql`,
-`train_gold.sql` and `database/<db>/<db>.sqlite`, so the Spider loader reads it unchanged.
+out of the box. The generator builds a few SQLite databases (four domains, a parent and a child table each,
+a foreign key, realistic rows) and templated questions with gold SQL. The templates cover what Spider's
+hardness levels are made of: filters and aggregates (easy); GROUP BY / HAVING, ORDER BY + LIMIT, joins and
+compound conditions (medium); nested sub-queries, INTERSECT / UNION / EXCEPT and grouped rankings (hard);
+and their combinations (extra). Each split holds the four levels in the proportions of Spider's dev set
+(`LEVEL_SHARES`), every level measured with `text2sql.eval.hardness` (the official rules), so a per-hardness
+EX table on the sample says something about the method, not only about the pipeline.
+
+It writes `train_spider.json`, `dev.json`, `tables.json`, `dev_gold.sql`, `train_gold.sql` and
+`database/<db>/<db>.sqlite`, so the Spider loader reads it unchanged. Dev questions never occur in train:
+dev measures whether the model carries each template over to new tables, columns and values. Every gold
+query returns at least one row on its database.
 
 Everything is a pure function of the seed: two generations with the same seed are byte-identical.
+Bump `SAMPLE_VERSION` (and the dataset fingerprint in conf/dataset/sample.yaml) when the output changes.
 """
 
 from __future__ import annotations
@@ -15,10 +24,17 @@ import json
 import os
 import random
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from text2sql.eval.hardness import HARDNESS_LEVELS, hardness
 from text2sql.fsutil import atomic_dir
+
+SAMPLE_VERSION = 2
+
+# Spider dev's hardness mix (248 / 446 / 174 / 166 of 1034 questions).
+LEVEL_SHARES = {"easy": 248 / 1034, "medium": 446 / 1034, "hard": 174 / 1034, "extra": 166 / 1034}
 
 FIRST = ["Alice", "Bruno", "Chen", "Dana", "Elif", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kenji", "Lena",
          "Mateo", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara", "Umar", "Vera", "Wei", "Yara", "Zoe"]
@@ -88,6 +104,7 @@ DOMAINS: dict[str, tuple[Table, ...]] = {
         Table("department", "department", "departments", "department_id", (
             Column("dept_name", "text", "name", ("Sales", "Finance", "Research", "Support", "Legal", "Design",
                                                  "Logistics", "Marketing")),
+            Column("region", "text", "region", ("North", "South", "East", "West")),
             Column("budget", "number", "budget", low=100, high=990),
             Column("floor", "number", "floor", low=1, high=12),
         ), rows=8),
@@ -195,75 +212,460 @@ def _table_entry(db_id: str, tables: tuple[Table, ...]) -> dict:
     }
 
 
-def _questions(rng: random.Random, tables: tuple[Table, ...], rows: dict[str, list[dict]]) -> tuple[str, str]:
-    """One templated (question, gold SQL) pair drawn at random."""
-    table = rng.choice(tables)
-    data = rows[table.name]
-    nums = [c for c in table.columns if c.type == "number"]
-    texts = [c for c in table.columns if c.type == "text"]
-    row = rng.choice(data)
-    kind = rng.choice(["select", "count", "agg", "where_num", "where_text", "count_where", "group", "top", "join"])
-    sel = rng.choice(texts)
-    num = rng.choice(nums)
-    if kind == "select":
-        lead = rng.choice(["List the", "Show the", "What are the", "Give me the"])
-        return (f"{lead} {sel.phrase} of all {table.plural}.", f"SELECT {sel.name} FROM {table.name}")
-    if kind == "count":
-        lead = rng.choice(["How many {} are there?", "Count the {}.", "What is the number of {}?"])
-        return (lead.format(table.plural), f"SELECT count(*) FROM {table.name}")
-    if kind == "agg":
-        fn, word = rng.choice([("avg", "average"), ("max", "maximum"), ("min", "minimum"), ("sum", "total")])
-        return (f"What is the {word} {num.phrase} of all {table.plural}?", f"SELECT {fn}({num.name}) FROM {table.name}")
-    if kind == "where_num":
-        op, word = rng.choice([(">", "greater than"), ("<", "less than"), (">", "above"), ("<", "below")])
-        lead = rng.choice(["Show the", "List the", "Which are the"])
-        value = row[num.name]  # a value the table holds
-        return (f"{lead} {sel.phrase} of {table.plural} whose {num.phrase} is {word} {value}.",
-                f"SELECT {sel.name} FROM {table.name} WHERE {num.name} {op} {value}")
-    if kind == "where_text":
-        key = rng.choice([c for c in texts if c is not sel] or texts)
-        return (f"What is the {num.phrase} of the {table.singular} whose {key.phrase} is {row[key.name]}?",
-                f"SELECT {num.name} FROM {table.name} WHERE {key.name} = '{row[key.name]}'")
-    if kind == "count_where":
-        key = rng.choice(texts)
-        return (f"How many {table.plural} have {key.phrase} {row[key.name]}?",
-                f"SELECT count(*) FROM {table.name} WHERE {key.name} = '{row[key.name]}'")
-    if kind == "group":
-        key = rng.choice(texts[1:] or texts)
-        return (f"Show each {key.phrase} and the number of {table.plural} with it.",
-                f"SELECT {key.name}, count(*) FROM {table.name} GROUP BY {key.name}")
-    if kind == "top":
-        k = rng.randint(1, 5)
-        order, word = rng.choice([("DESC", "highest"), ("ASC", "lowest")])
-        return (f"What are the {sel.phrase} of the {k} {table.plural} with the {word} {num.phrase}?",
-                f"SELECT {sel.name} FROM {table.name} ORDER BY {num.name} {order} LIMIT {k}")
-    # join: a child column filtered by a parent's name
-    child = next(t for t in tables if t.parent)
-    fk, parent_name = child.parent
-    parent = next(t for t in tables if t.name == parent_name)
-    prow = rng.choice(rows[parent.name])
+# -- question templates ------------------------------------------------------------------------------------------
+# Each template draws a (question, gold SQL) pair from one database. The question names everything the query
+# needs (table, columns, values, direction, k), so one question has one reading. Templates are grouped by the
+# hardness level their queries get under the official rules; `_examples` checks every query against it.
+
+Template = Callable[["_Ctx"], tuple[str, str]]
+TEMPLATES: dict[str, list[Template]] = {level: [] for level in HARDNESS_LEVELS}
+
+
+def template(level: str):
+    def register(fn: Template) -> Template:
+        TEMPLATES[level].append(fn)
+        return fn
+    return register
+
+
+@dataclass
+class _Ctx:
+    """One database seen by the templates: its tables, rows, and the rng that picks."""
+    rng: random.Random
+    tables: tuple[Table, ...]
+    rows: dict[str, list[dict]]
+
+    def pick(self, seq):
+        return self.rng.choice(list(seq))
+
+    def table(self) -> Table:
+        return self.pick(self.tables)
+
+    @property
+    def child(self) -> Table:
+        return next(t for t in self.tables if t.parent)
+
+    @property
+    def parent(self) -> Table:
+        return next(t for t in self.tables if t.name == self.child.parent[1])
+
+    def value(self, table: Table, col: Column):
+        return self.pick(self.rows[table.name])[col.name]
+
+    def two_values(self, table: Table, col: Column):
+        values = sorted({r[col.name] for r in self.rows[table.name]})
+        a, b = self.rng.sample(values, 2)
+        return a, b
+
+
+def _texts(t: Table) -> list[Column]:
+    return [c for c in t.columns if c.type == "text"]
+
+
+def _cats(t: Table) -> list[Column]:
+    """Text columns whose values repeat (all but the name column): what GROUP BY and INTERSECT are about."""
+    return _texts(t)[1:]
+
+
+def _nums(t: Table) -> list[Column]:
+    return [c for c in t.columns if c.type == "number"]
+
+
+def _lit(value) -> str:
+    return "'" + str(value).replace("'", "''") + "'" if isinstance(value, str) else str(value)
+
+
+def _join(child: Table, parent: Table) -> str:
+    return f"{child.name} AS T1 JOIN {parent.name} AS T2 ON T1.{child.parent[0]} = T2.{parent.key}"
+
+
+AGGS = [("avg", "average"), ("max", "maximum"), ("min", "minimum"), ("sum", "total")]
+ABOVE_BELOW = [(">", "above"), ("<", "below"), (">", "greater than"), ("<", "less than")]
+ORDERS = [("DESC", "highest"), ("ASC", "lowest")]
+
+
+# easy: one table, at most one clause ------------------------------------------------------------------------
+@template("easy")
+def _list_column(c: _Ctx):
+    t = c.table()
+    col = c.pick(_texts(t))
+    lead = c.pick(["List the", "Show the", "What are the", "Give me the"])
+    return f"{lead} {col.phrase} of all {t.plural}.", f"SELECT {col.name} FROM {t.name}"
+
+
+@template("easy")
+def _count_all(c: _Ctx):
+    t = c.table()
+    q = c.pick(["How many {} are there?", "Count the {}.", "What is the number of {}?"])
+    return q.format(t.plural), f"SELECT count(*) FROM {t.name}"
+
+
+@template("easy")
+def _aggregate(c: _Ctx):
+    t = c.table()
+    num = c.pick(_nums(t))
+    fn, word = c.pick(AGGS)
+    q = c.pick(["What is the {} {} of all {}?", "Give the {} {} over all {}.", "Compute the {} {} of the {}."])
+    return q.format(word, num.phrase, t.plural), f"SELECT {fn}({num.name}) FROM {t.name}"
+
+
+@template("easy")
+def _where_number(c: _Ctx):
+    t = c.table()
+    sel, num = c.pick(_texts(t)), c.pick(_nums(t))
+    op, word = c.pick(ABOVE_BELOW)
+    v = c.value(t, num)
+    return (f"Show the {sel.phrase} of {t.plural} whose {num.phrase} is {word} {v}.",
+            f"SELECT {sel.name} FROM {t.name} WHERE {num.name} {op} {v}")
+
+
+@template("easy")
+def _where_text(c: _Ctx):
+    t = c.table()
+    key, num = c.pick(_texts(t)), c.pick(_nums(t))
+    v = c.value(t, key)
+    return (f"What is the {num.phrase} of the {t.plural} whose {key.phrase} is {v}?",
+            f"SELECT {num.name} FROM {t.name} WHERE {key.name} = {_lit(v)}")
+
+
+@template("easy")
+def _count_where(c: _Ctx):
+    t = c.table()
+    cat = c.pick(_cats(t))
+    v = c.value(t, cat)
+    return (f"How many {t.plural} have {cat.phrase} {v}?",
+            f"SELECT count(*) FROM {t.name} WHERE {cat.name} = {_lit(v)}")
+
+
+@template("easy")
+def _distinct(c: _Ctx):
+    t = c.table()
+    cat = c.pick(_cats(t))
+    q = c.pick(["Show the different {} values of all {}.", "What distinct {} values do the {} have?",
+                "List each {} that occurs among the {}, once."])
+    return q.format(cat.phrase, t.plural), f"SELECT DISTINCT {cat.name} FROM {t.name}"
+
+
+@template("easy")
+def _sorted(c: _Ctx):
+    t = c.table()
+    sel, num = c.pick(_texts(t)), c.pick(_nums(t))
+    order, word = c.pick([("DESC", "descending"), ("ASC", "ascending")])
+    q = c.pick(["List the {sel} of all {t} sorted by {num} in {w} order.",
+                "Sort the {t} by {num} in {w} order and show their {sel}."])
+    return (q.format(sel=sel.phrase, t=t.plural, num=num.phrase, w=word),
+            f"SELECT {sel.name} FROM {t.name} ORDER BY {num.name} {order}")
+
+
+@template("easy")
+def _aggregate_where(c: _Ctx):
+    t = c.table()
+    cat, num = c.pick(_cats(t)), c.pick(_nums(t))
+    fn, word = c.pick(AGGS)
+    v = c.value(t, cat)
+    return (f"What is the {word} {num.phrase} of {t.plural} whose {cat.phrase} is {v}?",
+            f"SELECT {fn}({num.name}) FROM {t.name} WHERE {cat.name} = {_lit(v)}")
+
+
+# medium: grouping, top-k, a join, two conditions ------------------------------------------------------------
+@template("medium")
+def _group_count(c: _Ctx):
+    t = c.table()
+    cat = c.pick(_cats(t))
+    q = c.pick(["Show each {} and the number of {} with it.", "For each {}, how many {} are there?",
+                "Count the {1} per {0}, with the {0}."])
+    return q.format(cat.phrase, t.plural), f"SELECT {cat.name}, count(*) FROM {t.name} GROUP BY {cat.name}"
+
+
+@template("medium")
+def _group_aggregate(c: _Ctx):
+    t = c.table()
+    cat, num = c.pick(_cats(t)), c.pick(_nums(t))
+    fn, word = c.pick(AGGS)
+    q = c.pick(["For each {cat}, what is the {w} {num} of the {t}?", "Show each {cat} with the {w} {num} of its {t}."])
+    return (q.format(cat=cat.phrase, w=word, num=num.phrase, t=t.plural),
+            f"SELECT {cat.name}, {fn}({num.name}) FROM {t.name} GROUP BY {cat.name}")
+
+
+@template("medium")
+def _top_k(c: _Ctx):
+    t = c.table()
+    sel, num = c.pick(_texts(t)), c.pick(_nums(t))
+    k = c.rng.randint(1, 5)
+    order, word = c.pick(ORDERS)
+    return (f"What are the {sel.phrase} of the {k} {t.plural} with the {word} {num.phrase}?",
+            f"SELECT {sel.name} FROM {t.name} ORDER BY {num.name} {order} LIMIT {k}")
+
+
+@template("medium")
+def _join_by_parent_name(c: _Ctx):
+    child, parent = c.child, c.parent
+    sel, pname = c.pick(_texts(child)), parent.columns[0]
+    v = c.value(parent, pname)
+    return (f"Show the {sel.phrase} of {child.plural} whose {parent.singular} has {pname.phrase} {v}.",
+            f"SELECT T1.{sel.name} FROM {_join(child, parent)} WHERE T2.{pname.name} = {_lit(v)}")
+
+
+@template("medium")
+def _two_conditions(c: _Ctx):
+    t = c.table()
+    sel, num, cat = c.pick(_texts(t)), c.pick(_nums(t)), c.pick(_cats(t))
+    op, word = c.pick(ABOVE_BELOW)
+    v, w = c.value(t, num), c.value(t, cat)
+    return (f"Show the {sel.phrase} of {t.plural} whose {num.phrase} is {word} {v} and whose {cat.phrase} is {w}.",
+            f"SELECT {sel.name} FROM {t.name} WHERE {num.name} {op} {v} AND {cat.name} = {_lit(w)}")
+
+
+@template("medium")
+def _either_value(c: _Ctx):
+    t = c.table()
+    cat = c.pick(_cats(t))
+    sel = c.pick([x for x in _texts(t) if x is not cat])
+    a, b = c.two_values(t, cat)
+    return (f"Show the {sel.phrase} of {t.plural} whose {cat.phrase} is either {a} or {b}.",
+            f"SELECT {sel.name} FROM {t.name} WHERE {cat.name} = {_lit(a)} OR {cat.name} = {_lit(b)}")
+
+
+@template("medium")
+def _min_max_where(c: _Ctx):
+    t = c.table()
+    cat, num = c.pick(_cats(t)), c.pick(_nums(t))
+    v = c.value(t, cat)
+    return (f"What are the minimum and maximum {num.phrase} of {t.plural} whose {cat.phrase} is {v}?",
+            f"SELECT min({num.name}), max({num.name}) FROM {t.name} WHERE {cat.name} = {_lit(v)}")
+
+
+@template("medium")
+def _join_pairs(c: _Ctx):
+    child, parent = c.child, c.parent
+    sel, pname = c.pick(_texts(child)), parent.columns[0]
+    q = c.pick(["Show the {sel} of every {c} together with the {pn} of its {p}.",
+                "For every {c}, list its {sel} and the {pn} of its {p}."])
+    return (q.format(sel=sel.phrase, c=child.singular, pn=pname.phrase, p=parent.singular),
+            f"SELECT T1.{sel.name}, T2.{pname.name} FROM {_join(child, parent)}")
+
+
+@template("medium")
+def _join_count(c: _Ctx):
+    child, parent = c.child, c.parent
     pname = parent.columns[0]
-    csel = rng.choice([c for c in child.columns if c.type == "text"])
-    return (f"Show the {csel.phrase} of {child.plural} in the {parent.singular} with {pname.phrase} {prow[pname.name]}.",
-            f"SELECT T1.{csel.name} FROM {child.name} AS T1 JOIN {parent.name} AS T2 ON T1.{fk} = T2.{parent.key} "
-            f"WHERE T2.{pname.name} = '{prow[pname.name]}'")
+    q = c.pick(["Show the {pn} of each {p} and the number of {c} in it.",
+                "How many {c} does each {p} have? Show the {p}'s {pn} with the count."])
+    return (q.format(pn=pname.phrase, p=parent.singular, c=child.plural),
+            f"SELECT T2.{pname.name}, count(*) FROM {_join(child, parent)} GROUP BY T1.{child.parent[0]}")
 
 
-def _examples(rng: random.Random, n: int, dbs: dict, exclude: set[str] = frozenset()) -> list[dict]:
+@template("medium")
+def _group_having(c: _Ctx):
+    t = c.table()
+    cat = c.pick(_cats(t))
+    n = c.rng.randint(2, 8)
+    return (f"Which {cat.phrase} values have at least {n} {t.plural}? Show each with its number of {t.plural}.",
+            f"SELECT {cat.name}, count(*) FROM {t.name} GROUP BY {cat.name} HAVING count(*) >= {n}")
+
+
+# hard: a nested query, a set operation, a grouped ranking, three clauses ------------------------------------
+@template("hard")
+def _most_common(c: _Ctx):
+    t = c.table()
+    cat = c.pick(_cats(t))
+    order, word = c.pick([("DESC", "most"), ("ASC", "least")])
+    q = c.pick(["Which {cat} is the {w} common among {t}?", "What is the {w} common {cat} of the {t}?"])
+    return (q.format(cat=cat.phrase, w=word, t=t.plural),
+            f"SELECT {cat.name} FROM {t.name} GROUP BY {cat.name} ORDER BY count(*) {order} LIMIT 1")
+
+
+@template("hard")
+def _versus_average(c: _Ctx):
+    t = c.table()
+    sel, num = c.pick(_texts(t)), c.pick(_nums(t))
+    op, word = c.pick([(">", "above"), ("<", "below")])
+    q = c.pick(["Show the {sel} of {t} whose {num} is {w} the average {num}.",
+                "Which {t} have a {num} {w} the average? Show their {sel}."])
+    return (q.format(sel=sel.phrase, t=t.plural, num=num.phrase, w=word),
+            f"SELECT {sel.name} FROM {t.name} WHERE {num.name} {op} (SELECT avg({num.name}) FROM {t.name})")
+
+
+@template("hard")
+def _parent_without(c: _Ctx):
+    child, parent = c.child, c.parent
+    cat, pname = c.pick(_cats(child)), parent.columns[0]
+    v = c.value(child, cat)
+    return (f"Show the {pname.phrase} of {parent.plural} that have no {child.plural} with {cat.phrase} {v}.",
+            f"SELECT {pname.name} FROM {parent.name} WHERE {parent.key} NOT IN "
+            f"(SELECT {child.parent[0]} FROM {child.name} WHERE {cat.name} = {_lit(v)})")
+
+
+@template("hard")
+def _child_in_parent(c: _Ctx):
+    child, parent = c.child, c.parent
+    sel, num = c.pick(_texts(child)), c.pick(_nums(parent))
+    op, word = c.pick(ABOVE_BELOW)
+    v = c.value(parent, num)
+    return (f"Show the {sel.phrase} of {child.plural} whose {parent.singular}'s {num.phrase} is {word} {v}.",
+            f"SELECT {sel.name} FROM {child.name} WHERE {child.parent[0]} IN "
+            f"(SELECT {parent.key} FROM {parent.name} WHERE {num.name} {op} {v})")
+
+
+@template("hard")
+def _both_ranges(c: _Ctx):
+    t = c.table()
+    cat, num = c.pick(_cats(t)), c.pick(_nums(t))
+    a, b = c.two_values(t, num)
+    return (f"Which {cat.phrase} values have both {t.plural} with {num.phrase} above {a} and {t.plural} with "
+            f"{num.phrase} below {b}?",
+            f"SELECT {cat.name} FROM {t.name} WHERE {num.name} > {a} INTERSECT "
+            f"SELECT {cat.name} FROM {t.name} WHERE {num.name} < {b}")
+
+
+@template("hard")
+def _either_set(c: _Ctx):
+    t = c.table()
+    cat, num = c.pick(_cats(t)), c.pick(_nums(t))
+    a, b = c.two_values(t, num)
+    lo, hi = min(a, b), max(a, b)
+    return (f"Which {cat.phrase} values have {t.plural} with {num.phrase} below {lo} or {t.plural} with "
+            f"{num.phrase} above {hi}?",
+            f"SELECT {cat.name} FROM {t.name} WHERE {num.name} < {lo} UNION "
+            f"SELECT {cat.name} FROM {t.name} WHERE {num.name} > {hi}")
+
+
+@template("hard")
+def _none_above(c: _Ctx):
+    t = c.table()
+    cat, num = c.pick(_cats(t)), c.pick(_nums(t))
+    v = c.value(t, num)
+    return (f"Which {cat.phrase} values have no {t.plural} with {num.phrase} above {v}?",
+            f"SELECT {cat.name} FROM {t.name} EXCEPT SELECT {cat.name} FROM {t.name} WHERE {num.name} > {v}")
+
+
+@template("hard")
+def _join_sorted(c: _Ctx):
+    child, parent = c.child, c.parent
+    sel, num, pname = c.pick(_texts(child)), c.pick(_nums(child)), parent.columns[0]
+    order, word = c.pick([("DESC", "descending"), ("ASC", "ascending")])
+    v = c.value(parent, pname)
+    return (f"List the {sel.phrase} of {child.plural} whose {parent.singular} has {pname.phrase} {v}, sorted by "
+            f"{num.phrase} in {word} order.",
+            f"SELECT T1.{sel.name} FROM {_join(child, parent)} WHERE T2.{pname.name} = {_lit(v)} "
+            f"ORDER BY T1.{num.name} {order}")
+
+
+@template("hard")
+def _best_group(c: _Ctx):
+    t = c.table()
+    cat, num = c.pick(_cats(t)), c.pick(_nums(t))
+    order, word = c.pick(ORDERS)
+    q = c.pick(["Which {cat} has the {w} average {num} among {t}?", "Show the {cat} whose {t} have the {w} average {num}."])
+    return (q.format(cat=cat.phrase, w=word, num=num.phrase, t=t.plural),
+            f"SELECT {cat.name} FROM {t.name} GROUP BY {cat.name} ORDER BY avg({num.name}) {order} LIMIT 1")
+
+
+# extra: the above combined ----------------------------------------------------------------------------------
+@template("extra")
+def _parent_with_most(c: _Ctx):
+    child, parent = c.child, c.parent
+    pname = parent.columns[0]
+    order, word = c.pick([("DESC", "most"), ("ASC", "fewest")])
+    q = c.pick(["What is the {pn} of the {p} with the {w} {c}?", "Which {p} has the {w} {c}? Give its {pn}.",
+                "Give the {pn} of the {p} that has the {w} {c}."])
+    return (q.format(pn=pname.phrase, p=parent.singular, w=word, c=child.plural),
+            f"SELECT T2.{pname.name} FROM {_join(child, parent)} GROUP BY T1.{child.parent[0]} "
+            f"ORDER BY count(*) {order} LIMIT 1")
+
+
+@template("extra")
+def _parent_best_average(c: _Ctx):
+    child, parent = c.child, c.parent
+    pname, num = parent.columns[0], c.pick(_nums(child))
+    order, word = c.pick(ORDERS)
+    q = c.pick(["What is the {pn} of the {p} whose {c} have the {w} average {num}?",
+                "Which {p} has {c} with the {w} average {num}? Give its {pn}."])
+    return (q.format(pn=pname.phrase, p=parent.singular, c=child.plural, w=word, num=num.phrase),
+            f"SELECT T2.{pname.name} FROM {_join(child, parent)} GROUP BY T1.{child.parent[0]} "
+            f"ORDER BY avg(T1.{num.name}) {order} LIMIT 1")
+
+
+@template("extra")
+def _versus_average_and(c: _Ctx):
+    t = c.table()
+    sel, num, cat = c.pick(_texts(t)), c.pick(_nums(t)), c.pick(_cats(t))
+    op, word = c.pick([(">", "above"), ("<", "below")])
+    v = c.value(t, cat)
+    return (f"Show the {sel.phrase} of {t.plural} with {cat.phrase} {v} whose {num.phrase} is {word} the average "
+            f"{num.phrase}.",
+            f"SELECT {sel.name} FROM {t.name} WHERE {num.name} {op} (SELECT avg({num.name}) FROM {t.name}) "
+            f"AND {cat.name} = {_lit(v)}")
+
+
+@template("extra")
+def _parents_with_both(c: _Ctx):
+    child, parent = c.child, c.parent
+    cat, pname = c.pick(_cats(child)), parent.columns[0]
+    a, b = c.two_values(child, cat)
+    side = f"SELECT T2.{pname.name} FROM {_join(child, parent)} WHERE T1.{cat.name} = "
+    return (f"Show the {pname.phrase} of {parent.plural} that have both {child.plural} with {cat.phrase} {a} "
+            f"and {child.plural} with {cat.phrase} {b}.",
+            f"{side}{_lit(a)} INTERSECT {side}{_lit(b)}")
+
+
+@template("extra")
+def _most_common_where(c: _Ctx):
+    t = c.table()
+    cat, num = c.pick(_cats(t)), c.pick(_nums(t))
+    v = c.value(t, num)
+    return (f"Among {t.plural} with {num.phrase} above {v}, which {cat.phrase} is the most common?",
+            f"SELECT {cat.name} FROM {t.name} WHERE {num.name} > {v} GROUP BY {cat.name} "
+            f"ORDER BY count(*) DESC LIMIT 1")
+
+
+@template("extra")
+def _top_below_average(c: _Ctx):
+    t = c.table()
+    sel, num = c.pick(_texts(t)), c.pick(_nums(t))
+    k = c.rng.randint(1, 5)
+    return (f"Among {t.plural} whose {num.phrase} is below the average, show the {sel.phrase} of the {k} with "
+            f"the highest {num.phrase}.",
+            f"SELECT {sel.name} FROM {t.name} WHERE {num.name} < (SELECT avg({num.name}) FROM {t.name}) "
+            f"ORDER BY {num.name} DESC LIMIT {k}")
+
+
+def level_counts(n: int) -> dict[str, int]:
+    """`n` split over the levels in Spider dev's proportions (largest remainder, so they sum to `n`)."""
+    exact = {level: n * share for level, share in LEVEL_SHARES.items()}
+    counts = {level: int(x) for level, x in exact.items()}
+    for level in sorted(exact, key=lambda lv: counts[lv] - exact[lv])[: n - sum(counts.values())]:
+        counts[level] += 1
+    return counts
+
+
+def _examples(rng: random.Random, n: int, dbs: dict, conns: dict[str, sqlite3.Connection],
+              exclude: set[str] = frozenset()) -> list[dict]:
+    """`n` distinct questions at Spider's level mix, each with a gold query that returns a row, shuffled."""
     out, seen = [], set(exclude)
     db_ids = sorted(dbs)
-    attempts = 0
-    while len(out) < n:
-        attempts += 1
-        if attempts > n * 200:
-            raise RuntimeError(f"could only generate {len(out)} distinct questions of {n}; lower the count")
-        db_id = rng.choice(db_ids)
-        tables, rows = dbs[db_id]
-        question, query = _questions(rng, tables, rows)
-        if question in seen:
-            continue
-        seen.add(question)
-        out.append({"db_id": db_id, "question": question, "query": query})
+    for level, count in level_counts(n).items():
+        made, attempts = 0, 0
+        while made < count:
+            attempts += 1
+            if attempts > count * 200 + 1000:
+                raise RuntimeError(f"could only generate {made} distinct {level} questions of {count}; "
+                                   "lower the count")
+            db_id = rng.choice(db_ids)
+            tables, rows = dbs[db_id]
+            question, query = rng.choice(TEMPLATES[level])(_Ctx(rng, tables, rows))
+            if question in seen:
+                continue
+            got = hardness(query)
+            if got != level:  # a template filed under the wrong level: a bug here, not a data property
+                raise AssertionError(f"sample template gave a {got} query for {level}: {query}")
+            first = conns[db_id].execute(query).fetchone()
+            if first is None or all(v is None for v in first):  # an empty answer cannot tell queries apart
+                continue
+            seen.add(question)
+            out.append({"db_id": db_id, "question": question, "query": query})
+            made += 1
+    rng.shuffle(out)
     return out
 
 
@@ -272,25 +674,32 @@ def generate_sample(out_dir: str | os.PathLike, seed: int = 0, n_train: int = 30
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         rng = random.Random(seed)
-        dbs = {}
-        for db_id, tables in DOMAINS.items():
-            rows = _make_rows(rng, tables)
-            (tmp / "database" / db_id).mkdir(parents=True)
-            _write_db(tmp / "database" / db_id / f"{db_id}.sqlite", tables, rows)
-            dbs[db_id] = (tables, rows)
-        # train first, then dev questions never seen in train: every template is trained on, and dev
-        # measures whether the model carries it over to new values
-        train = _examples(rng, n_train, dbs)
-        dev = _examples(rng, n_dev, dbs, exclude={e["question"] for e in train})
+        dbs, conns = {}, {}
+        try:
+            for db_id, tables in DOMAINS.items():
+                rows = _make_rows(rng, tables)
+                path = tmp / "database" / db_id / f"{db_id}.sqlite"
+                path.parent.mkdir(parents=True)
+                _write_db(path, tables, rows)
+                dbs[db_id] = (tables, rows)
+                conns[db_id] = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            # dev first, then train questions never equal to a dev one: dev keeps every template's natural
+            # share, and measures whether the model carries a template over to a table, column or value
+            dev = _examples(rng, n_dev, dbs, conns)
+            train = _examples(rng, n_train, dbs, conns, exclude={e["question"] for e in dev})
+        finally:
+            for conn in conns.values():
+                conn.close()
         tables_json = [_table_entry(db_id, tables) for db_id, (tables, _) in dbs.items()]
         _dump(tmp / "tables.json", tables_json)
         _dump(tmp / "train_spider.json", train)
         _dump(tmp / "dev.json", dev)
         for name, split in (("train_gold.sql", train), ("dev_gold.sql", dev)):
             (tmp / name).write_text("".join(f"{e['query']}\t{e['db_id']}\n" for e in split), encoding="utf-8")
+        mix = ", ".join(f"{k} {v}" for k, v in level_counts(n_dev).items())
         (tmp / "README.md").write_text(
-            f"Generated text-to-SQL sample (seed {seed}, {n_train} train / {n_dev} dev) in Spider's layout.\n",
-            encoding="utf-8")
+            f"Generated text-to-SQL sample v{SAMPLE_VERSION} (seed {seed}, {n_train} train / {n_dev} dev; dev "
+            f"hardness: {mix}) in Spider's layout.\n", encoding="utf-8")
     return out_dir
 
 

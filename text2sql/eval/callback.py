@@ -118,7 +118,10 @@ class ExecutionAccuracyCallback(pl.Callback):
             metrics.update({f"val/{k}": v for k, v in summarize_exact(matches, [v.hardness for v in verdicts]).items()})
         self._save(epoch, rows)
         self._log_table(trainer, epoch, rows)
-        log.info("epoch %d: execution accuracy %.3f on %d dev examples", epoch, metrics.get(MONITOR, 0.0), len(rows))
+        ex, prev = metrics.get(MONITOR, 0.0), (self.history[-1].get(MONITOR) if self.history else None)
+        levels = " ".join(f"{k[7:]} {v:.2f}" for k, v in metrics.items() if k.startswith("val/ex_"))
+        log.info("epoch %d: execution accuracy %.3f (%s) on %d dev examples%s", epoch, ex,
+                 "first" if prev is None else f"{ex - prev:+.3f}", len(rows), f"; {levels}" if levels else "")
         self.history.append({"epoch": epoch, **metrics})
         return metrics
 

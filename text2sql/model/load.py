@@ -96,7 +96,9 @@ def resolve_model_path(model_cfg: DictConfig, corpus: Callable[[], Iterable[str]
     merge = bool(build.get("merge_preamble", True))
     key = _fingerprint({"arch": arch, "vocab": build.vocab_size, "seed": build.seed, "data": build.data_key,
                         "merge": merge})
-    out_dir = Path(build.cache_dir).expanduser().resolve() / f"{model_cfg.name}-{key}"  # absolute: see check_model_path
+    # readable: which model on which data (e.g. tiny-llama-sample-v2-seed0-3000-200-<hash>); the hash decides
+    data = re.sub(r"[^A-Za-z0-9.]+", "-", str(build.data_key or "")).strip("-")[:60]
+    out_dir = Path(build.cache_dir).expanduser().resolve() / "-".join(p for p in (model_cfg.name, data, key) if p)
     if not (out_dir / "config.json").is_file():
         with build_lock(out_dir):  # two runs on a cold cache: one builds, the other waits and loads it
             if not (out_dir / "config.json").is_file():

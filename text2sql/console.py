@@ -1,0 +1,101 @@
+"""What a training run prints: each message once, no avoidable warnings, the per-epoch EX line kept on screen.
+
+Why this exists: out of the box, Lightning adds its own console handler to the `lightning` logger, so every
+Lightning line appears twice (once through it, once through Hydra's root handlers); libraries emit
+deprecation warnings and tips the user cannot act on; and a plain `StreamHandler` holds the *original*
+`sys.stdout`, so lines logged while Rich's live progress bar is on screen are overwritten by its next
+refresh. `LiveStdoutHandler` (Hydra's console handler, conf/hydra/job_logging/console.yaml) writes to
+whatever `sys.stdout` is at the time: under the progress bar that is Rich's proxy, which prints the line
+above the bar. Everything also goes to the run's `train.log`. Importing this module is cheap (no torch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+# Warnings the user cannot act on (they come from inside transformers / Lightning / PEFT).
+_IGNORED_WARNINGS = (
+    (FutureWarning, r".*is_gradient_checkpointing.*is deprecated"),      # transformers 5, called by PEFT
+    (Warning, r".*isinstance\(treespec, LeafSpec\). is deprecated"),    # torch 2.13, called by Lightning
+)
+# Log records that are advertising, not information.
+_IGNORED_MESSAGES = ("💡 Tip:",)
+
+
+class LiveStdoutHandler(logging.StreamHandler):
+    """A console handler bound to the current `sys.stdout`, not the one that existed at configuration time."""
+
+    def __init__(self, stream=None):  # `stream` is accepted for logging.config and ignored
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ / setStream assign it: the property wins
+        pass
+
+
+class ConsoleFormatter(logging.Formatter):
+    """`HH:MM:SS message` for information, with the level and logger name for warnings and errors."""
+
+    def __init__(self, fmt: str | None = None, datefmt: str | None = "%H:%M:%S", **_):
+        super().__init__("[%(asctime)s] %(message)s", datefmt)
+        self._loud = logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s", datefmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return (self._loud if record.levelno >= logging.WARNING else super()).format(record)
+
+
+class DropNoise(logging.Filter):
+    """Drops records that only advertise (Lightning's LitLogger tip)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(_IGNORED_MESSAGES)
+
+
+def _ignore_warnings() -> None:
+    for category, message in _IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def quiet_before_imports(accelerator: str | None = None) -> None:
+    """Settings that must precede the heavy imports (called first thing in `train`)."""
+    _ignore_warnings()
+    if accelerator == "cpu":  # DeepSpeed would probe for a GPU and warn that it found none
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def quiet_after_imports(local_model: bool = False) -> None:
+    """One line per message: Lightning's own console handler goes when the root logger already prints.
+
+    `local_model`: the model is the locally built tiny one, whose load and save bars (milliseconds each)
+    are noise; a real checkpoint keeps its download and loading bars.
+    """
+    _ignore_warnings()  # again: Lightning's import puts its own warning filters in front
+    root = logging.getLogger()
+    if root.handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                if type(handler) is logging.StreamHandler:  # Lightning's, added at import
+                    logger.removeHandler(handler)
+            logger.propagate = True
+    if local_model:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def drop_unset_wandb_options(loggers) -> None:
+    """Lightning's WandbLogger passes `anonymous=None` to `wandb.init`, which makes W&B warn on every run
+    that the setting is deprecated; an option left unset is simply not passed."""
+    for logger in loggers:
+        init = getattr(logger, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous", "") is None:
+            del init["anonymous"]
