@@ -15,20 +15,23 @@ log = logging.getLogger("text2sql.train")
 
 
 def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
-    import lightning.pytorch as pl
     from hydra.utils import instantiate
 
     from text2sql.data.datasets import corpus
     from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
-    from text2sql.model.module import Text2SQLModule
-    from text2sql.model.peft import apply_peft, count_parameters
     from text2sql.model.strategy import check_hardware
-    from text2sql.run import flat_hparams, job_dir, wandb_identity
-    from text2sql.train_history import EpochHistory
 
     check_hardware(cfg.hardware)  # GPU presets without a GPU: one line, before any data or weights load
     dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use)
     model_path = resolve_model_path(cfg.model, corpus=lambda: corpus(dataset, "train"))
+    # the heavy imports come after the checks above, so a missing GPU, Spider dir or model fails in seconds
+    import lightning.pytorch as pl
+
+    from text2sql.model.module import Text2SQLModule
+    from text2sql.model.peft import apply_peft, count_parameters
+    from text2sql.run import flat_hparams, job_dir, wandb_identity
+    from text2sql.train_history import EpochHistory
+
     tokenizer = load_tokenizer(cfg.model, model_path)
     datamodule = instantiate(cfg.data, dataset=dataset, tokenizer=tokenizer)
     datamodule.setup("fit")  # tokenise now: length/truncation statistics are logged with the config
@@ -54,8 +57,10 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from text2sql.model.hardware import resolve_hardware
     from text2sql.run import job_dir, run_job
 
+    resolve_hardware(cfg)  # hardware=auto -> the preset this machine (and its launcher) calls for; logs why
     if cfg.dry_run:  # size the run from the YAML's architecture: no data, no weights, no download
         from text2sql.model.sizing import dry_run
 

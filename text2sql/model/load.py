@@ -119,12 +119,67 @@ def _hub_cache() -> str:
                                               else constants.HF_HUB_CACHE)
 
 
+WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                "pytorch_model.bin")
+
+
+def cached_snapshot(repo_id: str, cache_dir: str | None = None) -> str | None:
+    """The local snapshot dir of `repo_id` when the HF cache holds its config.json and weights, else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache_dir = cache_dir or _hub_cache()
+    config = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
+    if not isinstance(config, str):
+        return None
+    if any(isinstance(try_to_load_from_cache(repo_id, f, cache_dir=cache_dir), str) for f in WEIGHT_FILES):
+        return str(Path(config).parent)
+    return None
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> tuple[bool, str]:
+    """(reachable, why not): a TCP connect to the hub (or the https proxy) bounded by `timeout`, DNS included.
+
+    transformers would otherwise spend about a minute in retries before saying the hub is out of reach.
+    """
+    import concurrent.futures
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint or hub_endpoint())
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") if url.scheme == "https" else None
+    target = urlsplit(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else url
+    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    if not host:
+        return False, f"no host in {url.geturl()!r}"
+
+    def connect():
+        socket.create_connection((host, port), timeout=timeout).close()
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(connect).result(timeout=timeout + 0.5)
+        return True, ""
+    except concurrent.futures.TimeoutError:
+        return False, f"no answer from {host}:{port} within {timeout:g} s"
+    except OSError as err:
+        return False, f"{host}:{port}: {err.strerror or err}"
+    finally:
+        pool.shutdown(wait=False)
+
+
 def check_model_path(path, name=None, hint: str | None = None) -> str:
     """`model.path` as `from_pretrained` takes it, or a one-line FileNotFoundError saying where we looked.
 
-    A local dir must hold a `config.json`. A hub id (`owner/name`) is accepted as is, except offline
-    (`HF_HUB_OFFLINE=1` / `TRANSFORMERS_OFFLINE=1`), where it must already be in the Hugging Face cache.
-    Checked before any data or weights load, so a wrong path costs seconds, not a failed job.
+    A local dir must hold a `config.json`. A hub id (`owner/name`) is looked up in the Hugging Face cache
+    first. Offline (`HF_HUB_OFFLINE=1` / `TRANSFORMERS_OFFLINE=1`) it must be there; online, a hub that does not
+    answer a short connect probe means the cached snapshot dir is used, or one line when nothing is cached.
+    Checked before any weights load, so a wrong path or a dead network costs seconds, not a minute of retries.
     """
     how = hint or "set model.path=<local dir with config.json> or a hub id, e.g. codellama/CodeLlama-13b-Instruct-hf"
     if path is None or not str(path).strip():
@@ -138,15 +193,22 @@ def check_model_path(path, name=None, hint: str | None = None) -> str:
     looks_local = path.startswith(("/", ".", "~")) or os.sep in path.replace("/", "", 1) or not _HUB_ID.match(path)
     if looks_local:
         raise FileNotFoundError(f"model weights not found: no directory '{local}'; {how}")
+    snapshot = cached_snapshot(path)
     if _offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(path, "config.json", cache_dir=_hub_cache())
-        if not isinstance(cached, str):
+        if snapshot is None:
             raise FileNotFoundError(
                 f"model '{path}' is not in the Hugging Face cache ({_hub_cache()}) and HF_HUB_OFFLINE=1 forbids "
                 f"downloading; fetch it where there is network (`hf download {path}`) or {how}")
-    return path
+        return path
+    reachable, why = hub_reachable()
+    if reachable:
+        return path
+    if snapshot is None:
+        raise FileNotFoundError(
+            f"model '{path}' is not in the Hugging Face cache ({_hub_cache()}) and the hub {hub_endpoint()} is "
+            f"unreachable ({why}); fetch it where there is network (`hf download {path}`) or {how}")
+    log.warning("hub %s unreachable (%s): loading %s from the cache, %s", hub_endpoint(), why, path, snapshot)
+    return snapshot
 
 
 def check_architecture(model_cfg: DictConfig, hf_config) -> list[str]:
