@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
+from text2sql.model import load as load_mod
 from text2sql.model.load import check_model_path, quantization_config
 
 CONF = REPO_ROOT / "conf"
@@ -114,6 +115,7 @@ def test_model_path_checks(tmp_path, monkeypatch):
         assert str(bad) in str(err.value) and "model.path" in str(err.value) and "\n" not in str(err.value)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(load_mod, "hub_reachable", lambda *a, **k: (True, ""))  # online: the hub id as given
     assert check_model_path("codellama/CodeLlama-7b-Instruct-hf") == "codellama/CodeLlama-7b-Instruct-hf"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -128,7 +130,7 @@ def test_missing_model_path_is_one_line(tmp_path):
     env = {**os.environ, "TEXT2SQL_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
            "HF_HOME": str(tmp_path / "hf")}
     proc = subprocess.run([sys.executable, "train.py", "model=codellama7b", f"model.path={missing}", "logger=none",
-                           "dataset.n_train=20", "dataset.n_dev=5"], cwd=REPO_ROOT, capture_output=True,
+                           "dataset=sample", "dataset.n_train=20", "dataset.n_dev=5"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=300, env=env)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -147,8 +147,8 @@ def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> tuple[bo
 
     transformers would otherwise spend about a minute in retries before saying the hub is out of reach.
     """
-    import concurrent.futures
     import socket
+    import threading
     from urllib.parse import urlsplit
 
     url = urlsplit(endpoint or hub_endpoint())
@@ -158,19 +158,24 @@ def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> tuple[bo
     if not host:
         return False, f"no host in {url.geturl()!r}"
 
-    def connect():
-        socket.create_connection((host, port), timeout=timeout).close()
+    outcome: list[BaseException | None] = []
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        pool.submit(connect).result(timeout=timeout + 0.5)
-        return True, ""
-    except concurrent.futures.TimeoutError:
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            outcome.append(err)
+
+    worker = threading.Thread(target=connect, daemon=True)  # daemon: a hung DNS lookup never blocks exit
+    worker.start()
+    worker.join(timeout + 0.5)
+    if not outcome:
         return False, f"no answer from {host}:{port} within {timeout:g} s"
-    except OSError as err:
-        return False, f"{host}:{port}: {err.strerror or err}"
-    finally:
-        pool.shutdown(wait=False)
+    err = outcome[0]
+    if err is None:
+        return True, ""
+    return False, f"{host}:{port}: {getattr(err, 'strerror', None) or err}"
 
 
 def check_model_path(path, name=None, hint: str | None = None) -> str:
