@@ -35,7 +35,7 @@ _PREAMBLE = r"""I want you to act as a SQL terminal[\s\S]*?(?=\n###Input:|\n*\z)
 
 
 def build_tiny_model(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size: int, seed: int,
-                     merge_preamble: bool = True) -> Path:
+                     merge_preamble: bool = True, tokenizer_kind: str = "bpe") -> Path:
     """Train a BPE tokenizer on `texts`, build a random-init Llama of `arch`, save both (atomically).
 
     Questions and SQL are split into words as GPT-2 does, and numbers into digits as Llama does, so the
@@ -49,6 +49,8 @@ def build_tiny_model(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+    if tokenizer_kind == "llama":
+        return build_tiny_codellama(out_dir, arch, texts, vocab_size, seed)
     with atomic_dir(out_dir) as tmp:
         bpe = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
         if merge_preamble:
@@ -84,6 +86,28 @@ def build_tiny_model(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size
     return out_dir
 
 
+def build_tiny_codellama(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size: int, seed: int) -> Path:
+    """`model=tiny_codellama`: a random-init Llama of `arch` with a CodeLlama-style tokenizer learned from `texts`
+    (`text2sql.model.llama_tokenizer`: `▁` word starts, byte fallback, single digits, `<unk>`/`<s>`/`</s>` and
+    no pad token), so CPU runs go through what a real CodeLlama run does: unk as pad, full-length prompts."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from text2sql.model.llama_tokenizer import train_llama_tokenizer
+
+    with atomic_dir(out_dir) as tmp:
+        tokenizer = train_llama_tokenizer(texts, vocab_size)
+        tokenizer.save_pretrained(tmp)
+        config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=None, **arch)
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        model.save_pretrained(tmp)
+    log.info("built tiny CodeLlama-style Llama (%s params, vocab %d) at %s",
+             f"{sum(p.numel() for p in model.parameters()):,}", len(tokenizer), out_dir)
+    return out_dir
+
+
 def resolve_model_path(model_cfg: DictConfig, corpus: Callable[[], Iterable[str]] | None = None) -> str:
     """Where `from_pretrained` should load from; builds the tiny model on first use.
 
@@ -94,13 +118,14 @@ def resolve_model_path(model_cfg: DictConfig, corpus: Callable[[], Iterable[str]
         return check_model_path(model_cfg.get("path"), model_cfg.get("name"))
     arch = OmegaConf.to_container(model_cfg.architecture, resolve=True)
     merge = bool(build.get("merge_preamble", True))
-    key = _fingerprint({"arch": arch, "vocab": build.vocab_size, "seed": build.seed, "data": build.data_key,
-                        "merge": merge})
+    kind = str(build.get("tokenizer") or "bpe")
+    facts = {"arch": arch, "vocab": build.vocab_size, "seed": build.seed, "data": build.data_key, "merge": merge}
+    key = _fingerprint(facts if kind == "bpe" else {**facts, "tokenizer": kind})
     out_dir = Path(build.cache_dir) / f"{model_cfg.name}-{key}"
     if not (out_dir / "config.json").is_file():
         if corpus is None:
             raise ValueError(f"tiny model not built yet at {out_dir} and no dataset text given to build it")
-        build_tiny_model(out_dir, arch, corpus(), build.vocab_size, build.seed, merge)
+        build_tiny_model(out_dir, arch, corpus(), build.vocab_size, build.seed, merge, tokenizer_kind=kind)
     return str(out_dir)
 
 
