@@ -123,7 +123,8 @@ def build_random_model(out_dir: Path, layers: int, preset: str) -> str:
     from text2sql.model.llama_tokenizer import train_llama_tokenizer
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model={preset}", f"model.architecture.num_hidden_layers={layers}"])
+        cfg = compose(config_name="train",
+                      overrides=[f"model={preset}", f"model.architecture.num_hidden_layers={layers}"])
     arch = OmegaConf.to_container(cfg.model.architecture, resolve=True)
     spider = spider_root()
     dataset = SpiderDataset(spider or ensure_sample(str(out_dir.parent / "sample"), seed=0, n_train=3000, n_dev=200))
@@ -214,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model_path and not (Path(model_dir) / "config.json").is_file():
         print(f"building {model_dir} ...", flush=True)
         build_random_model(Path(model_dir), args.layers, args.preset)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "bench"), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    path = os.pathsep.join([str(REPO / "bench"), str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path,
            "WANDB_MODE": "offline", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     rows = []
     for name, cmd in steps:

@@ -119,8 +119,8 @@ def _env(tmp_path, **extra) -> dict:
 
 def _train(tmp_path, *overrides, **env):
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *overrides], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env=_env(tmp_path, **env))
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *overrides], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=_env(tmp_path, **env))
     return proc, time.monotonic() - start
 
 

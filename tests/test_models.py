@@ -129,9 +129,10 @@ def test_missing_model_path_is_one_line(tmp_path):
     missing = tmp_path / "no_such_model"
     env = {**os.environ, "TEXT2SQL_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
            "HF_HOME": str(tmp_path / "hf")}
+    # codellama7b reads Spider; its dir is only opened after the model check, so any existing dir will do
     proc = subprocess.run([sys.executable, "train.py", "model=codellama7b", f"model.path={missing}", "logger=none",
-                           "dataset=sample", "dataset.n_train=20", "dataset.n_dev=5"], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300, env=env)
+                           f"dataset.root={tmp_path}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env=env)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr

@@ -102,7 +102,8 @@ def choose(facts: Facts) -> Choice:
         return Choice("cpu", 1, 1, None, "no CUDA GPU visible: one CPU process")
     if gpus == 1:
         return Choice("gpu", 1, 1, precision, f"one CUDA GPU{prec_why}")
-    return Choice("deepspeed_zero2", gpus, 1, precision, f"{gpus} CUDA GPUs: DeepSpeed ZeRO-2 over all of them{prec_why}")
+    return Choice("deepspeed_zero2", gpus, 1, precision,
+                  f"{gpus} CUDA GPUs: DeepSpeed ZeRO-2 over all of them{prec_why}")
 
 
 def _hardware_overrides(task_overrides: Sequence[str]) -> list[str]:
