@@ -21,13 +21,15 @@ _BYTE_FALLBACK_ONLY = ("\n", "\r", "\t")  # never in Llama's vocab: always <0x0A
 
 def train_llama_tokenizer(texts: Iterable[str], vocab_size: int = 4096):
     """A `LlamaTokenizer` (fast, no pad token) whose BPE vocab of at most `vocab_size` is learned from `texts`."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaTokenizer
 
     bpe = Tokenizer(models.BPE(unk_token=SPECIALS[0]))
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),  # no merge across words
-        pre_tokenizers.Digits(individual_digits=True),  # SentencePiece's split_digits, as Llama was trained
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False),
+        # pieces never cross a word start, letters and punctuation stay apart (SentencePiece's split by Unicode
+        # script) and every digit stands alone (its split_digits), as CodeLlama's vocab was trained
+        pre_tokenizers.Split(Regex(r"▁?\p{L}+|▁?[^\p{L}\p{N}▁]+|\p{N}|▁"), behavior="isolated"),
     ])
     room = max(vocab_size - len(SPECIALS) - len(BYTE_TOKENS), 64)
     # every printable ASCII character is a piece, as in CodeLlama's vocab (digits above all); the rest of Unicode
