@@ -38,20 +38,24 @@ def stats_callback(out: str):
     import lightning.pytorch as pl
     import torch
 
+    cuda = torch.cuda.is_available()  # False only when the plumbing is tried on a CPU box (hardware=cpu)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
     class Stats(pl.Callback):
         def __init__(self):
             self.times: list[float] = []
             self.tokens: list[int] = []
 
         def on_train_start(self, trainer, pl_module):
-            torch.cuda.reset_peak_memory_stats()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            torch.cuda.synchronize()
+            sync()
             self.t = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            torch.cuda.synchronize()
+            sync()
             self.times.append(time.perf_counter() - self.t)
             self.tokens.append(int(batch["attention_mask"].sum()))
 
@@ -64,7 +68,7 @@ def stats_callback(out: str):
                 "steps": len(self.times),
                 "step_s": round(statistics.median(times), 4) if times else None,
                 "tokens_per_s": round(sum(tokens) * trainer.world_size / sum(times), 1) if times else None,
-                "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
                 "world_size": trainer.world_size,
             }))
 

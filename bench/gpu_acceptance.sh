@@ -9,7 +9,9 @@
 #   LAYERS=8 STEPS=30 bench/gpu_acceptance.sh                # bigger; scale per-layer figures to 32 layers for 7B
 #   MODEL_PATH=/models/CodeLlama-13b-Instruct-hf MODEL_PRESET=codellama13b bench/gpu_acceptance.sh   # real weights
 #   bench/gpu_acceptance.sh --only lora,ex64                 # a subset
-# STATUS: written on a CPU-only machine (no GPU lent to that session); only the no-GPU plan path has run.
+# STATUS: written on a CPU-only machine (no GPU lent to that session). There, the no-GPU plan path ran, and the
+# lora -> resume -> merge chain of plan() ran through train.py with hardware=cpu appended (a 1-layer random
+# CodeLlama-7B shape, Spider): all three passed. No check has run on CUDA yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec "${PYTHON:-python}" bench/gpu_acceptance.py "$@"
