@@ -69,8 +69,10 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from text2sql.model.hardware import resolve_hardware
     from text2sql.run import job_dir, run_job
 
+    resolve_hardware(cfg)  # hardware=auto -> the preset this machine (and its launcher) calls for; logs why
     if cfg.dry_run:  # size the run from the YAML's architecture: no data, no weights, no download
         from text2sql.config_schema import check_config
         from text2sql.errors import ConfigError

@@ -17,13 +17,17 @@ from text2sql.model import strategy as hw_strategy
 from text2sql.model.strategy import HardwareError, check_hardware, deepspeed_config
 
 CONF = REPO_ROOT / "conf"
-PRESETS = sorted(p.stem for p in (CONF / "hardware").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (CONF / "hardware").glob("*.yaml") if p.stem != "auto")  # auto: test_auto.py
 GPU_PRESETS = ["gpu", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload", "multinode"]
 
 
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
+
+
+def test_auto_is_the_default():
+    assert compose_cfg([]).hardware.name == "auto"
 
 
 def test_presets_exist():

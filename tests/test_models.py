@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
+from text2sql.model import load as load_mod
 from text2sql.model.load import check_model_path, quantization_config
 
 CONF = REPO_ROOT / "conf"
@@ -114,6 +115,7 @@ def test_model_path_checks(tmp_path, monkeypatch):
         assert str(bad) in str(err.value) and "model.path" in str(err.value) and "\n" not in str(err.value)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(load_mod, "hub_reachable", lambda *a, **k: (True, ""))  # online: the hub id as given
     assert check_model_path("codellama/CodeLlama-7b-Instruct-hf") == "codellama/CodeLlama-7b-Instruct-hf"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -127,9 +129,10 @@ def test_missing_model_path_is_one_line(tmp_path):
     missing = tmp_path / "no_such_model"
     env = {**os.environ, "TEXT2SQL_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
            "HF_HOME": str(tmp_path / "hf")}
+    # codellama7b reads Spider; its dir is only opened after the model check, so any existing dir will do
     proc = subprocess.run([sys.executable, "train.py", "model=codellama7b", f"model.path={missing}", "logger=none",
-                           "dataset.n_train=20", "dataset.n_dev=5"], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300, env=env)
+                           f"dataset.root={tmp_path}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env=env)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr

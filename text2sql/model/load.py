@@ -35,7 +35,7 @@ _PREAMBLE = r"""I want you to act as a SQL terminal[\s\S]*?(?=\n###Input:|\n*\z)
 
 
 def build_tiny_model(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size: int, seed: int,
-                     merge_preamble: bool = True) -> Path:
+                     merge_preamble: bool = True, tokenizer_kind: str = "bpe") -> Path:
     """Train a BPE tokenizer on `texts`, build a random-init Llama of `arch`, save both (atomically).
 
     Questions and SQL are split into words as GPT-2 does, and numbers into digits as Llama does, so the
@@ -49,6 +49,8 @@ def build_tiny_model(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+    if tokenizer_kind == "llama":
+        return build_tiny_codellama(out_dir, arch, texts, vocab_size, seed)
     with atomic_dir(out_dir) as tmp:
         bpe = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
         if merge_preamble:
@@ -84,6 +86,28 @@ def build_tiny_model(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size
     return out_dir
 
 
+def build_tiny_codellama(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size: int, seed: int) -> Path:
+    """`model=tiny_codellama`: a random-init Llama of `arch` with a CodeLlama-style tokenizer learned from `texts`
+    (`text2sql.model.llama_tokenizer`: `▁` word starts, byte fallback, single digits, `<unk>`/`<s>`/`</s>` and
+    no pad token), so CPU runs go through what a real CodeLlama run does: unk as pad, full-length prompts."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from text2sql.model.llama_tokenizer import train_llama_tokenizer
+
+    with atomic_dir(out_dir) as tmp:
+        tokenizer = train_llama_tokenizer(texts, vocab_size)
+        tokenizer.save_pretrained(tmp)
+        config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=None, **arch)
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        model.save_pretrained(tmp)
+    log.info("built tiny CodeLlama-style Llama (%s params, vocab %d) at %s",
+             f"{sum(p.numel() for p in model.parameters()):,}", len(tokenizer), out_dir)
+    return out_dir
+
+
 def resolve_model_path(model_cfg: DictConfig, corpus: Callable[[], Iterable[str]] | None = None) -> str:
     """Where `from_pretrained` should load from; builds the tiny model on first use.
 
@@ -94,8 +118,9 @@ def resolve_model_path(model_cfg: DictConfig, corpus: Callable[[], Iterable[str]
         return check_model_path(model_cfg.get("path"), model_cfg.get("name"))
     arch = OmegaConf.to_container(model_cfg.architecture, resolve=True)
     merge = bool(build.get("merge_preamble", True))
-    key = _fingerprint({"arch": arch, "vocab": build.vocab_size, "seed": build.seed, "data": build.data_key,
-                        "merge": merge})
+    kind = str(build.get("tokenizer") or "bpe")
+    facts = {"arch": arch, "vocab": build.vocab_size, "seed": build.seed, "data": build.data_key, "merge": merge}
+    key = _fingerprint(facts if kind == "bpe" else {**facts, "tokenizer": kind})
     # readable: which model on which data (e.g. tiny-llama-sample-v2-seed0-3000-200-<hash>); the hash decides
     data = re.sub(r"[^A-Za-z0-9.]+", "-", str(build.data_key or "")).strip("-")[:60]
     out_dir = Path(build.cache_dir).expanduser().resolve() / "-".join(p for p in (model_cfg.name, data, key) if p)
@@ -104,7 +129,7 @@ def resolve_model_path(model_cfg: DictConfig, corpus: Callable[[], Iterable[str]
             if not (out_dir / "config.json").is_file():
                 if corpus is None:
                     raise ValueError(f"tiny model not built yet at {out_dir} and no dataset text given to build it")
-                build_tiny_model(out_dir, arch, corpus(), build.vocab_size, build.seed, merge)
+                build_tiny_model(out_dir, arch, corpus(), build.vocab_size, build.seed, merge, tokenizer_kind=kind)
     return str(out_dir)
 
 
@@ -123,12 +148,72 @@ def _hub_cache() -> str:
                                               else constants.HF_HUB_CACHE)
 
 
+WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                "pytorch_model.bin")
+
+
+def cached_snapshot(repo_id: str, cache_dir: str | None = None) -> str | None:
+    """The local snapshot dir of `repo_id` when the HF cache holds its config.json and weights, else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache_dir = cache_dir or _hub_cache()
+    config = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
+    if not isinstance(config, str):
+        return None
+    if any(isinstance(try_to_load_from_cache(repo_id, f, cache_dir=cache_dir), str) for f in WEIGHT_FILES):
+        return str(Path(config).parent)
+    return None
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> tuple[bool, str]:
+    """(reachable, why not): a TCP connect to the hub (or the https proxy) bounded by `timeout`, DNS included.
+
+    transformers would otherwise spend about a minute in retries before saying the hub is out of reach.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint or hub_endpoint())
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") if url.scheme == "https" else None
+    target = urlsplit(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else url
+    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    if not host:
+        return False, f"no host in {url.geturl()!r}"
+
+    outcome: list[BaseException | None] = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            outcome.append(err)
+
+    worker = threading.Thread(target=connect, daemon=True)  # daemon: a hung DNS lookup never blocks exit
+    worker.start()
+    worker.join(timeout + 0.5)
+    if not outcome:
+        return False, f"no answer from {host}:{port} within {timeout:g} s"
+    err = outcome[0]
+    if err is None:
+        return True, ""
+    return False, f"{host}:{port}: {getattr(err, 'strerror', None) or err}"
+
+
 def check_model_path(path, name=None, hint: str | None = None) -> str:
     """`model.path` as `from_pretrained` takes it, or a one-line FileNotFoundError saying where we looked.
 
-    A local dir must hold a `config.json`. A hub id (`owner/name`) is accepted as is, except offline
-    (`HF_HUB_OFFLINE=1` / `TRANSFORMERS_OFFLINE=1`), where it must already be in the Hugging Face cache.
-    Checked before any data or weights load, so a wrong path costs seconds, not a failed job.
+    A local dir must hold a `config.json`. A hub id (`owner/name`) is looked up in the Hugging Face cache
+    first. Offline (`HF_HUB_OFFLINE=1` / `TRANSFORMERS_OFFLINE=1`) it must be there; online, a hub that does not
+    answer a short connect probe means the cached snapshot dir is used, or one line when nothing is cached.
+    Checked before any weights load, so a wrong path or a dead network costs seconds, not a minute of retries.
     """
     how = hint or "set model.path=<local dir with config.json> or a hub id, e.g. codellama/CodeLlama-13b-Instruct-hf"
     if path is None or not str(path).strip():
@@ -142,15 +227,22 @@ def check_model_path(path, name=None, hint: str | None = None) -> str:
     looks_local = path.startswith(("/", ".", "~")) or os.sep in path.replace("/", "", 1) or not _HUB_ID.match(path)
     if looks_local:
         raise FileNotFoundError(f"model weights not found: no directory '{local}'; {how}")
+    snapshot = cached_snapshot(path)
     if _offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(path, "config.json", cache_dir=_hub_cache())
-        if not isinstance(cached, str):
+        if snapshot is None:
             raise FileNotFoundError(
                 f"model '{path}' is not in the Hugging Face cache ({_hub_cache()}) and HF_HUB_OFFLINE=1 forbids "
                 f"downloading; fetch it where there is network (`hf download {path}`) or {how}")
-    return path
+        return path
+    reachable, why = hub_reachable()
+    if reachable:
+        return path
+    if snapshot is None:
+        raise FileNotFoundError(
+            f"model '{path}' is not in the Hugging Face cache ({_hub_cache()}) and the hub {hub_endpoint()} is "
+            f"unreachable ({why}); fetch it where there is network (`hf download {path}`) or {how}")
+    log.warning("hub %s unreachable (%s): loading %s from the cache, %s", hub_endpoint(), why, path, snapshot)
+    return snapshot
 
 
 def check_architecture(model_cfg: DictConfig, hf_config) -> list[str]:
