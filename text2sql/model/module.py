@@ -49,12 +49,14 @@ class Text2SQLModule(pl.LightningModule):
             raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {self.global_step}")
         n = batch["input_ids"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=n)
+        # epoch aggregates are averaged over ranks (each rank saw its shard); the per-step value stays local
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss = self.model(**batch).loss
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch["input_ids"].shape[0],
+                 sync_dist=True)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
