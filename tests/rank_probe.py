@@ -1,8 +1,9 @@
 """A callback the 2-rank tests add to `train.py` (`+callbacks.probe._target_=rank_probe.RankProbe`).
 
-It makes rank 0's model end every generation with EOS at the first step during epoch 0's validation (the other
-rank generates on), counts each rank's forward passes during that evaluation, and at the end of fit writes what
-each rank saw (`probe_rank<r>.json` in the run dir): the counts, its epoch metrics, the step it resumed at.
+It makes rank 0's model end every generation with EOS at the first step during epoch 0's validation and
+rank 1's never (it generates to max_new_tokens), counts each rank's forward passes during that validation,
+and at the end of fit writes what each rank saw (`probe_rank<r>.json` in the run dir): the counts, its epoch
+metrics, the step it started (or resumed) at.
 """
 
 from __future__ import annotations

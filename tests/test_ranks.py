@@ -109,3 +109,41 @@ def test_lockstep_shards_cover_every_example_once_with_equal_sizes(n, world):
     real = sorted(x for s, k in shards for x in s[:k])
     assert real == items  # every example exactly once; the rest are padding copies
     assert all(len(s) >= 1 for s, _ in shards) or n == 0
+
+
+def test_a_rank_lightning_starts_runs_exactly_rank_0s_job_in_its_dir(monkeypatch):
+    """Lightning re-runs the whole argv for ranks > 0: under `-m` that child would run the whole sweep elsewhere."""
+    import json
+
+    from text2sql.ranks import JOB_ENV, rank_argv
+
+    argv = ["train.py", "-m", "--config-name", "train", "peft.r=4,8", "hydra.run.dir=x", "hydra.job.name=train_ddp_process_1"]
+    monkeypatch.setenv(JOB_ENV, json.dumps({"dir": "/runs/sweep/1", "overrides": ["peft.r=8", "debug=smoke"]}))
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert rank_argv(argv) == ["train.py", "--config-name", "train", "peft.r=8", "debug=smoke",
+                               'hydra.run.dir="/runs/sweep/1"', "hydra.output_subdir=null", "hydra.job.name=train_rank1"]
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert rank_argv(argv) == argv  # rank 0 runs what the user typed
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_under_torchrun_ranks_above_0_wait_for_rank_0s_run_dir(monkeypatch, multirun):
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    from text2sql.ranks import _store_key, rank_argv
+
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=5))
+    for key, value in {"TORCHELASTIC_RUN_ID": "t", "TORCHELASTIC_USE_AGENT_STORE": "True", "WORLD_SIZE": "2",
+                       "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TEXT2SQL_RANK_JOB", raising=False)
+    kind = "sweep" if multirun else "run"
+    store.set(_store_key(kind), "/abs/outputs/2026-11-25/23-00-00")  # what rank 0 composed
+    argv = ["train.py", *(["-m"] if multirun else []), "peft.r=8", f"hydra.{kind}.dir=out/${{now:%H-%M-%S}}"]
+    assert rank_argv(argv) == ["train.py", *(["-m"] if multirun else []), "peft.r=8", "hydra.output_subdir=null",
+                               "hydra.job.name=train_rank1", f'hydra.{kind}.dir="/abs/outputs/2026-11-25/23-00-00"']
+    monkeypatch.setenv("RANK", "0")
+    assert rank_argv(argv) == argv

@@ -48,10 +48,6 @@ def _is_multirun(argv: list[str]) -> bool:
     return any(a in ("-m", "--multirun") for a in argv[1:])
 
 
-def _has_override(argv: list[str], key: str) -> bool:
-    return any(a.lstrip("+~").startswith(key + "=") for a in argv[1:])
-
-
 def _store():
     """The torchrun agent's rendezvous store (the TCP store every worker's process group also joins)."""
     from datetime import timedelta
@@ -91,20 +87,18 @@ def rank_argv(argv: list[str]) -> list[str]:
     job = os.environ.get(JOB_ENV)
     if job and local_rank not in (None, "0") and not _under_torchrun():  # a rank that Lightning started
         spec = json.loads(job)
-        return [argv[0], *_config_flags(argv), *spec["overrides"], f'hydra.run.dir="{spec["dir"]}"', "hydra.output_subdir=null",
-                f"hydra.job.name=train_rank{local_rank}"]
+        return [argv[0], *_config_flags(argv), *spec["overrides"], f'hydra.run.dir="{spec["dir"]}"',
+                "hydra.output_subdir=null", f"hydra.job.name=train_rank{local_rank}"]
     if not _under_torchrun() or int(os.environ.get("RANK", "0")) == 0:
         return argv
     rank = os.environ["RANK"]
     argv = [*argv, "hydra.output_subdir=null", f"hydra.job.name=train_rank{rank}"]
-    kind = "sweep" if _is_multirun(argv) else "run"
-    if _has_override(argv, f"hydra.{kind}.dir"):
-        return argv
+    kind = "sweep" if _is_multirun(argv) else "run"  # (a given dir may hold ${now:...} too: always share)
     if not _can_share():
         log.warning("rank %s: no launcher store to learn rank 0's run dir from; this rank composes its own", rank)
         return argv
     shared = _store().get(_store_key(kind)).decode()  # waits until rank 0 has composed its config
-    return [*argv, f'hydra.{kind}.dir="{shared}"']
+    return [a for a in argv if not a.startswith(f"hydra.{kind}.dir=")] + [f'hydra.{kind}.dir="{shared}"']
 
 
 def _publish_run_dir(hc) -> None:
