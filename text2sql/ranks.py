@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 JOB_ENV = "TEXT2SQL_RANK_JOB"  # {"dir": run dir, "overrides": [...]} of the job rank 0 is running
 STORE_TIMEOUT_S = 600
+# what Lightning's launcher and DeepSpeed set for one job's world (and our job spec): undone after the job
+LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE",
+               "LOCAL_SIZE", "CROSS_RANK", "CROSS_SIZE", JOB_ENV)
 
 
 def global_rank() -> int:
@@ -121,7 +125,7 @@ def one_job(trainer):
     hc = HydraConfig.get()
     _publish_run_dir(hc)
     launcher_parent = "LOCAL_RANK" not in os.environ and not _under_torchrun()
-    saved_env = dict(os.environ)
+    saved_env = {key: os.environ.get(key) for key in LAUNCH_VARS}
     os.environ[JOB_ENV] = json.dumps({"dir": hc.runtime.output_dir, "overrides": list(hc.overrides.task)})
     failed = False
     try:
@@ -134,11 +138,18 @@ def one_job(trainer):
         for proc in children:
             if failed:
                 proc.kill()
-            proc.wait()
+            try:
+                proc.wait(timeout=STORE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:  # a rank stuck after rank 0 finished: do not hang the sweep
+                proc.kill()
+                proc.wait()
         if launcher_parent:  # Lightning set MASTER_PORT, RANK, ... and a process group for this job's world
             _reset_distributed()
-            os.environ.clear()
-            os.environ.update(saved_env)
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         bad = [p.returncode for p in children if p.returncode]
         if bad and not failed:
             raise RuntimeError(f"a rank that Lightning launched exited with status {bad[0]}; see train_rank*.log")
