@@ -34,6 +34,7 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
     from text2sql.model.module import Text2SQLModule
     from text2sql.model.peft import apply_peft, count_parameters
+    from text2sql.ranks import one_job
     from text2sql.run import flat_hparams, job_dir, wandb_identity
     from text2sql.train_history import EpochHistory
 
@@ -63,7 +64,8 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
         lg.log_hyperparams({**flat_hparams(cfg), "data_stats": datamodule.stats})
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       default_root_dir=str(job_dir()))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    with one_job(trainer):  # all ranks in one run dir; a sweep's next job launches its own ranks
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     return history
 
 
@@ -90,4 +92,9 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     compact_hydra_errors()  # a wrong type or unknown key at compose time: one `error:` line naming the key
+    import sys
+
+    from text2sql.ranks import rank_argv
+
+    sys.argv = rank_argv(sys.argv)  # ranks > 0 (torchrun, or started by Lightning) join rank 0's job and run dir
     main()

@@ -62,9 +62,9 @@ def run(setup, tmp_path, stage, callbacks=()):
     model = apply_peft(tiny_model(model_cfg, path, tokenizer), LORA)
     before = gathered(model, 0)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    # group_by_length=False: DeepSpeed is a distributed strategy and Lightning injects a DistributedSampler
+    # length-grouped batches (the default): Lightning injects its DistributedSampler even on one device
     dm = TextToSQLDataModule(dataset, tokenizer, template="vanilla", max_source_length=256, max_target_length=256,
-                             batch_size=4, eval_batch_size=8, group_by_length=False)
+                             batch_size=4, eval_batch_size=8)
     strategy = deepspeed_strategy({"train_micro_batch_size_per_gpu": 4}, zero_stage=stage, accelerator="cpu")
     timer = StepTimer()
     trainer = pl.Trainer(max_steps=STEPS, accumulate_grad_batches=2, limit_val_batches=1, accelerator="cpu",
@@ -83,6 +83,7 @@ def test_deepspeed_zero_trains_lora_on_cpu(setup, tmp_path, stage):
     trainer, model, before, frozen = run(setup, tmp_path, stage)
     assert type(trainer.strategy).__name__ == "CPUDeepSpeedStrategy"
     assert trainer.global_step == STEPS
+    assert type(trainer.train_dataloader.batch_sampler).__name__ == "LengthGroupedSampler"  # issue 13 item 2
     engine = trainer.strategy.deepspeed_engine
     assert engine.zero_optimization_stage() == stage
     assert engine.gradient_accumulation_steps() == 2 and engine.train_micro_batch_size_per_gpu() == 4
@@ -137,8 +138,8 @@ def test_deepspeed_zero2_resume_gives_the_same_next_losses(setup, tmp_path):
         torch.manual_seed(0)
         model = apply_peft(tiny_model(model_cfg, path, tokenizer), LORA)
         dm = TextToSQLDataModule(dataset, tokenizer, template="vanilla", max_source_length=256,
-                                 max_target_length=256, batch_size=4, eval_batch_size=8, group_by_length=False,
-                                 train_limit=16, val_loss_limit=4)
+                                 max_target_length=256, batch_size=4, eval_batch_size=8, train_limit=16,
+                                 val_loss_limit=4)
         losses = Losses()
         trainer = pl.Trainer(max_epochs=2, accumulate_grad_batches=2, limit_val_batches=1, accelerator="cpu",
                              devices=1, strategy=deepspeed_strategy({"train_micro_batch_size_per_gpu": 4},

@@ -51,7 +51,7 @@ def flat_hparams(cfg: DictConfig) -> dict:
 
 
 def write_metrics(out_dir: Path, history: list[dict], metric: str, status: str, error: str | None,
-                  wall_time_s: float) -> dict:
+                  wall_time_s: float, write: bool = True) -> dict:
     """metrics.json: the final value of every metric, the per-epoch history and the best epoch."""
     final = {}
     for row in history:
@@ -66,6 +66,8 @@ def write_metrics(out_dir: Path, history: list[dict], metric: str, status: str, 
         "error": error,
         "wall_time_s": round(wall_time_s, 2),
     }
+    if not write:
+        return record
     tmp = out_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     tmp.replace(out_dir / "metrics.json")
@@ -81,6 +83,8 @@ def run_job(cfg: DictConfig, train_fn) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from text2sql.ranks import global_rank
+
     out_dir = job_dir()
     start = time.time()
     history: list[dict] = []
@@ -90,8 +94,10 @@ def run_job(cfg: DictConfig, train_fn) -> float:
     except Exception as err:  # noqa: BLE001 - recorded, then re-raised or turned into the worst value
         shown = _user_error(err) or err  # the user error, not Hydra's InstantiationException around it
         message = f"{type(shown).__name__}: {shown}".splitlines()[0]
-        (out_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-        write_metrics(out_dir, history, metric, "failed", message, time.time() - start)
+        rank = global_rank()  # several ranks share out_dir: rank 0 alone writes metrics.json and prints
+        (out_dir / ("error.txt" if rank == 0 else f"error_rank{rank}.txt")).write_text(traceback.format_exc(),
+                                                                                     encoding="utf-8")
+        write_metrics(out_dir, history, metric, "failed", message, time.time() - start, write=rank == 0)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("job failed, the sweep goes on: %s", message)
             return WORST
@@ -101,13 +107,16 @@ def run_job(cfg: DictConfig, train_fn) -> float:
         raise
     finally:
         _finish_wandb()
-    record = write_metrics(out_dir, history, metric, "ok", None, time.time() - start)
+    rank0 = global_rank() == 0
+    record = write_metrics(out_dir, history, metric, "ok", None, time.time() - start, write=rank0)
     final = record["final"].get(metric)
-    print(f"run dir: {out_dir}")
+    if rank0:
+        print(f"run dir: {out_dir}")
     if record["best"] is None:
         return WORST
     best = record["best"][metric]
-    print(f"{metric}: {final:.4f} at the last epoch, best {best:.4f} at epoch {record['best']['epoch']}")
+    if rank0:
+        print(f"{metric}: {final:.4f} at the last epoch, best {best:.4f} at epoch {record['best']['epoch']}")
     # The best epoch is what ModelCheckpoint keeps and what `text2sql report` ranks by: sweepers see it too.
     return float(best)
 

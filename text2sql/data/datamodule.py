@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from text2sql.data.packing import add_target_positions, pack_batch
 from text2sql.data.prompt import encode_record, encode_source, length_stats, truncation_counts
@@ -45,20 +45,45 @@ class _Encoded(Dataset):
         return self.items[i]
 
 
-class LengthGroupedSampler(Sampler[list[int]]):
-    """Shuffled batches of similar-length examples: sort within random mega-batches, then shuffle batches.
+class LengthGroupedSampler(BatchSampler):
+    """Shuffled batches of similar-length examples, sharded over ranks: a real `BatchSampler` any strategy accepts.
 
-    The order is a pure function of (seed, epoch); Lightning calls `set_epoch` before every epoch, so a run
-    resumed from a checkpoint sees exactly the batches an uninterrupted run would have seen.
+    Every epoch's batches are built once for all ranks (shuffle, sort within random mega-batches, shuffle the
+    batches), a pure function of (seed, epoch); rank r then takes batches r, r + world, ... of that list, padded
+    by wrapping around so every rank runs the same number of batches (`drop_last=True` drops the tail instead).
+    One rank sees exactly the batches of the unsharded order.
+
+    `sampler` is a `DistributedSampler` that says which shard (its `num_replicas`, `rank`) and which epoch (its
+    `epoch`: Lightning calls `set_epoch` on `batch_sampler.sampler` before every epoch, so a resumed run sees the
+    batches an uninterrupted one would). Its own order is ignored. Under a distributed strategy Lightning swaps
+    in its own `DistributedSampler` through this argument; with `use_distributed_sampler=False` the one given
+    here (see `TextToSQLDataModule.train_dataloader`) stays. None: one rank.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, mega: int = 50):
-        self.lengths, self.batch_size, self.seed, self.mega, self.epoch = lengths, batch_size, seed, mega, 0
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, mega: int = 50,
+                 sampler: DistributedSampler | None = None, drop_last: bool = False):
+        if sampler is None:
+            sampler = DistributedSampler(range(len(lengths)), num_replicas=1, rank=0, shuffle=False)
+        super().__init__(sampler, batch_size, drop_last)
+        self.lengths, self.seed, self.mega = lengths, seed, mega
+
+    @property
+    def epoch(self) -> int:
+        return getattr(self.sampler, "epoch", 0)
+
+    @property
+    def num_replicas(self) -> int:
+        return getattr(self.sampler, "num_replicas", 1)
+
+    @property
+    def rank(self) -> int:
+        return getattr(self.sampler, "rank", 0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
-    def __iter__(self):
+    def global_batches(self) -> list[list[int]]:
+        """This epoch's batches over all ranks, before sharding."""
         rng = random.Random(self.seed * 100_003 + self.epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
@@ -68,10 +93,23 @@ class LengthGroupedSampler(Sampler[list[int]]):
             chunk = sorted(order[start : start + size], key=lambda i: self.lengths[i], reverse=True)
             batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
-        yield from batches
+        return batches
+
+    def __iter__(self):
+        batches = self.global_batches()
+        world = self.num_replicas
+        if self.drop_last:
+            batches = batches[: len(batches) // world * world]
+        else:
+            total = len(self) * world
+            while len(batches) < total:  # wrap around (as DistributedSampler pads): equal batch counts per rank
+                batches += batches[: total - len(batches)]
+        yield from batches[self.rank :: world]
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        n = (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        world = self.num_replicas
+        return n // world if self.drop_last else (n + world - 1) // world
 
 
 def pad_batch(items: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -151,13 +189,17 @@ class TextToSQLDataModule(pl.LightningDataModule):
         return add_target_positions(pack(items, self.tokenizer.pad_token_id))
 
     def train_dataloader(self) -> DataLoader:
-        trainer = getattr(self, "trainer", None)
-        distributed = trainer is not None and trainer.world_size > 1
-        # Under several ranks Lightning shards a plain shuffled loader with its DistributedSampler.
-        if self.group_by_length and not distributed:
-            sampler = LengthGroupedSampler([len(it["input_ids"]) for it in self.train_items], self.batch_size, self.seed)
+        if self.group_by_length:
+            lengths = [len(it["input_ids"]) for it in self.train_items]
+            trainer = getattr(self, "trainer", None)
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            # Our shard of the length-grouped batches; a distributed strategy may swap in its own
+            # DistributedSampler for the same shard (LengthGroupedSampler reads only its rank and epoch).
+            shard = DistributedSampler(range(len(lengths)), num_replicas=world, rank=rank, shuffle=False)
+            sampler = LengthGroupedSampler(lengths, self.batch_size, self.seed, sampler=shard)
             return DataLoader(_Encoded(self.train_items), batch_sampler=sampler, collate_fn=self._collate,
                               num_workers=self.num_workers)
+        # Under several ranks Lightning shards this plain shuffled loader with its DistributedSampler.
         return DataLoader(_Encoded(self.train_items), batch_size=self.batch_size, shuffle=True,
                           collate_fn=self._collate, num_workers=self.num_workers)
 

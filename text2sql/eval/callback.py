@@ -3,7 +3,9 @@
 The callback generates SQL for the dev split (or a fixed-seed subset) with the model being trained, runs
 prediction and gold on the example's SQLite database through the safe evaluator (read-only, timeouts,
 gold results cached for the whole run) and logs `val/execution_accuracy`, per-hardness EX and the share of
-each verdict status. Under several ranks each rank generates its shard; rank 0 scores and broadcasts.
+each verdict status. Under several ranks each rank generates its shard (padded so all ranks make the same
+generate calls, in lock-step under ZeRO-3), rank 0 gathers the predictions in dev order, scores, writes and
+broadcasts the metrics, so EX is the one-rank EX of the same weights.
 """
 
 from __future__ import annotations
@@ -19,6 +21,26 @@ from text2sql.metric_names import EX as MONITOR
 from text2sql.metric_names import EXAMPLES_TABLE
 
 log = logging.getLogger(__name__)
+
+
+def lockstep_shard(items: list, rank: int, world: int) -> tuple[list, int]:
+    """Rank `rank`'s share of `items` (every world-th, from rank) padded with copies to ceil(n / world) items.
+
+    Returns (shard, real): the first `real` entries are this rank's examples, the rest padding. Every rank thus
+    runs the same number of generate calls, which ZeRO-3 needs (each forward gathers weights from all ranks).
+    """
+    shard = items[rank::world]
+    real = len(shard)
+    size = -(-len(items) // world)
+    padding = [items[(rank + i) % len(items)] for i in range(size - real)]
+    return shard + padding, real
+
+
+def needs_synced_generation(trainer) -> bool:
+    """Whether every forward is a collective (weights sharded: DeepSpeed ZeRO-3, FSDP), so ranks must generate
+    in lock-step until all of them are done (`synced_gpus`), even those that hit EOS early."""
+    strategy = trainer.strategy
+    return bool(getattr(strategy, "zero_stage_3", False)) or "FSDP" in type(strategy).__name__
 
 
 class ExecutionAccuracyCallback(pl.Callback):
@@ -73,30 +95,32 @@ class ExecutionAccuracyCallback(pl.Callback):
         if self._items is None:
             self._items = trainer.datamodule.eval_items(self.limit, self.seed)
         rank, world = trainer.global_rank, trainer.world_size
-        shard = self._items[rank::world]
-        preds = self._generate(trainer, pl_module, shard)
-        gathered = [list(zip((it.index for it in shard), preds))]
+        shard, real = lockstep_shard(self._items, rank, world)
+        preds = self._generate(trainer, pl_module, shard, synced=world > 1 and needs_synced_generation(trainer))
+        mine = list(zip((it.index for it in shard[:real]), preds[:real]))  # the padding copies are dropped
+        gathered = [mine]
         if world > 1:
             import torch.distributed as dist
 
             gathered = [None] * world
-            dist.all_gather_object(gathered, list(zip((it.index for it in shard), preds)))
+            dist.all_gather_object(gathered, mine)
         metrics = None
         if trainer.is_global_zero:
             by_index = {i: p for part in gathered for i, p in part}
             metrics = self._score(trainer, [by_index[it.index] for it in self._items])
         metrics = trainer.strategy.broadcast(metrics, src=0)
         for name, value in metrics.items():
-            pl_module.log(name, value, prog_bar=name == MONITOR, sync_dist=False)
+            # the same value on every rank: the mean over ranks is exact (and Lightning does not warn)
+            pl_module.log(name, value, prog_bar=name == MONITOR, sync_dist=True)
 
-    def _generate(self, trainer, pl_module, shard) -> list[str]:
+    def _generate(self, trainer, pl_module, shard, synced: bool = False) -> list[str]:
         model = pl_module.model
         tokenizer = trainer.datamodule.tokenizer
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
         with generation_progress(f"generating SQL (epoch {trainer.current_epoch})", len(shard), show,
                                  transient=True) as progress:
             return generate_sql(model, tokenizer, [it.source_ids for it in shard], batch_size=self.batch_size,
-                                max_new_tokens=self.max_new_tokens, progress=progress)
+                                max_new_tokens=self.max_new_tokens, progress=progress, synced_gpus=synced)
 
     def _score(self, trainer, preds: list[str]) -> dict[str, float]:
         from text2sql.eval.metrics import summarize, summarize_exact

@@ -47,10 +47,13 @@ def generate_sql(
     batch_size: int = 16,
     max_new_tokens: int = 128,
     progress=None,
+    synced_gpus: bool = False,
 ) -> list[str]:
     """Greedy continuations of `sources` (token id lists), returned as extracted SQL in input order.
 
-    `progress`, if given, is called with the number of examples finished after each batch.
+    `progress`, if given, is called with the number of examples finished after each batch. `synced_gpus`: keep
+    running forward passes until every rank's batch is done (weights sharded over ranks: ZeRO-3); then every rank
+    must call this with the same number of batches.
     """
     was_training = model.training
     model.eval()
@@ -78,6 +81,7 @@ def generate_sql(
                 use_cache=True,
                 eos_token_id=eos_id,
                 pad_token_id=pad_id,
+                synced_gpus=synced_gpus,
             )
             new_tokens = generated[:, width:]
             for row, i in enumerate(idx):

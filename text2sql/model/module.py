@@ -105,7 +105,8 @@ class Text2SQLModule(pl.LightningModule):
             self._check_finite()
         n = batch["input_ids"].shape[0]
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=False, batch_size=n)
-        self.log("train/loss_epoch", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/loss_epoch", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n,
+                 sync_dist=True)
         if not self._owns_gradients():
             return loss
         # Per target token over the accumulated batch: return the token sum over a fixed count and rescale the
@@ -142,7 +143,7 @@ class Text2SQLModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         loss_sum, n_targets = self.target_loss(batch)
         self.log("val/loss", loss_sum / n_targets.clamp(min=1), on_epoch=True, prog_bar=True,
-                 batch_size=batch["input_ids"].shape[0])
+                 batch_size=batch["input_ids"].shape[0], sync_dist=True)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
