@@ -23,10 +23,20 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.model.module import Text2SQLModule
     from text2sql.model.peft import apply_peft, count_parameters
     from text2sql.model.strategy import check_hardware
+    from text2sql.model.checkpoint import AtomicCheckpointIO
+    from text2sql.resume import RunFinished, check_not_finished, checkpoint_to_resume, earlier_history, make_loggers
     from text2sql.run import flat_hparams, job_dir, wandb_identity
     from text2sql.train_history import EpochHistory
 
     check_hardware(cfg.hardware)  # GPU presets without a GPU: one line, before any data or weights load
+    ckpt_path = checkpoint_to_resume(cfg.ckpt_path, cfg.get("resume"), job_dir())
+    if ckpt_path is not None:  # the same run goes on: its earlier epochs stay in metrics.json
+        history[:] = earlier_history(job_dir())
+        try:
+            check_not_finished(ckpt_path, cfg.trainer.max_epochs, cfg.trainer.get("max_steps", -1))
+        except RunFinished as done:
+            log.info("%s", done)
+            return history
     dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use)
     model_path = resolve_model_path(cfg.model, corpus=lambda: corpus(dataset, "train"))
     tokenizer = load_tokenizer(cfg.model, model_path)
@@ -39,16 +49,15 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     log.info("model %s: %s trainable of %s parameters", cfg.model.name, f"{trainable:,}", f"{total:,}")
     module = Text2SQLModule(model, cfg.optim)
 
-    loggers = [instantiate(lg, **{k: v for k, v in wandb_identity(cfg).items() if lg.get(k, "") is None})
-               for lg in (cfg.get("logger") or {}).values()]
+    loggers = make_loggers(cfg, job_dir(), wandb_identity(cfg))  # W&B: the run dir's id, offline if unreachable
     callbacks = [instantiate(c) for c in cfg.callbacks.values()
                  if loggers or "LearningRateMonitor" not in c._target_]  # LR monitor needs a logger
-    callbacks.append(EpochHistory(history))
+    callbacks.append(EpochHistory(history, job_dir(), cfg.optimized_metric))
     for lg in loggers:
         lg.log_hyperparams({**flat_hparams(cfg), "data_stats": datamodule.stats})
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      default_root_dir=str(job_dir()))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+                                      default_root_dir=str(job_dir()), plugins=[AtomicCheckpointIO()])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return history
 
 
@@ -65,4 +74,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from text2sql.resume import continue_run_argv
+
+    sys.argv[1:] = continue_run_argv(sys.argv[1:])  # ckpt_path=RUN continues RUN in its own dir
     main()

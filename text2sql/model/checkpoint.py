@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +65,100 @@ class ExportPretrained(pl.Callback):
         self.saved_to = export_pretrained(trainer, model, self.output_dir / sub, tokenizer)
         if self.saved_to is not None:
             log.info("saved the trained %s to %s", "adapter" if sub == self.adapter_subdir else "model", self.saved_to)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, file size limit); the previous checkpoint file is intact."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes `<name>.tmp` beside the target, fsyncs, then renames over it.
+
+    A kill or a full disk during a save leaves the previous `last.ckpt` whole (Lightning's own writer opens the
+    target itself, so an interrupted save leaves a truncated, unloadable file).
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if "://" in str(path):  # remote filesystems: fsspec has no rename-over; keep Lightning's writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")  # not *.ckpt: never taken for a checkpoint
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise CheckpointWriteError(err.errno, f"could not write checkpoint {path} ({err.strerror or err}); "
+                                       "the previous checkpoint is kept") from err
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+class EvalCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint for a metric that exists only on some epochs (EX every `eval.every_n_epochs`).
+
+    On an epoch without the monitored metric there is nothing to rank: the best-k step is skipped instead of
+    raising, and `last.ckpt` is still written, so every epoch stays resumable.
+    """
+
+    def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
+        if self.monitor is not None and self.monitor not in monitor_candidates:
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+
+class EvalEarlyStopping(EarlyStopping):
+    """EarlyStopping that counts only the epochs where the monitored metric was computed; `patience=None` is off."""
+
+    def __init__(self, monitor: str, patience: int | None = None, mode: str = "max", **kwargs):
+        super().__init__(monitor=monitor, patience=patience if patience is not None else 0, mode=mode, **kwargs)
+        self.enabled = patience is not None
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        if self.enabled and self.monitor in trainer.callback_metrics:
+            super()._run_early_stopping_check(trainer)
+
+
+def _derived_seed(*parts: int) -> int:
+    import numpy as np
+
+    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+def _reseed(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also every CUDA device
+
+
+class ExactResume(pl.Callback):
+    """Makes the random numbers of every training batch a function of (seed, epoch, batch, rank).
+
+    Dropout and a shuffling sampler then draw the same numbers whether the process ran from the start or was
+    resumed from a checkpoint, at an epoch end or mid-epoch, whatever consumed random numbers in between
+    (model building, evaluation, dataloader iterators). Nothing needs saving in the checkpoint.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def _epoch(self, trainer) -> None:
+        _reseed(_derived_seed(self.seed, trainer.current_epoch, -1, trainer.global_rank))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._epoch(trainer)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _reseed(_derived_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
