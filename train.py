@@ -52,7 +52,7 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     loggers = make_loggers(cfg, job_dir(), wandb_identity(cfg))  # W&B: the run dir's id, offline if unreachable
     callbacks = [instantiate(c) for c in cfg.callbacks.values()
                  if loggers or "LearningRateMonitor" not in c._target_]  # LR monitor needs a logger
-    callbacks.append(EpochHistory(history, job_dir(), cfg.optimized_metric))
+    callbacks.append(EpochHistory(history, job_dir(), cfg.optimized_metric, cfg.eval.every_n_epochs))
     for lg in loggers:
         lg.log_hyperparams({**flat_hparams(cfg), "data_stats": datamodule.stats})
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,

@@ -95,15 +95,14 @@ def check_not_finished(ckpt: str, max_epochs: int | None, max_steps: int = -1) -
     if Path(ckpt).is_dir():  # a DeepSpeed checkpoint dir: Lightning's own handling applies
         return
     state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
-    epoch, step = state.get("epoch", 0), state.get("global_step", 0)
+    step = state.get("global_step", 0)
     fit = state.get("loops", {}).get("fit_loop", {})
-    batches = fit.get("epoch_loop.batch_progress", {})
-    epoch_done = batches.get("is_last_batch", False) or fit.get("epoch_progress", {}).get("current", {}).get(
-        "completed", 0) > epoch
-    if (max_epochs is not None and max_epochs >= 0 and epoch_done and epoch + 1 >= max_epochs) or (
+    epoch_end = fit.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)
+    trained = fit.get("epoch_progress", {}).get("current", {}).get("processed", 0) if epoch_end else None
+    if (max_epochs is not None and max_epochs >= 0 and trained is not None and trained >= max_epochs) or (
             max_steps is not None and max_steps > 0 and step >= max_steps):
-        raise RunFinished(f"the run is finished: its checkpoint {ckpt} is epoch {epoch} of trainer.max_epochs="
-                          f"{max_epochs} (step {step}); raise trainer.max_epochs to train it further")
+        raise RunFinished(f"the run is finished: {ckpt} has trained {trained} epochs ({step} steps) of "
+                          f"trainer.max_epochs={max_epochs}; raise trainer.max_epochs to train it further")
 
 
 def earlier_history(run_dir: Path) -> list[dict]:

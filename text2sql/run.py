@@ -115,8 +115,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says what to fix; shown as one line instead of a traceback."""
     from text2sql.cli import CliError
     from text2sql.data.spider import SpiderDataError
+    from text2sql.model.checkpoint import CheckpointWriteError
 
-    return (SpiderDataError, FileNotFoundError, CliError)
+    return (SpiderDataError, FileNotFoundError, CliError, CheckpointWriteError)
 
 
 def _user_error(err: BaseException) -> BaseException | None:

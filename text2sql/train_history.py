@@ -7,6 +7,13 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from text2sql.eval.callback import MONITOR
+
+
+def _is_eval_metric(name: str) -> bool:
+    """The metrics the execution-accuracy callback logs (only on the epochs it evaluates)."""
+    return name == MONITOR or name.startswith(("val/ex_", "val/status/"))
+
 
 class EpochHistory(pl.Callback):
     """Appends {"epoch", "train/loss", "val/..."} to `history` at the end of every training epoch.
@@ -16,15 +23,18 @@ class EpochHistory(pl.Callback):
     """
 
     def __init__(self, history: list[dict], out_dir: str | Path | None = None,
-                 metric: str = "val/execution_accuracy"):
-        self.history, self.metric = history, metric
+                 metric: str = "val/execution_accuracy", eval_every_n_epochs: int = 1):
+        self.history, self.metric, self.eval_every_n_epochs = history, metric, max(eval_every_n_epochs, 1)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.start = time.time()
 
     def on_train_epoch_end(self, trainer, pl_module):
         row = {"epoch": trainer.current_epoch}
+        evaluated = (trainer.current_epoch + 1) % self.eval_every_n_epochs == 0
         for name, value in trainer.callback_metrics.items():
             value = float(value)
+            if not evaluated and _is_eval_metric(name):
+                continue  # a stale value of the last evaluated epoch (Lightning keeps it in callback_metrics)
             if name == "train/loss_epoch":
                 row["train/loss"] = value
             elif name.startswith("val/") or name == "train/loss_step":

@@ -99,28 +99,55 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
-class EvalCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint for a metric that exists only on some epochs (EX every `eval.every_n_epochs`).
+def _evaluated(trainer, monitor: str | None, every_n_epochs: int) -> bool:
+    """Whether `monitor` was computed in this epoch (Lightning keeps a stale value in callback_metrics)."""
+    return (trainer.current_epoch + 1) % max(every_n_epochs, 1) == 0 and (
+        monitor is None or monitor in trainer.callback_metrics)
 
-    On an epoch without the monitored metric there is nothing to rank: the best-k step is skipped instead of
-    raising, and `last.ckpt` is still written, so every epoch stays resumable.
+
+class EvalCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint for a metric computed every `eval_every_n_epochs` epochs (EX, `eval.every_n_epochs`).
+
+    On the other epochs there is nothing new to rank (the metric is absent, or a stale value from an earlier
+    epoch): the best-k step is skipped instead of raising. `last.ckpt` is written after every validation, so
+    a resumed run loses at most one epoch.
     """
 
+    def __init__(self, *args, eval_every_n_epochs: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_every_n_epochs = eval_every_n_epochs
+
     def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
-        if self.monitor is not None and self.monitor not in monitor_candidates:
+        if self.monitor is not None and not (_evaluated(trainer, self.monitor, self.eval_every_n_epochs)
+                                             and self.monitor in monitor_candidates):
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_anyway(trainer, at_train_epoch_end=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_anyway(trainer, at_train_epoch_end=True)
+
+    def _save_last_anyway(self, trainer, at_train_epoch_end: bool) -> None:
+        """Lightning 2.6 writes last.ckpt only when it wrote a best-k checkpoint; here: after every epoch."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
+                and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 class EvalEarlyStopping(EarlyStopping):
-    """EarlyStopping that counts only the epochs where the monitored metric was computed; `patience=None` is off."""
+    """EarlyStopping counted in evaluations (epochs with the metric), not in epochs; `patience=None` is off."""
 
-    def __init__(self, monitor: str, patience: int | None = None, mode: str = "max", **kwargs):
+    def __init__(self, monitor: str, patience: int | None = None, mode: str = "max", eval_every_n_epochs: int = 1,
+                 **kwargs):
         super().__init__(monitor=monitor, patience=patience if patience is not None else 0, mode=mode, **kwargs)
-        self.enabled = patience is not None
+        self.enabled, self.eval_every_n_epochs = patience is not None, eval_every_n_epochs
 
     def _run_early_stopping_check(self, trainer) -> None:
-        if self.enabled and self.monitor in trainer.callback_metrics:
+        if self.enabled and _evaluated(trainer, self.monitor, self.eval_every_n_epochs):
             super()._run_early_stopping_check(trainer)
 
 
