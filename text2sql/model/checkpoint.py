@@ -90,13 +90,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except OSError as err:
+        except BaseException as err:
             tmp.unlink(missing_ok=True)
-            raise CheckpointWriteError(err.errno, f"could not write checkpoint {path} ({err.strerror or err}); "
+            cause = _os_error(err)  # torch.save wraps a failed write in a RuntimeError from its zip writer
+            if cause is None:
+                raise
+            raise CheckpointWriteError(cause.errno, f"could not write checkpoint {path} ({cause.strerror or cause}); "
                                        "the previous checkpoint is kept") from err
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    for _ in range(5):
+        if err is None or isinstance(err, OSError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _evaluated(trainer, monitor: str | None, every_n_epochs: int) -> bool:
