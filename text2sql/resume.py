@@ -163,6 +163,7 @@ def _start_wandb(lg, kwargs: dict, run_dir: Path):
 
         if wandb.run is not None:
             wandb.finish(exit_code=1, quiet=True)
+        wandb.teardown()  # the W&B service still holds the run id of the failed attempt
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         log.warning("W&B is unreachable (%s): logging offline into %s; upload later with `wandb sync %s`",
                     reason[:200], run_dir / "wandb", run_dir / "wandb" / "offline-run-*")
