@@ -117,21 +117,36 @@ def test_epoch_history_drops_the_stale_ex_of_epochs_without_evaluation(tmp_path)
 class EveryOther(BoringModel):
     """Logs `val/ex` only on every 2nd epoch, as the EX callback does with eval.every_n_epochs=2."""
 
-    def __init__(self, values):
+    def __init__(self, values, name="val/ex"):
         super().__init__()
-        self.values = values
+        self.values, self.name = values, name
 
     def on_validation_epoch_end(self):
         if (self.current_epoch + 1) % 2 == 0:
-            self.log("val/ex", self.values[self.current_epoch])
+            self.log(self.name, self.values[self.current_epoch])
 
 
-def _fit(tmp_path, callbacks, epochs, values):
+def _fit(tmp_path, callbacks, epochs, values, name="val/ex"):
     trainer = pl.Trainer(max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          callbacks=callbacks, default_root_dir=tmp_path)
-    trainer.fit(EveryOther(values))
+    trainer.fit(EveryOther(values, name))
     return trainer
+
+
+def test_the_configured_checkpoint_callback_survives_eval_every_n_epochs_2(tmp_path):
+    """`python train.py eval.every_n_epochs=2` crashed after the first epoch (issue 13 item 1)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from conftest import REPO_ROOT
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["eval.every_n_epochs=2"])
+    ckpt = instantiate(cfg.callbacks.model_checkpoint, dirpath=str(tmp_path))
+    stop = instantiate(cfg.callbacks.early_stopping, patience=1)
+    _fit(tmp_path, [ckpt, stop], 4, [None, 0.5, None, 0.7], name=cfg.optimized_metric)
+    assert ckpt.best_model_score == pytest.approx(0.7) and (tmp_path / "last.ckpt").is_file()
 
 
 def test_plain_model_checkpoint_crashes_on_an_epoch_without_the_metric(tmp_path):
@@ -168,3 +183,21 @@ def test_exact_resume_draws_the_same_numbers_whatever_came_before():
     assert torch.equal(draw(), first)
     cb.on_train_batch_start(trainer, None, None, 6)
     assert not torch.equal(torch.rand(3), first)
+
+
+def test_slurm_preset_requeues_preempted_jobs_which_resume_by_themselves():
+    """Submitit requeues a preempted/timed-out job (the launcher is checkpointable); resume=auto picks it up."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import submitit
+    from hydra import compose, initialize_config_dir
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    from conftest import REPO_ROOT
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["+launcher=slurm"], return_hydra_config=True)
+    assert cfg.resume == "auto" and cfg.hydra.launcher.max_num_timeout > 0
+    launcher = SlurmLauncher.__new__(SlurmLauncher)
+    resubmission = launcher.checkpoint(["optim.lr=1e-3"], "hydra.sweep.subdir", 0, "job", None)
+    assert isinstance(resubmission, submitit.helpers.DelayedSubmission)
+    assert resubmission.args[0] == ["optim.lr=1e-3"]  # the same job (same overrides, same job dir) runs again
