@@ -175,16 +175,80 @@ def _reseed(seed: int) -> None:
     torch.manual_seed(seed)  # also every CUDA device
 
 
+class _SkipConsumed(torch.utils.data.Sampler):
+    """A batch sampler that starts each pass after the batches the epoch has already consumed.
+
+    That number is the loop's own count (0 at an epoch start, k after a resume from step k of the epoch), read
+    when the pass begins, i.e. after Lightning has restored its loop state.
+    """
+
+    def __init__(self, inner, consumed):
+        self.inner, self.consumed = inner, consumed
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        skip = self.consumed()
+        for i, batch in enumerate(self.inner):
+            if i >= skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+class _ResumableLoader(torch.utils.data.DataLoader):
+    """A single-process training DataLoader that a mid-epoch resume continues at its batch.
+
+    The order of batches is a function of (seed, epoch) (the sampler's `set_epoch`, ExactResume's seeds), so the
+    position is the number of batches the epoch has consumed, which the loop state already holds: nothing more
+    is saved (`state_dict` is empty; having it tells Lightning the loader is resumable).
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, trainer):
+        def consumed() -> int:
+            return trainer.fit_loop.epoch_loop.batch_progress.current.ready if trainer.training else 0
+
+        super().__init__(loader.dataset, batch_sampler=_SkipConsumed(loader.batch_sampler, consumed),
+                         collate_fn=loader.collate_fn, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                         worker_init_fn=loader.worker_init_fn, persistent_workers=loader.persistent_workers)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 class ExactResume(pl.Callback):
     """Makes the random numbers of every training batch a function of (seed, epoch, batch, rank).
 
     Dropout and a shuffling sampler then draw the same numbers whether the process ran from the start or was
     resumed from a checkpoint, at an epoch end or mid-epoch, whatever consumed random numbers in between
-    (model building, evaluation, dataloader iterators). Nothing needs saving in the checkpoint.
+    (model building, evaluation, dataloader iterators). On one device the training loader also becomes
+    resumable (Lightning's `state_dict` protocol), so a mid-epoch checkpoint (`every_n_train_steps`) resumes
+    at its batch instead of replaying the epoch's first batches. (Several ranks: Lightning's distributed
+    sampler, resumed at epoch ends.)
     """
 
     def __init__(self, seed: int = 0):
         self.seed = seed
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        dm = trainer.datamodule
+        # only where no distributed sampler gets injected (several ranks, or DeepSpeed on one device)
+        sharded = getattr(trainer.strategy, "distributed_sampler_kwargs", None) is not None
+        if stage != "fit" or dm is None or trainer.world_size > 1 or sharded or getattr(dm, "_resumable_loader", False):
+            return
+        make = dm.train_dataloader
+
+        def train_dataloader():
+            loader = make()
+            return _ResumableLoader(loader, trainer) if loader.batch_sampler is not None else loader
+
+        dm.train_dataloader, dm._resumable_loader = train_dataloader, True
 
     def _epoch(self, trainer) -> None:
         _reseed(_derived_seed(self.seed, trainer.current_epoch, -1, trainer.global_rank))
