@@ -5,6 +5,10 @@ with `PeftModel.from_pretrained(base, dir)` and by `text2sql merge`; `peft=full`
 `<run dir>/model/` (loadable with `AutoModelForCausalLM.from_pretrained`). Lightning checkpoints (for resuming)
 are trimmed to the trainable weights by `Text2SQLModule.on_save_checkpoint`; DeepSpeed checkpoints by
 `exclude_frozen_parameters` (see text2sql.model.strategy).
+
+Also what makes checkpoints safe to resume from: `AtomicCheckpointIO` (temp file + rename), `EvalCheckpoint` /
+`EvalEarlyStopping` (EX computed only every n-th epoch; last.ckpt every epoch) and `ExactResume` (per-batch
+random streams and a resumable training loader, so a resumed run equals an uninterrupted one).
 """
 
 from __future__ import annotations
