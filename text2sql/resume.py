@@ -113,6 +113,14 @@ def earlier_history(run_dir: Path) -> list[dict]:
         return []
 
 
+def earlier_wall_time(run_dir: Path) -> float:
+    """Seconds the earlier processes of this run spent (metrics.json), so wall_time_s covers the whole run."""
+    try:
+        return float(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")).get("wall_time_s") or 0.0)
+    except (OSError, ValueError, TypeError):
+        return 0.0
+
+
 def wandb_run_id(run_dir: Path) -> str:
     """The W&B run id of this run dir, created on first use: every process of the run logs into one W&B run."""
     path = run_dir / WANDB_ID_FILE

@@ -83,6 +83,10 @@ def run_job(cfg: DictConfig, train_fn) -> float:
 
     out_dir = job_dir()
     start = time.time()
+    if cfg.get("ckpt_path") or cfg.get("resume"):  # a resumed run: its time so far counts too
+        from text2sql.resume import earlier_wall_time
+
+        start -= earlier_wall_time(out_dir)
     history: list[dict] = []
     metric = cfg.optimized_metric
     try:

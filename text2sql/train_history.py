@@ -27,6 +27,10 @@ class EpochHistory(pl.Callback):
         self.history, self.metric, self.eval_every_n_epochs = history, metric, max(eval_every_n_epochs, 1)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.start = time.time()
+        if history and self.out_dir is not None:  # resumed: the earlier processes' time counts too
+            from text2sql.resume import earlier_wall_time
+
+            self.start -= earlier_wall_time(self.out_dir)
 
     def on_train_epoch_end(self, trainer, pl_module):
         row = {"epoch": trainer.current_epoch}
