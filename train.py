@@ -19,11 +19,11 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from hydra.utils import instantiate
 
     from text2sql.data.datasets import corpus
+    from text2sql.model.checkpoint import AtomicCheckpointIO
     from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
     from text2sql.model.module import Text2SQLModule
     from text2sql.model.peft import apply_peft, count_parameters
     from text2sql.model.strategy import check_hardware
-    from text2sql.model.checkpoint import AtomicCheckpointIO
     from text2sql.resume import RunFinished, check_not_finished, checkpoint_to_resume, earlier_history, make_loggers
     from text2sql.run import flat_hparams, job_dir, wandb_identity
     from text2sql.train_history import EpochHistory

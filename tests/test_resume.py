@@ -12,7 +12,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from text2sql.model.checkpoint import EvalCheckpoint, EvalEarlyStopping, ExactResume
-from text2sql.resume import (RunFinished, check_not_finished, checkpoint_to_resume, continue_run_argv,
+from text2sql.resume import (ResumeError, RunFinished, check_not_finished, checkpoint_to_resume, continue_run_argv,
                              earlier_history, wandb_run_id)
 from text2sql.train_history import EpochHistory
 
@@ -57,7 +57,7 @@ def test_checkpoint_to_resume(tmp_path):
     (run / "checkpoints" / "last.ckpt").unlink()
     with pytest.raises(FileNotFoundError, match="no checkpoints/last.ckpt"):
         checkpoint_to_resume(str(run), None, tmp_path)
-    with pytest.raises(ValueError, match="resume=auto"):
+    with pytest.raises(ResumeError, match="resume=auto"):
         checkpoint_to_resume(None, "yes", run)
 
 

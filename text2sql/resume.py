@@ -21,6 +21,14 @@ LAST = "last.ckpt"
 WANDB_ID_FILE = Path("wandb") / "run_id"
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, file size limit); the previous checkpoint file is intact."""
+
+
+class ResumeError(ValueError):
+    """A resume setting that cannot work (shown as one line)."""
+
+
 class RunFinished(Exception):
     """The checkpoint to resume is the end of the run: there is nothing left to train."""
 
@@ -64,7 +72,7 @@ def continue_run_argv(argv: list[str]) -> list[str]:
 def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, run_dir: Path) -> str | None:
     """The checkpoint `fit` resumes from: an explicit path, a run dir's last one, `last`, or `resume=auto`."""
     if resume not in (None, "never", "auto"):
-        raise ValueError(f"resume={resume!r}: use resume=auto (resume from {run_dir / 'checkpoints' / LAST} "
+        raise ResumeError(f"resume={resume!r}: use resume=auto (resume from {run_dir / 'checkpoints' / LAST} "
                          "when it exists) or leave it unset")
     last = run_dir / "checkpoints" / LAST
     if ckpt_path in (None, "null"):

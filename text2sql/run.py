@@ -119,9 +119,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says what to fix; shown as one line instead of a traceback."""
     from text2sql.cli import CliError
     from text2sql.data.spider import SpiderDataError
-    from text2sql.model.checkpoint import CheckpointWriteError
+    from text2sql.resume import CheckpointWriteError, ResumeError
 
-    return (SpiderDataError, FileNotFoundError, CliError, CheckpointWriteError)
+    return (SpiderDataError, FileNotFoundError, CliError, CheckpointWriteError, ResumeError)
 
 
 def _user_error(err: BaseException) -> BaseException | None:

@@ -23,6 +23,8 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from text2sql.resume import CheckpointWriteError
+
 log = logging.getLogger(__name__)
 
 
@@ -69,10 +71,6 @@ class ExportPretrained(pl.Callback):
         self.saved_to = export_pretrained(trainer, model, self.output_dir / sub, tokenizer)
         if self.saved_to is not None:
             log.info("saved the trained %s to %s", "adapter" if sub == self.adapter_subdir else "model", self.saved_to)
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (full disk, file size limit); the previous checkpoint file is intact."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
