@@ -201,3 +201,13 @@ def test_slurm_preset_requeues_preempted_jobs_which_resume_by_themselves():
     resubmission = launcher.checkpoint(["optim.lr=1e-3"], "hydra.sweep.subdir", 0, "job", None)
     assert isinstance(resubmission, submitit.helpers.DelayedSubmission)
     assert resubmission.args[0] == ["optim.lr=1e-3"]  # the same job (same overrides, same job dir) runs again
+
+
+def test_resume_and_checkpoint_write_errors_are_one_line_user_errors():
+    from text2sql.resume import CheckpointWriteError
+    from text2sql.run import _user_error
+
+    full = CheckpointWriteError(28, "could not write checkpoint last.ckpt (No space left on device)")
+    wrapped = RuntimeError("fit failed")
+    wrapped.__cause__ = full
+    assert _user_error(wrapped) is full and _user_error(ResumeError("resume='yes'")) is not None
