@@ -242,7 +242,8 @@ class ExactResume(pl.Callback):
         dm = trainer.datamodule
         # only where no distributed sampler gets injected (several ranks, or DeepSpeed on one device)
         sharded = getattr(trainer.strategy, "distributed_sampler_kwargs", None) is not None
-        if stage != "fit" or dm is None or trainer.world_size > 1 or sharded or getattr(dm, "_resumable_loader", False):
+        if stage != "fit" or dm is None or trainer.world_size > 1 or sharded or trainer.overfit_batches \
+                or getattr(dm, "_resumable_loader", False):
             return
         make = dm.train_dataloader
 
