@@ -23,19 +23,30 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.data.datasets import corpus
     from text2sql.fsutil import record_resolved_paths
     from text2sql.model.strategy import check_hardware
+    from text2sql.resume import RunFinished, check_not_finished, checkpoint_to_resume, earlier_history, make_loggers
+    from text2sql.run import job_dir
 
     check_config(cfg)  # types and ranges, before the heavy imports: a bad value fails in about a second
     check_hardware(cfg.hardware)  # GPU presets without a GPU: one line before any data loads (torch only then)
+    ckpt_path = checkpoint_to_resume(cfg.ckpt_path, cfg.get("resume"), job_dir())
+    if ckpt_path is not None:  # the same run goes on: its earlier epochs stay in metrics.json
+        history[:] = earlier_history(job_dir())
+        try:
+            check_not_finished(ckpt_path, cfg.trainer.max_epochs, cfg.trainer.get("max_steps", -1))
+        except RunFinished as done:
+            log.info("%s", done)
+            return history
     dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use); bad paths fail here
 
     quiet_before_imports(cfg.hardware.get("accelerator"))
     import lightning.pytorch as pl
 
+    from text2sql.model.checkpoint import AtomicCheckpointIO
     from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
     from text2sql.model.module import Text2SQLModule
     from text2sql.model.peft import apply_peft, count_parameters
     from text2sql.ranks import one_job
-    from text2sql.run import flat_hparams, job_dir, wandb_identity
+    from text2sql.run import flat_hparams, wandb_identity
     from text2sql.train_history import EpochHistory
 
     quiet_after_imports(local_model=bool(cfg.model.get("build")))
@@ -54,18 +65,17 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     log.info("model %s: %s trainable of %s parameters", cfg.model.name, f"{trainable:,}", f"{total:,}")
     module = Text2SQLModule(model, cfg.optim)
 
-    loggers = [instantiate(lg, **{k: v for k, v in wandb_identity(cfg).items() if lg.get(k, "") is None})
-               for lg in (cfg.get("logger") or {}).values()]
+    loggers = make_loggers(cfg, job_dir(), wandb_identity(cfg))  # W&B: the run dir's id, offline if unreachable
     drop_unset_wandb_options(loggers)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()
                  if loggers or "LearningRateMonitor" not in c._target_]  # LR monitor needs a logger
-    callbacks.append(EpochHistory(history))
+    callbacks.append(EpochHistory(history, job_dir(), cfg.optimized_metric, cfg.eval.every_n_epochs))
     for lg in loggers:
         lg.log_hyperparams({**flat_hparams(cfg), "data_stats": datamodule.stats})
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      default_root_dir=str(job_dir()))
+                                      default_root_dir=str(job_dir()), plugins=[AtomicCheckpointIO()])
     with one_job(trainer):  # all ranks in one run dir; a sweep's next job launches its own ranks
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return history
 
 
@@ -95,6 +105,8 @@ if __name__ == "__main__":
     import sys
 
     from text2sql.ranks import rank_argv
+    from text2sql.resume import continue_run_argv
 
+    sys.argv[1:] = continue_run_argv(sys.argv[1:])  # ckpt_path=RUN continues RUN in its own dir
     sys.argv = rank_argv(sys.argv)  # ranks > 0 (torchrun, or started by Lightning) join rank 0's job and run dir
     main()

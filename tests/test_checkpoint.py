@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
 from text2sql.data.datamodule import TextToSQLDataModule, _Encoded
-from text2sql.model.checkpoint import ExportPretrained
+from text2sql.model.checkpoint import AtomicCheckpointIO, ExportPretrained
 from text2sql.model.module import Text2SQLModule
 from text2sql.model.peft import apply_peft
 from tiny import tiny_model, tiny_setup
@@ -158,3 +158,109 @@ def test_full_finetune_exports_a_whole_model(setup, tmp_path):
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, module.model.eval()(input_ids=ids).logits)
+
+
+# -- atomic checkpoint writes: a full disk or a kill during a save leaves the previous last.ckpt loadable ------------
+# (Lightning 2.6's own writer is a transaction too, but through a temp file in the system temp dir: a move across
+# filesystems is a copy, so a kill during it truncates the target, and a small /tmp fills up first.)
+# Each drill runs in a forked child, so the file size limit and the kill stay there.
+
+
+def _save_under_a_file_size_limit(path, queue):
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit: EFBIG, as ENOSPC on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+    try:
+        AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.ones(100_000)}, path)  # 400 kB: does not fit
+        queue.put("saved")
+    except OSError as err:
+        queue.put(f"{type(err).__name__}: {err}")
+
+
+def _killed_during_save(path):
+    import os
+    import signal
+
+    def dying_save(obj, f, *args, **kwargs):  # SIGKILL half way through the write
+        f.write(b"\x80\x02 half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.save = dying_save
+    AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.ones(10)}, path)
+
+
+def _in_child(target, *args):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=target, args=(*args, queue) if target is _save_under_a_file_size_limit else args)
+    child.start()
+    child.join(120)
+    return child.exitcode, (queue.get(timeout=5) if target is _save_under_a_file_size_limit else None)
+
+
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.zeros(10)}, path)
+    code, message = _in_child(_save_under_a_file_size_limit, path)
+    assert code == 0 and message.startswith("CheckpointWriteError") and "previous checkpoint is kept" in message
+    assert torch.load(path, weights_only=False)["step"] == 1
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.zeros(10)}, path)
+    code, _ = _in_child(_killed_during_save, path)
+    assert code == -9
+    assert torch.load(path, weights_only=False)["step"] == 1
+    assert (tmp_path / ".last.ckpt.tmp").exists()  # the half-written file is beside it (same filesystem: rename)
+    AtomicCheckpointIO().save_checkpoint({"step": 3}, path)  # the next save replaces both
+    assert torch.load(path, weights_only=False)["step"] == 3 and sorted(tmp_path.iterdir()) == [path]
+
+
+# -- exact resume with shuffled, length-grouped batches and dropout, from an epoch end and from mid-epoch ----------
+
+
+class StopAtStep(pl.Callback):
+    """Simulates the kill: the process ends right after optimizer step `step` (its checkpoint was just written)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def fit_shuffled(setup, root, ckpt_path=None, callbacks=()):
+    from text2sql.model.checkpoint import ExactResume
+
+    dataset, model_cfg, path, tokenizer = setup
+    torch.manual_seed(0)
+    model = apply_peft(tiny_model(model_cfg, path, tokenizer), OmegaConf.merge(LORA, {"dropout": 0.2}))
+    dm = TextToSQLDataModule(dataset, tokenizer, template="vanilla", max_source_length=256, max_target_length=256,
+                             batch_size=8, eval_batch_size=8, train_limit=8 * STEPS_PER_EPOCH, val_loss_limit=8,
+                             group_by_length=True, seed=3)
+    torch.rand(int(ckpt_path is not None) * 7)  # a resumed process has drawn other random numbers before
+    record = Record()
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1, default_root_dir=root,
+                         callbacks=[record, ExactResume(seed=5), *callbacks])
+    trainer.fit(Text2SQLModule(model, OPTIM), datamodule=dm, ckpt_path=ckpt_path)
+    return record.rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_step", [STEPS_PER_EPOCH, STEPS_PER_EPOCH + 2])  # an epoch end, mid-epoch 1
+def test_resume_with_shuffling_and_dropout_equals_the_uninterrupted_run(setup, tmp_path, stop_step):
+    full = fit_shuffled(setup, tmp_path / "a")
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=1)
+    fit_shuffled(setup, tmp_path / "b", callbacks=[StopAtStep(stop_step), ckpt])
+    resumed = fit_shuffled(setup, tmp_path / "c", ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert len(full) == 3 * STEPS_PER_EPOCH and [r[0] for r in resumed] == [r[0] for r in full[stop_step:]]
+    assert resumed == full[stop_step:]  # the same steps, losses and learning rates, to the last bit

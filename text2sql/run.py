@@ -87,6 +87,10 @@ def run_job(cfg: DictConfig, train_fn) -> float:
 
     out_dir = job_dir()
     start = time.time()
+    if cfg.get("ckpt_path") or cfg.get("resume"):  # a resumed run: its time so far counts too
+        from text2sql.resume import earlier_wall_time
+
+        start -= earlier_wall_time(out_dir)
     history: list[dict] = []
     metric = cfg.optimized_metric
     try:
@@ -125,8 +129,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says what to fix; shown as one line instead of a traceback."""
     from text2sql.errors import UserError
     from text2sql.data.spider import SpiderDataError
+    from text2sql.resume import CheckpointWriteError, ResumeError
 
-    return (SpiderDataError, FileNotFoundError, UserError)
+    return (SpiderDataError, FileNotFoundError, UserError, CheckpointWriteError, ResumeError)
 
 
 def _user_error(err: BaseException) -> BaseException | None:

@@ -1,23 +1,51 @@
-"""A callback that keeps one row of metrics per epoch for metrics.json."""
+"""A callback that keeps one row of metrics per epoch for metrics.json, written after every epoch."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import lightning.pytorch as pl
+
+from text2sql.eval.callback import MONITOR
+
+
+def _is_eval_metric(name: str) -> bool:
+    """The metrics the execution-accuracy callback logs (only on the epochs it evaluates)."""
+    return name == MONITOR or name.startswith(("val/ex_", "val/status/"))
 
 
 class EpochHistory(pl.Callback):
-    """Appends {"epoch", "train/loss", "val/..."} to `history` at the end of every training epoch."""
+    """Appends {"epoch", "train/loss", "val/..."} to `history` at the end of every training epoch.
 
-    def __init__(self, history: list[dict]):
-        self.history = history
+    With `out_dir`, metrics.json (status "running") is rewritten after each epoch, so a killed run keeps the
+    epochs it finished and its resumed process continues the same history. A re-run epoch replaces its row.
+    """
+
+    def __init__(self, history: list[dict], out_dir: str | Path | None = None,
+                 metric: str = "val/execution_accuracy", eval_every_n_epochs: int = 1):
+        self.history, self.metric, self.eval_every_n_epochs = history, metric, max(eval_every_n_epochs, 1)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.start = time.time()
+        if history and self.out_dir is not None:  # resumed: the earlier processes' time counts too
+            from text2sql.resume import earlier_wall_time
+
+            self.start -= earlier_wall_time(self.out_dir)
 
     def on_train_epoch_end(self, trainer, pl_module):
         row = {"epoch": trainer.current_epoch}
+        evaluated = (trainer.current_epoch + 1) % self.eval_every_n_epochs == 0
         for name, value in trainer.callback_metrics.items():
             value = float(value)
+            if not evaluated and _is_eval_metric(name):
+                continue  # a stale value of the last evaluated epoch (Lightning keeps it in callback_metrics)
             if name == "train/loss_epoch":
                 row["train/loss"] = value
             elif name.startswith("val/") or name == "train/loss_step":
                 row[name] = value
         row.pop("train/loss_step", None)
-        self.history.append(row)
+        self.history[:] = [r for r in self.history if r.get("epoch", -1) < row["epoch"]] + [row]
+        if self.out_dir is not None and trainer.is_global_zero:
+            from text2sql.run import write_metrics
+
+            write_metrics(self.out_dir, self.history, self.metric, "running", None, time.time() - self.start)

@@ -5,15 +5,25 @@ with `PeftModel.from_pretrained(base, dir)` and by `text2sql merge`; `peft=full`
 `<run dir>/model/` (loadable with `AutoModelForCausalLM.from_pretrained`). Lightning checkpoints (for resuming)
 are trimmed to the trainable weights by `Text2SQLModule.on_save_checkpoint`; DeepSpeed checkpoints by
 `exclude_frozen_parameters` (see text2sql.model.strategy).
+
+Also what makes checkpoints safe to resume from: `AtomicCheckpointIO` (temp file + rename), `EvalCheckpoint` /
+`EvalEarlyStopping` (EX computed only every n-th epoch; last.ckpt every epoch) and `ExactResume` (per-batch
+random streams and a resumable training loader, so a resumed run equals an uninterrupted one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from text2sql.resume import CheckpointWriteError
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +71,196 @@ class ExportPretrained(pl.Callback):
         self.saved_to = export_pretrained(trainer, model, self.output_dir / sub, tokenizer)
         if self.saved_to is not None:
             log.info("saved the trained %s to %s", "adapter" if sub == self.adapter_subdir else "model", self.saved_to)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes `<name>.tmp` beside the target, fsyncs, then renames over it.
+
+    A kill or a full disk during a save leaves the previous `last.ckpt` whole (Lightning's own writer opens the
+    target itself, so an interrupted save leaves a truncated, unloadable file).
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if "://" in str(path):  # remote filesystems: fsspec has no rename-over; keep Lightning's writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")  # not *.ckpt: never taken for a checkpoint
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)
+            cause = _os_error(err)  # torch.save wraps a failed write in a RuntimeError from its zip writer
+            if cause is None:
+                raise
+            raise CheckpointWriteError(cause.errno, f"could not write checkpoint {path} ({cause.strerror or cause}); "
+                                       "the previous checkpoint is kept") from err
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    for _ in range(5):
+        if err is None or isinstance(err, OSError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _evaluated(trainer, monitor: str | None, every_n_epochs: int) -> bool:
+    """Whether `monitor` was computed in this epoch (Lightning keeps a stale value in callback_metrics)."""
+    return (trainer.current_epoch + 1) % max(every_n_epochs, 1) == 0 and (
+        monitor is None or monitor in trainer.callback_metrics)
+
+
+class EvalCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint for a metric computed every `eval_every_n_epochs` epochs (EX, `eval.every_n_epochs`).
+
+    On the other epochs there is nothing new to rank (the metric is absent, or a stale value from an earlier
+    epoch): the best-k step is skipped instead of raising. `last.ckpt` is written after every validation, so
+    a resumed run loses at most one epoch.
+    """
+
+    def __init__(self, *args, eval_every_n_epochs: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_every_n_epochs = eval_every_n_epochs
+
+    def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
+        if self.monitor is not None and not (_evaluated(trainer, self.monitor, self.eval_every_n_epochs)
+                                             and self.monitor in monitor_candidates):
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_anyway(trainer, at_train_epoch_end=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_anyway(trainer, at_train_epoch_end=True)
+
+    def _save_last_anyway(self, trainer, at_train_epoch_end: bool) -> None:
+        """Lightning 2.6 writes last.ckpt only when it wrote a best-k checkpoint; here: after every epoch."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
+                and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class EvalEarlyStopping(EarlyStopping):
+    """EarlyStopping counted in evaluations (epochs with the metric), not in epochs; `patience=None` is off."""
+
+    def __init__(self, monitor: str, patience: int | None = None, mode: str = "max", eval_every_n_epochs: int = 1,
+                 **kwargs):
+        super().__init__(monitor=monitor, patience=patience if patience is not None else 0, mode=mode, **kwargs)
+        self.enabled, self.eval_every_n_epochs = patience is not None, eval_every_n_epochs
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        if self.enabled and _evaluated(trainer, self.monitor, self.eval_every_n_epochs):
+            super()._run_early_stopping_check(trainer)
+
+
+def _derived_seed(*parts: int) -> int:
+    import numpy as np
+
+    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+def _reseed(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also every CUDA device
+
+
+class _SkipConsumed(torch.utils.data.Sampler):
+    """A batch sampler that starts each pass after the batches the epoch has already consumed.
+
+    That number is the loop's own count (0 at an epoch start, k after a resume from step k of the epoch), read
+    when the pass begins, i.e. after Lightning has restored its loop state.
+    """
+
+    def __init__(self, inner, consumed):
+        self.inner, self.consumed = inner, consumed
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        skip = self.consumed()
+        for i, batch in enumerate(self.inner):
+            if i >= skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+class _ResumableLoader(torch.utils.data.DataLoader):
+    """A single-process training DataLoader that a mid-epoch resume continues at its batch.
+
+    The order of batches is a function of (seed, epoch) (the sampler's `set_epoch`, ExactResume's seeds), so the
+    position is the number of batches the epoch has consumed, which the loop state already holds: nothing more
+    is saved (`state_dict` is empty; having it tells Lightning the loader is resumable).
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, trainer):
+        def consumed() -> int:
+            return trainer.fit_loop.epoch_loop.batch_progress.current.ready if trainer.training else 0
+
+        super().__init__(loader.dataset, batch_sampler=_SkipConsumed(loader.batch_sampler, consumed),
+                         collate_fn=loader.collate_fn, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                         worker_init_fn=loader.worker_init_fn, persistent_workers=loader.persistent_workers)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class ExactResume(pl.Callback):
+    """Makes the random numbers of every training batch a function of (seed, epoch, batch, rank).
+
+    Dropout and a shuffling sampler then draw the same numbers whether the process ran from the start or was
+    resumed from a checkpoint, at an epoch end or mid-epoch, whatever consumed random numbers in between
+    (model building, evaluation, dataloader iterators). On one device the training loader also becomes
+    resumable (Lightning's `state_dict` protocol), so a mid-epoch checkpoint (`every_n_train_steps`) resumes
+    at its batch instead of replaying the epoch's first batches. (Several ranks: Lightning's distributed
+    sampler, resumed at epoch ends.)
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        dm = trainer.datamodule
+        # only where no distributed sampler gets injected (several ranks, or DeepSpeed on one device)
+        sharded = getattr(trainer.strategy, "distributed_sampler_kwargs", None) is not None
+        if stage != "fit" or dm is None or trainer.world_size > 1 or sharded or trainer.overfit_batches \
+                or getattr(dm, "_resumable_loader", False):
+            return
+        make = dm.train_dataloader
+
+        def train_dataloader():
+            loader = make()
+            return _ResumableLoader(loader, trainer) if loader.batch_sampler is not None else loader
+
+        dm.train_dataloader, dm._resumable_loader = train_dataloader, True
+
+    def _epoch(self, trainer) -> None:
+        _reseed(_derived_seed(self.seed, trainer.current_epoch, -1, trainer.global_rank))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._epoch(trainer)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _reseed(_derived_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))

@@ -1,0 +1,106 @@
+"""Fault drills through `python train.py`: SIGKILL after a checkpoint then resume, and W&B online without network."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO_ROOT
+from text2sql.wandb_offline import read_run
+
+pytestmark = pytest.mark.slow
+
+# smoke-sized, and per-step logging so every step's loss and LR is in the W&B run
+SMALL = ["debug=smoke", "trainer.max_epochs=3", "seed=7", "trainer.limit_train_batches=4", "trainer.log_every_n_steps=1",
+         "eval.limit=8", "eval.max_new_tokens=24"]
+
+
+def _env(tmp_path, **extra):
+    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TEXT2SQL_CACHE": str(tmp_path / "cache"),
+            "OMP_NUM_THREADS": "1", **extra}
+
+
+def _train(tmp_path, *args, env=None, check=True):
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO_ROOT, env=env or _env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _steps(run_dir):
+    """{global_step: (train/loss, lr)} over every W&B offline run in the run dir."""
+    loss, lr = {}, {}
+    for run in sorted((run_dir / "wandb").glob("offline-run-*")):
+        for row in read_run(run)["history"]:
+            step = row.get("trainer/global_step")
+            if "train/loss" in row:
+                loss[step] = row["train/loss"]
+            if "lr-AdamW" in row:
+                lr[step] = row["lr-AdamW"]
+    return {s: (loss[s], lr.get(s)) for s in loss}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("shared")
+
+
+def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(cache):
+    whole, killed = cache / "whole", cache / "killed"
+    _train(cache, *SMALL, f"hydra.run.dir={whole}")
+
+    # the same run, SIGKILLed (with its W&B and evaluator processes) as soon as its first checkpoint exists
+    proc = subprocess.Popen([sys.executable, "train.py", *SMALL, f"hydra.run.dir={killed}"], cwd=REPO_ROOT,
+                            env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not (killed / "checkpoints" / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (killed / "adapter").exists()  # it really died before the end
+
+    resumed = _train(cache, f"ckpt_path={killed}")  # no overrides repeated: the run dir has them
+    assert f"run dir: {killed}" in resumed.stdout  # continued in its own dir, not a new one
+
+    a, b = json.loads((whole / "metrics.json").read_text()), json.loads((killed / "metrics.json").read_text())
+    assert [r["epoch"] for r in b["history"]] == [0, 1, 2] and b["status"] == "ok"
+    assert b["history"] == a["history"] and b["final"] == a["final"] and b["best"] == a["best"]
+    steps_a, steps_b = _steps(whole), _steps(killed)
+    assert len(steps_a) == 12 and steps_b  # the steps after the resume are all there
+    for step, (loss, lr) in steps_b.items():
+        assert steps_a[step] == (loss, lr), f"step {step}"
+    assert set(range(min(steps_b), 12)) <= set(steps_b)
+
+    # one W&B run: both processes logged under the id kept in the run dir
+    run_id = (killed / "wandb" / "run_id").read_text().strip()
+    runs = sorted((killed / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and {r.name.rsplit("-", 1)[1] for r in runs} == {run_id}
+    assert sorted(p.name for p in (killed / "predictions").glob("epoch_*.jsonl")) == [
+        "epoch_0.jsonl", "epoch_1.jsonl", "epoch_2.jsonl"]
+
+    again = _train(cache, f"ckpt_path={killed}")  # a finished run says so and trains nothing
+    assert "the run is finished" in again.stdout + again.stderr
+    assert json.loads((killed / "metrics.json").read_text())["history"] == a["history"]
+
+
+def test_wandb_online_without_network_warns_once_and_logs_offline(cache):
+    run_dir = cache / "no_network"
+    env = _env(cache, WANDB_MODE="online", WANDB_BASE_URL="http://127.0.0.1:9",  # loopback, nothing listens
+               WANDB_API_KEY="x" * 40, WANDB_INIT_TIMEOUT="3")
+    proc = _train(cache, "debug=smoke", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "eval.limit=4",
+                  "eval.max_new_tokens=16", f"hydra.run.dir={run_dir}", env=env)
+    output = proc.stdout + proc.stderr
+    warnings = [line for line in output.splitlines() if "W&B is unreachable" in line]
+    assert len(warnings) == 1, output[-3000:]
+    assert "Traceback" not in output
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "ok"
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    assert offline.name.endswith((run_dir / "wandb" / "run_id").read_text().strip())
+    assert any("train/loss" in row for row in read_run(offline)["history"])  # training was logged, offline
