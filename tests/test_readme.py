@@ -7,6 +7,7 @@ and a documented example that breaks fails `test_readme_example`. Each entry say
 - `Run`: executed from the repo root as written, with placeholders (`outputs/<date>/<time>`, a sweep dir, ...)
   replaced by the dirs of earlier examples and smoke overrides appended (Hydra: a later override wins), so it
   does the same thing on a few batches. `fails=` expects a one-line error instead (GPU-only, missing weights).
+- `Compose`: needs a cluster (SLURM): composed with `--cfg hydra` in place of `-m`, the launcher checked.
 - `Ci`: an install or test command that `.ci/run` itself performs (checked: `.ci/run` contains it).
 - `Synopsis`: a usage line with placeholders; every option it shows must exist in that verb's parser.
 - `Elsewhere`: needs what no CI machine has (a W&B account, a CUDA wheel index); the reason is required.
@@ -43,6 +44,13 @@ class Run:
     needs: tuple[str, ...] = ()        # placeholders filled from earlier examples' dirs
     spider: bool = False               # needs ../shared/spider (or SPIDER_DIR)
     timeout: int = 600
+
+
+@dataclass(frozen=True)
+class Compose:
+    """A cluster-only multirun (SLURM): composed with `--cfg hydra` instead of `-m`; `expect` is in the output."""
+
+    expect: str
 
 
 @dataclass(frozen=True)
@@ -107,9 +115,9 @@ EXAMPLES: dict[str, object] = {
     "python train.py -m sweep=optuna hydra.sweeper.n_trials=50 'peft.r=choice(8,16)'": Run(
         extra=SWEEP_SMOKE + ("hydra.sweeper.n_trials=1",)),
     "python train.py -m +launcher=slurm sweep=lora_grid model=codellama7b hardware=gpu hydra.launcher.partition=gpu":
-        Run(extra=("--cfg", "hydra")),
+        Compose("submitit_slurm"),
     "python train.py -m +launcher=slurm sweep=optuna hydra.sweeper.n_jobs=8 hydra.launcher.timeout_min=720":
-        Run(extra=("--cfg", "hydra")),
+        Compose("timeout_min: 720"),
     "text2sql report multirun/2026-11-25/14-03-12": Run(extra=(), needs=("sweep",)),
     "text2sql report multirun/2026-11-25/14-03-12 --metric val/ex_hard --top 5": Run(extra=(), needs=("sweep",)),
     "python train.py -m peft.r=4,16 optim.lr=5e-4,2e-3 trainer.max_epochs=3": Run(extra=SWEEP_SMOKE),
@@ -261,6 +269,15 @@ def _new_dir(before: set[Path], root: Path) -> Path | None:
 RUNNABLE = [c for c, how in EXAMPLES.items() if isinstance(how, Run)]
 
 
+@pytest.mark.parametrize("command", [c for c, how in EXAMPLES.items() if isinstance(how, Compose)])
+def test_cluster_example_composes(command: str):
+    words = [w for w in shlex.split(command) if w != "-m"]
+    proc = subprocess.run([sys.executable, *words[1:], "--cfg", "hydra"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert EXAMPLES[command].expect in proc.stdout, proc.stdout[-2000:]
+
+
 @pytest.fixture(scope="module")
 def provided() -> dict[str, Path]:
     return {}
@@ -282,7 +299,7 @@ def test_readme_example(command: str, provided: dict[str, Path]):
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode != 0, f"{command} should fail without CUDA/weights/data:\n{proc.stdout[-2000:]}"
         assert "Traceback" not in proc.stderr, f"{command}: a traceback instead of one line:\n{proc.stderr[-3000:]}"
-        assert lines and re.search(how.fails, lines[-1]), f"{command}: unexpected error:\n{proc.stderr[-2000:]}"
+        assert lines and re.search(how.fails, proc.stderr), f"{command}: unexpected error:\n{proc.stderr[-2000:]}"
     if how.provides:
         made = _new_dir(before, roots[1] if " -m " in command else roots[0])
         assert made is not None, f"{command} made no run dir"
