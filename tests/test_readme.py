@@ -1,0 +1,306 @@
+"""Every command the READMEs show works as typed: each one is run here, smoke-sized.
+
+The commands are read from the documents themselves (fenced shell blocks and inline code that starts like a
+command), so a new or changed example that is not in `EXAMPLES` fails `test_every_documented_command_is_known`,
+and a documented example that breaks fails `test_readme_example`. Each entry says how the command is checked:
+
+- `Run`: executed from the repo root as written, with placeholders (`outputs/<date>/<time>`, a sweep dir, ...)
+  replaced by the dirs of earlier examples and smoke overrides appended (Hydra: a later override wins), so it
+  does the same thing on a few batches. `fails=` expects a one-line error instead (GPU-only, missing weights).
+- `Compose`: needs a cluster (SLURM): composed with `--cfg hydra` in place of `-m`, the launcher checked.
+- `Ci`: an install or test command that `.ci/run` itself performs (checked: `.ci/run` contains it).
+- `Synopsis`: a usage line with placeholders; every option it shows must exist in that verb's parser.
+- `Elsewhere`: needs what no CI machine has (a W&B account, a CUDA wheel index); the reason is required.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "multirun/README.md", "bench/README.md")
+STARTS = ("python ", "text2sql ", "torchrun ", "bash ", "wandb ", "pip ", "srun ", "WANDB_MODE=", "SPIDER_DIR=",
+          "MODEL_PATH=", ". .venv")
+
+# Appended to every train.py example: a run of a few batches, a tiny EX subset, short generations.
+SMOKE = ("debug=smoke", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+         "data.train_limit=64", "data.val_loss_limit=8", "eval.limit=4", "eval.max_new_tokens=16")
+
+
+@dataclass(frozen=True)
+class Run:
+    extra: tuple[str, ...] = SMOKE     # appended arguments
+    env: tuple[tuple[str, str], ...] = ()
+    fails: str | None = None           # regex the one-line error must match; None: must exit 0
+    provides: str | None = None        # name under which later examples find this one's output dir
+    needs: tuple[str, ...] = ()        # placeholders filled from earlier examples' dirs
+    spider: bool = False               # needs ../shared/spider (or SPIDER_DIR)
+    timeout: int = 600
+
+
+@dataclass(frozen=True)
+class Compose:
+    """A cluster-only multirun (SLURM): composed with `--cfg hydra` instead of `-m`; `expect` is in the output."""
+
+    expect: str
+
+
+@dataclass(frozen=True)
+class Ci:
+    pass
+
+
+@dataclass(frozen=True)
+class Synopsis:
+    verb: str
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    why: str
+
+
+SWEEP_SMOKE = SMOKE + ("trainer.limit_val_batches=1",)
+
+# command as documented -> how it is checked. Order matters: `provides` before `needs`.
+EXAMPLES: dict[str, object] = {
+    # -- quick start / install (what .ci/run does itself)
+    "python -m venv .venv": Ci(),
+    ". .venv/bin/activate": Ci(),
+    "pip install torch==2.13.0": Ci(),
+    'pip install -e ".[dev,sweep]"': Ci(),
+    'pip install -e ".[sweep]"': Ci(),
+    'python -m pytest -m "not gpu"': Ci(),
+    "python -m pytest": Ci(),
+    "pip install torch --index-url https://download.pytorch.org/whl/cu124": Elsewhere(
+        "installs a CUDA build of torch from another index; CPU CI pins the CPU wheel instead"),
+    "python train.py": Run(provides="run"),
+    "python train.py debug=smoke": Run(),
+    # -- choosing what to run
+    "python train.py optim.lr=1e-3 peft.r=8 trainer.max_epochs=3": Run(),
+    "python train.py dataset=spider dataset.root=../shared/spider debug=smoke": Run(spider=True),
+    "python train.py eval.limit=200 eval.every_n_epochs=2": Run(extra=SMOKE + ("trainer.max_epochs=2",)),
+    "python train.py model=codellama13b peft=qlora4 dry_run=true": Run(extra=()),
+    "python train.py experiment=dbgpt_hub_codellama13b_lora dataset.root=/data/spider": Run(
+        extra=(), fails=r"(spider|Spider|/data/spider|model|weights|CUDA|GPU)"),
+    "python train.py ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt": Run(
+        extra=SMOKE + ("trainer.max_epochs=2",), needs=("run",)),
+    "python train.py model=nope": Run(extra=(), fails=r"model"),
+    "python train.py --cfg job": Run(extra=()),
+    # -- GPU box: fails in one line without CUDA
+    "python train.py model=codellama13b peft=qlora4 hardware=gpu dataset=spider dataset.root=/data/spider": Run(
+        extra=(), fails=r"(CUDA|GPU|spider|Spider)"),
+    # -- W&B
+    "wandb login": Elsewhere("needs a W&B account and network"),
+    "WANDB_MODE=online python train.py logger.wandb.project=my-text2sql logger.wandb.entity=my-team": Elsewhere(
+        "streams to a W&B server: needs an account and network"),
+    "wandb sync outputs/<date>/<time>/wandb/offline-run-*": Elsewhere("uploads to a W&B server"),
+    "wandb sync multirun/<date>/<time>/*/wandb/offline-run-*": Elsewhere("uploads to a W&B server"),
+    "python -c \"from text2sql.wandb_offline import read_run; print(read_run('DIR')['summary'])\"": Run(
+        extra=(), needs=("run",)),
+    # -- sweeps
+    "python train.py -m peft.r=8,16,64 optim.lr=1e-4,2e-4": Run(extra=SWEEP_SMOKE, provides="sweep"),
+    "python train.py -m sweep=lora_grid": Run(extra=SWEEP_SMOKE + ("peft.r=4", "peft.alpha=8", "optim.lr=2e-3")),
+    "python train.py -m sweep=lora_grid peft.r=4,8 debug=smoke": Run(extra=SWEEP_SMOKE + ("peft.alpha=8",
+                                                                                       "optim.lr=2e-3")),
+    "python train.py -m sweep=optuna": Run(extra=SWEEP_SMOKE + ("hydra.sweeper.n_trials=2",)),
+    "python train.py -m sweep=optuna hydra.sweeper.n_trials=50 'peft.r=choice(8,16)'": Run(
+        extra=SWEEP_SMOKE + ("hydra.sweeper.n_trials=1",)),
+    "python train.py -m +launcher=slurm sweep=lora_grid model=codellama7b hardware=gpu hydra.launcher.partition=gpu":
+        Compose("submitit_slurm"),
+    "python train.py -m +launcher=slurm sweep=optuna hydra.sweeper.n_jobs=8 hydra.launcher.timeout_min=720":
+        Compose("timeout_min: 720"),
+    "text2sql report multirun/2026-11-25/14-03-12": Run(extra=(), needs=("sweep",)),
+    "text2sql report multirun/2026-11-25/14-03-12 --metric val/ex_hard --top 5": Run(extra=(), needs=("sweep",)),
+    "python train.py -m peft.r=4,16 optim.lr=5e-4,2e-3 trainer.max_epochs=3": Run(extra=SWEEP_SMOKE),
+    "text2sql report": Run(extra=("--help",)),
+    # -- verbs
+    "text2sql --help": Run(extra=()),
+    "python -m text2sql --help": Run(extra=()),
+    "text2sql prepare --spider DIR --out OUT [--tokenizer TOK]": Synopsis("prepare"),
+    "text2sql predict --run RUN_DIR [--out pred.sql] [--evaluate]": Synopsis("predict"),
+    "text2sql evaluate --gold dev_gold.sql --pred pred.sql --db DB_DIR [--plug-value] [--keep-distinct] "
+    "[--test-suite] [--out verdicts.jsonl]": Synopsis("evaluate"),
+    "text2sql merge --adapter RUN_DIR/adapter --out MERGED": Synopsis("merge"),
+    "text2sql report MULTIRUN_DIR": Synopsis("report"),
+    # -- multirun/README.md prose
+    "python train.py -m ...": Synopsis("train"),
+    "python train.py ...": Synopsis("train"),
+    # -- bench/README.md
+    "python bench/bench_evaluate.py": Run(extra=("--limit", "60", "--repeat", "1"), spider=True),
+    "python bench/bench_predict.py": Run(extra=("--n", "8")),
+    "bash bench/gpu_smoke.sh": Run(extra=()),
+}
+
+PLACEHOLDERS = {  # documented path -> (provider, how to derive the real path from the provider's dir)
+    "outputs/<date>/<time>": ("run", lambda d: d),
+    "multirun/2026-11-25/14-03-12": ("sweep", lambda d: d),
+    "'DIR'": ("run", lambda d: repr(str(d))),
+}
+
+
+# -- reading the documents ----------------------------------------------------------------------------------------
+def _strip_comment(line: str) -> str:
+    """Drop a trailing `# comment` that is outside quotes."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip()
+    return line.rstrip()
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(doc, command) for every command in the documents, `&&` chains split into their parts."""
+    found: list[tuple[str, str]] = []
+    for doc in DOCS:
+        text = (REPO / doc).read_text(encoding="utf-8")
+        in_block, lang, pending = False, "", ""
+        for raw in text.splitlines():
+            fence = re.match(r"^\s*```(\w*)", raw)
+            if fence:
+                in_block, lang = (not in_block), fence.group(1)
+                continue
+            if in_block:
+                if lang not in ("bash", "sh", "shell", "console"):
+                    continue
+                line = pending + _strip_comment(raw.strip())
+                if line.endswith("\\"):
+                    pending = line[:-1].rstrip() + " "
+                    continue
+                pending = ""
+                if line and not line.startswith("#"):
+                    found += [(doc, part.strip()) for part in line.split(" && ")]
+                continue
+            for span in re.findall(r"`([^`\n]+)`", raw):
+                if span.startswith(STARTS) and not re.fullmatch(r"[A-Z_]+=\S*", span):  # not a bare VAR=x
+                    found.append((doc, span.strip()))
+    return found
+
+
+def test_every_documented_command_is_known():
+    """A README example nobody maps here is an example nobody runs: add it to EXAMPLES with how to check it."""
+    commands = {c for _, c in documented_commands()}
+    unknown = sorted(commands - set(EXAMPLES))
+    assert not unknown, "README commands with no entry in tests/test_readme.py EXAMPLES:\n" + "\n".join(unknown)
+    stale = sorted(set(EXAMPLES) - commands)
+    assert not stale, "EXAMPLES entries no README shows any more:\n" + "\n".join(stale)
+
+
+def test_ci_runs_the_install_and_test_commands():
+    """`.ci/run` performs the README's install and test commands (its venv path and quiet flags aside)."""
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    ci = re.sub(r'"?\$VENV"?', ".venv", ci).replace("$PY ", "python ").replace(" -q", "").replace('"', "")
+    for command, how in EXAMPLES.items():
+        if isinstance(how, Ci):
+            extras = re.fullmatch(r'pip install -e "\.\[([\w,]+)\]"', command)
+            if extras:  # the package with these extras: .ci/run installs it with at least these
+                ci_extras = re.search(r"pip install -e \.\[([\w,]+)\]", ci)
+                assert ci_extras and set(extras[1].split(",")) <= set(ci_extras[1].split(",")), command
+                continue
+            words = command.replace('"', "").split()
+            if words[0] == "pip":  # .ci/run calls pip through the venv's python
+                words = ["python", "-m", *words]
+            assert " ".join(words) in ci, f"{command!r} is not what .ci/run does"
+
+
+def test_synopses_name_real_options():
+    for command, how in EXAMPLES.items():
+        if not isinstance(how, Synopsis) or how.verb == "train":
+            continue
+        proc = subprocess.run([sys.executable, "-m", "text2sql", how.verb, "--help"], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        for option in re.findall(r"(--[a-z][\w-]*)", command):
+            assert option in proc.stdout, f"{command!r}: `text2sql {how.verb}` has no {option}"
+
+
+def test_elsewhere_says_why():
+    for command, how in EXAMPLES.items():
+        if isinstance(how, Elsewhere):
+            assert len(how.why) > 10, command
+
+
+# -- running them ---------------------------------------------------------------------------------------------------
+def _spider_dir() -> Path | None:
+    for candidate in (os.environ.get("SPIDER_DIR"), str(REPO.parent / "shared" / "spider")):
+        if candidate and (Path(candidate) / "dev.json").is_file():
+            return Path(candidate)
+    return None
+
+
+def _argv(command: str, how: Run, provided: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
+    for placeholder, (name, derive) in PLACEHOLDERS.items():
+        if placeholder in command:
+            if name not in provided:
+                pytest.skip(f"needs the output of the example that provides {name!r}, which did not run")
+            command = command.replace(placeholder, str(derive(provided[name])))
+    env = dict(os.environ)
+    words = shlex.split(command)
+    while words and re.match(r"^[A-Z_]+=", words[0]):
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    env.update(dict(how.env))
+    env.setdefault("PYTHON", sys.executable)  # scripts under bench/ call $PYTHON
+    if words[0] == "python":
+        words[0] = sys.executable
+    elif words[0] == "text2sql":
+        words = [sys.executable, "-m", "text2sql", *words[1:]]
+    return words + list(how.extra), env
+
+
+def _new_dir(before: set[Path], root: Path) -> Path | None:
+    after = {p for p in root.glob("*/*") if p.is_dir()}
+    new = sorted(after - before, key=lambda p: p.stat().st_mtime)
+    return new[-1] if new else None
+
+
+RUNNABLE = [c for c, how in EXAMPLES.items() if isinstance(how, Run)]
+
+
+@pytest.mark.parametrize("command", [c for c, how in EXAMPLES.items() if isinstance(how, Compose)])
+def test_cluster_example_composes(command: str):
+    words = [w for w in shlex.split(command) if w != "-m"]
+    proc = subprocess.run([sys.executable, *words[1:], "--cfg", "hydra"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert EXAMPLES[command].expect in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.fixture(scope="module")
+def provided() -> dict[str, Path]:
+    return {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", RUNNABLE)
+def test_readme_example(command: str, provided: dict[str, Path]):
+    how: Run = EXAMPLES[command]
+    if how.spider and _spider_dir() is None:
+        pytest.skip("real Spider not found (SPIDER_DIR or ../shared/spider)")
+    argv, env = _argv(command, how, provided)
+    roots = [REPO / "outputs", REPO / "multirun"]
+    before = {p for root in roots for p in root.glob("*/*") if p.is_dir()}
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=how.timeout)
+    if how.fails is None:
+        assert proc.returncode == 0, f"{command}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+    else:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode != 0, f"{command} should fail without CUDA/weights/data:\n{proc.stdout[-2000:]}"
+        assert "Traceback" not in proc.stderr, f"{command}: a traceback instead of one line:\n{proc.stderr[-3000:]}"
+        assert lines and re.search(how.fails, proc.stderr), f"{command}: unexpected error:\n{proc.stderr[-2000:]}"
+    if how.provides:
+        made = _new_dir(before, roots[1] if " -m " in command else roots[0])
+        assert made is not None, f"{command} made no run dir"
+        provided[how.provides] = made
