@@ -10,6 +10,7 @@ and a documented example that breaks fails `test_readme_example`. Each entry say
 - `Compose`: needs a cluster (SLURM): composed with `--cfg hydra` in place of `-m`, the launcher checked.
 - `Ci`: an install or test command that `.ci/run` itself performs (checked: `.ci/run` contains it).
 - `Synopsis`: a usage line with placeholders; every option it shows must exist in that verb's parser.
+- `Covered`: a multi-process run or a benchmark that the named test already runs smoke-sized (checked: it exists).
 - `Elsewhere`: needs what no CI machine has (a W&B account, a CUDA wheel index); the reason is required.
 """
 
@@ -54,6 +55,13 @@ class Compose:
 
 
 @dataclass(frozen=True)
+class Covered:
+    """Too costly to run twice in CI (several processes, a benchmark): the named test runs it, smoke-sized."""
+
+    test: str  # "tests/file.py::test_name"
+
+
+@dataclass(frozen=True)
 class Ci:
     pass
 
@@ -91,8 +99,11 @@ EXAMPLES: dict[str, object] = {
     "python train.py model=codellama13b peft=qlora4 dry_run=true": Run(extra=()),
     "python train.py experiment=dbgpt_hub_codellama13b_lora dataset.root=/data/spider": Run(
         extra=(), fails=r"(spider|Spider|/data/spider|model|weights|CUDA|GPU)"),
-    "python train.py ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt": Run(
-        extra=SMOKE + ("trainer.max_epochs=2",), needs=("run",)),
+    "python train.py ckpt_path=outputs/<date>/<time>": Run(extra=SMOKE + ("trainer.max_epochs=2",), needs=("run",)),
+    "python train.py ckpt_path=outputs/<date>/<time> trainer.max_epochs=12": Run(
+        extra=SMOKE + ("trainer.max_epochs=3",), needs=("run",)),
+    "python train.py ckpt_path=RUN_DIR": Synopsis("train"),
+    "python train.py hydra.run.dir=outputs/<date>/<time> resume=auto": Run(needs=("run",)),
     "python train.py model=nope": Run(extra=(), fails=r"model"),
     "python train.py --cfg job": Run(extra=()),
     # -- GPU box: fails in one line without CUDA
@@ -102,8 +113,23 @@ EXAMPLES: dict[str, object] = {
     "wandb login": Elsewhere("needs a W&B account and network"),
     "WANDB_MODE=online python train.py logger.wandb.project=my-text2sql logger.wandb.entity=my-team": Elsewhere(
         "streams to a W&B server: needs an account and network"),
-    "wandb sync outputs/<date>/<time>/wandb/offline-run-*": Elsewhere("uploads to a W&B server"),
-    "wandb sync multirun/<date>/<time>/*/wandb/offline-run-*": Elsewhere("uploads to a W&B server"),
+    "wandb sync": Elsewhere("uploads to a W&B server"),
+    "text2sql sync": Run(extra=("--help",)),
+    "text2sql sync multirun/<date>/<time>": Synopsis("sync"),
+    "text2sql sync RUN_OR_MULTIRUN_DIR [--dry-run]": Synopsis("sync"),
+    "text2sql sync multirun/2026-11-25/14-03-12 --dry-run": Run(extra=(), needs=("sweep",)),
+    "text2sql sync multirun/2026-11-25/14-03-12 --entity my-team --project text2sql": Elsewhere(
+        "uploads to a W&B server (the --dry-run form above runs here)"),
+    "text2sql dashboard": Run(extra=("--help",)),
+    "text2sql dashboard --entity E --project P [--sweep-dir DIR \\| --sweep-group G --swept KEY...] [--print [FILE]]":
+        Synopsis("dashboard"),
+    "text2sql dashboard --entity my-team --project text2sql": Run(extra=("--print", "/dev/null")),
+    "text2sql dashboard --entity my-team --project text2sql --sweep-dir multirun/2026-11-25/14-03-12": Run(
+        extra=("--print", "/dev/null"), needs=("sweep",)),
+    "text2sql dashboard --entity my-team --project text2sql --sweep-group 2026-11-25_14-03-12 --swept peft.r optim.lr "
+    "--print docs/wandb_workspace.json --sketch docs/wandb_workspace.png": Covered("tests/test_dashboard.py"),
+    "text2sql predict --adapter my-team/text2sql/adapter-3rti8oze:best --evaluate": Elsewhere(
+        "downloads a W&B artifact: needs an account (tests/test_wandb_run.py fakes the API)"),
     "python -c \"from text2sql.wandb_offline import read_run; print(read_run('DIR')['summary'])\"": Run(
         extra=(), needs=("run",)),
     # -- sweeps
@@ -114,6 +140,19 @@ EXAMPLES: dict[str, object] = {
     "python train.py -m sweep=optuna": Run(extra=SWEEP_SMOKE + ("hydra.sweeper.n_trials=2",)),
     "python train.py -m sweep=optuna hydra.sweeper.n_trials=50 'peft.r=choice(8,16)'": Run(
         extra=SWEEP_SMOKE + ("hydra.sweeper.n_trials=1",)),
+    "SPIDER_DIR=/data/spider python train.py model=codellama13b peft=qlora4": Run(extra=(), fails=r"(Spider|spider)"),
+    "SPIDER_DIR=/data/spider python train.py experiment=dbgpt_hub_codellama13b_lora": Run(
+        extra=(), fails=r"(Spider|spider|CUDA|GPU)"),
+    "SPIDER_DIR=/data/spider python train.py experiment=dbgpt_hub_codellama13b_qlora4": Run(
+        extra=(), fails=r"(Spider|spider|CUDA|GPU)"),
+    "python train.py experiment=dbgpt_hub_codellama13b_lora dry_run=true": Run(extra=()),
+    "python train.py model=tiny_codellama dataset=spider dataset.root=../shared/spider debug=smoke": Covered(
+        "tests/test_tiny_codellama.py"),
+    "python train.py hardware=deepspeed_zero2_cpu hardware.zero_stage=3 hardware.devices=2 debug=smoke": Covered(
+        "tests/test_ranks_slow.py"),
+    "torchrun --standalone --nproc_per_node 2 train.py hardware=cpu hardware.devices=2 debug=smoke": Covered(
+        "tests/test_ranks_slow.py"),
+    "bench/gpu_acceptance.sh": Covered("tests/test_auto_gpu_acceptance.py"),
     "python train.py -m +launcher=slurm sweep=lora_grid model=codellama7b hardware=gpu hydra.launcher.partition=gpu":
         Compose("submitit_slurm"),
     "python train.py -m +launcher=slurm sweep=optuna hydra.sweeper.n_jobs=8 hydra.launcher.timeout_min=720":
@@ -127,22 +166,33 @@ EXAMPLES: dict[str, object] = {
     "python -m text2sql --help": Run(extra=()),
     "text2sql prepare --spider DIR --out OUT [--tokenizer TOK]": Synopsis("prepare"),
     "text2sql predict --run RUN_DIR [--out pred.sql] [--evaluate]": Synopsis("predict"),
-    "text2sql evaluate --gold dev_gold.sql --pred pred.sql --db DB_DIR [--plug-value] [--keep-distinct] "
-    "[--test-suite] [--out verdicts.jsonl]": Synopsis("evaluate"),
+    "text2sql evaluate --gold dev_gold.sql --pred pred.sql --db DB_DIR [--etype exec\\|match\\|all] [--plug-value] "
+    "[--keep-distinct] [--test-suite] [--questions dev.json] [--out verdicts.jsonl]": Synopsis("evaluate"),
+    "text2sql predict --checkpoint RUN/checkpoints/last.ckpt": Covered("tests/test_predict.py"),
+    "text2sql report DIR --metric val/ex_hrad": Run(extra=(), fails=r"unknown metric", needs=("sweep",)),
+    "text2sql VERB: error: ...": Synopsis("prepare"),
     "text2sql merge --adapter RUN_DIR/adapter --out MERGED": Synopsis("merge"),
     "text2sql report MULTIRUN_DIR": Synopsis("report"),
     # -- multirun/README.md prose
     "python train.py -m ...": Synopsis("train"),
     "python train.py ...": Synopsis("train"),
     # -- bench/README.md
-    "python bench/bench_evaluate.py": Run(extra=("--limit", "60", "--repeat", "1"), spider=True),
-    "python bench/bench_predict.py": Run(extra=("--n", "8")),
-    "bash bench/gpu_smoke.sh": Run(extra=()),
+    "python bench/bench_evaluate.py --spider /work/shared/spider --json bench/results/bench_evaluate.json": Covered(
+        "tests/test_match.py"),
+    "python bench/bench_startup_errors.py": Covered("tests/test_config_schema.py"),
+    "python bench/eval_cost.py": Covered("tests/test_throughput.py"),
+    "python bench/bench_predict.py": Run(extra=("--n", "4")),
+    "bash bench/gpu_smoke.sh": Run(extra=(), fails=r"needs a CUDA GPU"),
+    "python bench/make_readme.py": Run(extra=("--out", "/dev/null")),
+    "python bench/ranks_ex.py RUN": Covered("tests/test_ranks_slow.py"),
+    "python bench/train_throughput.py --once hf_default,ours_full_head,ours_packed --steps 12 --warmup 2": Covered(
+        "tests/test_throughput.py"),
 }
 
 PLACEHOLDERS = {  # documented path -> (provider, how to derive the real path from the provider's dir)
     "outputs/<date>/<time>": ("run", lambda d: d),
     "multirun/2026-11-25/14-03-12": ("sweep", lambda d: d),
+    "DIR --metric": ("sweep", lambda d: f"{d} --metric"),
     "'DIR'": ("run", lambda d: repr(str(d))),
 }
 
@@ -224,6 +274,12 @@ def test_synopses_name_real_options():
         assert proc.returncode == 0, proc.stderr
         for option in re.findall(r"(--[a-z][\w-]*)", command):
             assert option in proc.stdout, f"{command!r}: `text2sql {how.verb}` has no {option}"
+
+
+def test_covering_tests_exist():
+    for command, how in EXAMPLES.items():
+        if isinstance(how, Covered):
+            assert (REPO / how.test.split("::")[0]).is_file(), f"{command}: {how.test} does not exist"
 
 
 def test_elsewhere_says_why():

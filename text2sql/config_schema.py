@@ -49,6 +49,7 @@ class DataSchema:
     eval_batch_size: int = 16
     num_workers: int = 0
     group_by_length: bool = True
+    packing: bool = False
     train_limit: Optional[int] = None
     val_loss_limit: Optional[int] = None
     seed: int = 0
@@ -63,6 +64,7 @@ class EvalSchema:
     max_new_tokens: int = 128
     timeout: float = 30.0
     workers: Optional[int] = None
+    exact_match: bool = True
 
 
 @dataclass
