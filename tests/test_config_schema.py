@@ -119,7 +119,7 @@ def test_user_errors_are_caught_before_torch_is_imported(tmp_path):
     for overrides, needle in ((["dataset=spider", f"dataset.root={tmp_path}/nope"], "Spider directory not found"),
                               (["peft.r=0"], "peft.r=0 must be >= 1"),
                               (["model.recommended.lr=abc"], "optim.lr:")):
-        proc = subprocess.run([sys.executable, "-c", probe, *overrides, "logger=none", f"hydra.run.dir={tmp_path}/r"],
+        proc = subprocess.run([sys.executable, "-c", probe, *overrides, "logger=none", "hardware=cpu", f"hydra.run.dir={tmp_path}/r"],
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
                               env={**ENV, "TEXT2SQL_CACHE": str(tmp_path / "cache")})
         assert "torch imported: False False" in proc.stdout, proc.stdout + proc.stderr
