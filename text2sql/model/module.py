@@ -36,6 +36,7 @@ class Text2SQLModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only trainable weights (the adapter) in `state_dict`; optimizer/scheduler/loop state stay."""
+        checkpoint["loss_scale"] = self._loss_scale  # a resumed run returns the same loss values
         state = checkpoint.get("state_dict")
         if self.strict_loading or state is None:
             return
@@ -45,6 +46,7 @@ class Text2SQLModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Loading is non-strict for the frozen base, so check that every trainable weight is really there."""
+        self._loss_scale = checkpoint.get("loss_scale", self._loss_scale)
         state = checkpoint.get("state_dict")
         if state is None or self.strict_loading:
             return
