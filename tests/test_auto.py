@@ -153,9 +153,9 @@ def test_design_card_without_spider_stops_in_one_line(tmp_path):
 # ---- 3. offline fails fast ---------------------------------------------------------------------------------------
 
 def test_unreachable_hub_without_cache_is_one_line_in_seconds(tmp_path):
-    spider = tmp_path / "spider"  # the dataset dir is only opened lazily: the model check comes first
-    spider.mkdir()
-    proc, _ = _train(tmp_path, "model=codellama7b", f"dataset.root={spider}", "logger=none",
+    # a small generated dataset (data is checked first, before torch); then the model check must stop the run
+    proc, _ = _train(tmp_path, "model=codellama7b", "dataset=sample", "dataset.n_train=40", "dataset.n_dev=8",
+                     f"paths.cache_dir={tmp_path / 'cache'}", "logger=none",
                      f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
