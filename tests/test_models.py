@@ -129,9 +129,10 @@ def test_missing_model_path_is_one_line(tmp_path):
     missing = tmp_path / "no_such_model"
     env = {**os.environ, "TEXT2SQL_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
            "HF_HOME": str(tmp_path / "hf")}
-    # codellama7b reads Spider; its dir is only opened after the model check, so any existing dir will do
+    # data is checked first (before torch): give it a small generated sample, then the model check must stop it
     proc = subprocess.run([sys.executable, "train.py", "model=codellama7b", f"model.path={missing}", "logger=none",
-                           f"dataset.root={tmp_path}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                           "dataset=sample", "dataset.n_train=40", "dataset.n_dev=8",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                           env=env)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
