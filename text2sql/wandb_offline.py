@@ -42,9 +42,10 @@ def _records(data: bytes):
 
 
 def run_file(run_dir: str | Path) -> Path:
-    """The `.wandb` file of an offline run dir (or of the newest run under a `wandb/` dir)."""
+    """The `.wandb` file of an offline run dir (or of the newest run under a `wandb/` dir or a training run dir)."""
     run_dir = Path(run_dir)
-    files = sorted(run_dir.glob("run-*.wandb")) or sorted(run_dir.glob("*run-*/run-*.wandb"))
+    files = (sorted(run_dir.glob("run-*.wandb")) or sorted(run_dir.glob("*run-*/run-*.wandb"))
+             or sorted(run_dir.glob("wandb/*run-*/run-*.wandb")))
     if not files:
         raise FileNotFoundError(f"no run-*.wandb file under {run_dir}")
     return files[-1]
