@@ -131,7 +131,9 @@ EXAMPLES: dict[str, object] = {
     "python -c \"from text2sql.wandb_offline import read_run; print(read_run('DIR')['summary'])\"": Run(
         extra=(), needs=("run",)),
     # -- sweeps
-    "python train.py -m peft.r=8,16,64 optim.lr=1e-4,2e-4": Run(extra=SWEEP_SMOKE, provides="sweep"),
+    # its sweep dir feeds the report examples: 32 dev questions so every hardness level (val/ex_hard) is present
+    "python train.py -m peft.r=8,16,64 optim.lr=1e-4,2e-4": Run(extra=SWEEP_SMOKE + ("eval.limit=32",),
+                                                                  provides="sweep"),
     "python train.py -m sweep=lora_grid": Run(extra=SWEEP_SMOKE + ("peft.r=4", "peft.alpha=8", "optim.lr=2e-3")),
     "python train.py -m sweep=lora_grid peft.r=4,8 debug=smoke": Run(extra=SWEEP_SMOKE + ("peft.alpha=8",
                                                                                        "optim.lr=2e-3")),
