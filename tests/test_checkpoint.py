@@ -166,47 +166,44 @@ def test_full_finetune_exports_a_whole_model(setup, tmp_path):
 # Each drill runs in a forked child, so the file size limit and the kill stay there.
 
 
-def _save_under_a_file_size_limit(path, queue):
-    import resource
-    import signal
+_FULL_DISK = """
+import resource, signal, sys, torch
+from text2sql.model.checkpoint import AtomicCheckpointIO
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit: EFBIG, as ENOSPC on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+try:
+    AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.ones(100_000)}, sys.argv[1])  # 400 kB: does not fit
+    print("saved")
+except OSError as err:
+    print(f"{type(err).__name__}: {err}")
+"""
 
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit: EFBIG, as ENOSPC on a full disk
-    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-    try:
-        AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.ones(100_000)}, path)  # 400 kB: does not fit
-        queue.put("saved")
-    except OSError as err:
-        queue.put(f"{type(err).__name__}: {err}")
-
-
-def _killed_during_save(path):
-    import os
-    import signal
-
-    def dying_save(obj, f, *args, **kwargs):  # SIGKILL half way through the write
-        f.write(b"\x80\x02 half a checkpoint")
-        f.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    torch.save = dying_save
-    AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.ones(10)}, path)
+_KILLED = """
+import os, signal, sys, torch
+from text2sql.model.checkpoint import AtomicCheckpointIO
+def dying_save(obj, f, *args, **kwargs):  # SIGKILL half way through the write
+    f.write(b"\\x80\\x02 half a checkpoint")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.ones(10)}, sys.argv[1])
+"""
 
 
-def _in_child(target, *args):
-    import multiprocessing
+def _in_child(code, path):
+    """A fresh interpreter (not a fork of this threaded one, which can deadlock), bounded in time."""
+    import subprocess
+    import sys
 
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=target, args=(*args, queue) if target is _save_under_a_file_size_limit else args)
-    child.start()
-    child.join(120)
-    return child.exitcode, (queue.get(timeout=5) if target is _save_under_a_file_size_limit else None)
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    return proc.returncode, (lines[-1] if lines else proc.stderr[-500:])
 
 
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path):
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.zeros(10)}, path)
-    code, message = _in_child(_save_under_a_file_size_limit, path)
+    code, message = _in_child(_FULL_DISK, path)
     assert code == 0 and message.startswith("CheckpointWriteError") and "previous checkpoint is kept" in message
     assert torch.load(path, weights_only=False)["step"] == 1
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
@@ -215,7 +212,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path):
 def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.zeros(10)}, path)
-    code, _ = _in_child(_killed_during_save, path)
+    code, _ = _in_child(_KILLED, path)
     assert code == -9
     assert torch.load(path, weights_only=False)["step"] == 1
     assert (tmp_path / ".last.ckpt.tmp").exists()  # the half-written file is beside it (same filesystem: rename)
