@@ -322,7 +322,8 @@ def _new_dir(before: set[Path], root: Path) -> Path | None:
     return new[-1] if new else None
 
 
-RUNNABLE = [c for c, how in EXAMPLES.items() if isinstance(how, Run)]
+# examples that need another's output dir run after every provider (a stable sort keeps the README's order otherwise)
+RUNNABLE = sorted((c for c, how in EXAMPLES.items() if isinstance(how, Run)), key=lambda c: bool(EXAMPLES[c].needs))
 
 
 @pytest.mark.parametrize("command", [c for c, how in EXAMPLES.items() if isinstance(how, Compose)])
