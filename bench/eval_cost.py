@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from benchjson import write_json  # noqa: E402
-from train_throughput import Meter, _setup, run_ours, spider_dir  # noqa: E402
+from train_throughput import Meter, _setup, chosen_workloads, run_ours  # noqa: E402
 
 
 def measure(workload: str, args) -> dict:
@@ -109,13 +109,7 @@ def main(argv=None) -> int:
 
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
-    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    if "spider" in workloads:
-        found = spider_dir(args.spider)
-        if found is None:
-            print("skip spider: real Spider not found (--spider DIR, SPIDER_DIR or ../shared/spider)")
-            workloads.remove("spider")
-        args.spider = str(found) if found else None
+    workloads = chosen_workloads(args)
     if not workloads or any(w not in ("sample", "spider") for w in workloads):
         raise SystemExit(f"error: workloads must be sample and/or spider, got {args.workloads!r}")
     rows = {w: measure(w, args) for w in workloads}

@@ -56,6 +56,19 @@ def spider_dir(arg: str | None) -> Path | None:
 
 # ------------------------------------------------------------------------------------------------ one side
 
+
+def chosen_workloads(args) -> list[str]:
+    """The workloads named in `--workloads`; spider is dropped (with a line) when no Spider copy is found, and
+    `args.spider` becomes the dir found (or None)."""
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if "spider" in workloads:
+        found = spider_dir(args.spider)
+        if found is None:
+            print("skip spider: real Spider not found (--spider DIR, SPIDER_DIR or ../shared/spider)")
+            workloads.remove("spider")
+        args.spider = str(found) if found else None
+    return workloads
+
 def _setup(workload: str, spider: str | None, batch_size: int, train_limit: int | None, packing: bool | None,
            extra: list[str] = ()):
     """(cfg, datamodule, tokenizer, model_path): the project's own config, data and tiny model for `workload`."""
@@ -296,13 +309,7 @@ def main(argv=None) -> int:
         child(args)
         return 0
 
-    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    if "spider" in workloads:
-        found = spider_dir(args.spider)
-        if found is None:
-            print("skip spider: real Spider not found (--spider DIR, SPIDER_DIR or ../shared/spider)")
-            workloads.remove("spider")
-        args.spider = str(found) if found else None
+    workloads = chosen_workloads(args)
     bad = [w for w in workloads if w not in ("sample", "spider")]
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     once = [s.strip() for s in args.once.split(",") if s.strip()]
