@@ -3,7 +3,7 @@
 Checks, in order, each a real `python train.py ...` run (Hydra config, loading, PEFT, strategy, Lightning, the EX
 callback, checkpoints, export), and one `text2sql merge`:
 
-  lora / qlora4 / qlora8      one GPU (hardware=gpu)
+  lora / qlora4 / qlora8      one GPU (hardware=gpu; qlora4 gives no hardware=: hardware=auto must choose gpu)
   zero2 / zero3               DeepSpeed ZeRO-2 / ZeRO-3 over all visible GPUs
   ex64                        generation + the EX callback on 64 Spider dev examples
   resume                      a second epoch from the lora run's checkpoints/last.ckpt
@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from benchjson import write_json  # noqa: E402
 CHECKS = ("lora", "qlora4", "qlora8", "zero2", "zero3", "ex64", "resume", "merge")
 
 
@@ -102,7 +104,7 @@ def plan(args, model_dir: str, gpus: int, out: Path) -> list[tuple[str, list[str
     lora_ckpt = out / "lora" / "checkpoints" / "last.ckpt"
     return [
         ("lora", run("lora", "peft=lora", "hardware=gpu")),
-        ("qlora4", run("qlora4", "peft=qlora4", "hardware=gpu")),
+        ("qlora4", run("qlora4", "peft=qlora4")),  # the design-card command: hardware=auto must pick the GPU
         ("qlora8", run("qlora8", "peft=qlora8", "hardware=gpu")),
         ("zero2", run("zero2", "peft=lora", "hardware=deepspeed_zero2", every)),
         ("zero3", run("zero3", "peft=lora", "hardware=deepspeed_zero3", every)),
@@ -121,17 +123,18 @@ def build_random_model(out_dir: Path, layers: int, preset: str) -> str:
     from omegaconf import OmegaConf
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from text2sql.data.datasets import corpus
+    from text2sql.data.datasets import InstructionDataset, corpus
     from text2sql.data.sample import ensure_sample
-    from text2sql.data.spider import SpiderDataset
     from text2sql.model.llama_tokenizer import train_llama_tokenizer
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train",
                       overrides=[f"model={preset}", f"model.architecture.num_hidden_layers={layers}"])
     arch = OmegaConf.to_container(cfg.model.architecture, resolve=True)
+    # CodeLlama presets give the vocab in the architecture; the CPU stand-in (tiny_codellama) as a build bound
+    arch.setdefault("vocab_size", OmegaConf.select(cfg, "model.build.vocab_size"))
     spider = spider_root()
-    dataset = SpiderDataset(spider or ensure_sample(str(out_dir.parent / "sample"), seed=0, n_train=3000, n_dev=200))
+    dataset = InstructionDataset(spider or ensure_sample(str(out_dir.parent / "sample"), seed=0, n_train=3000, n_dev=200))
     tokenizer = train_llama_tokenizer(corpus(dataset, "train"), arch["vocab_size"])
     tokenizer.add_special_tokens({"additional_special_tokens": [
         f"<unused_{i}>" for i in range(arch["vocab_size"] - len(tokenizer))]})
@@ -155,6 +158,8 @@ def read_result(name: str, out: Path, proc: subprocess.CompletedProcess, wall: f
         row["ok"] = row["ok"] and record["status"] == "ok"
         if name == "resume":  # the second epoch ran on top of the restored first one
             row["ok"] = row["ok"] and any(r.get("epoch") == 1 for r in record["history"])
+        if name == "qlora4":  # no hardware= given: the default, hardware=auto, must have chosen the GPU preset
+            row["ok"] = row["ok"] and "hardware=auto chose gpu" in (proc.stdout or "") + (proc.stderr or "")
         if name == "ex64":
             preds = out / name / "predictions" / "epoch_0.jsonl"
             row["ok"] = row["ok"] and preds.is_file() and len(preds.read_text().splitlines()) == 64
@@ -164,6 +169,17 @@ def read_result(name: str, out: Path, proc: subprocess.CompletedProcess, wall: f
         tail = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
         row["error"] = tail[-1][:300] if tail else f"exit {proc.returncode}"
     return row
+
+
+def summary(rows: list[dict]) -> dict:
+    """The bench/README.md row: which checks passed, and the lora step's speed and memory."""
+    passed = [r["check"] for r in rows if r["ok"]]
+    failed = [r["check"] for r in rows if not r["ok"]]
+    lora = next((r for r in rows if r["check"] == "lora" and r["step_s"]), None)
+    return {"compares": "the production path (train.py, merge) on one CUDA box: " + ", ".join(r["check"] for r in rows),
+            "ours": f"{len(passed)}/{len(rows)} passed" + (f" (failed: {', '.join(failed)})" if failed else "") + (
+                f"; lora {lora['step_s']:.3f} s/step, {lora['peak_mem_gib']:.2f} GiB" if lora else ""),
+            "baseline": "—"}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -190,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run dirs and gpu_acceptance.json go here")
     ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(CHECKS)}")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per check")
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "gpu_acceptance.json"),
+                    help="the bench/README.md record ('' for none)")
     args = ap.parse_args(argv)
 
     import torch
@@ -222,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     path = os.pathsep.join([str(REPO / "bench"), str(REPO), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path,
            "WANDB_MODE": "offline", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    rows = []
+    rows, report = [], {}
     for name, cmd in steps:
         if name != "merge":
             shutil.rmtree(out / name, ignore_errors=True)
@@ -234,10 +252,17 @@ def main(argv: list[str] | None = None) -> int:
             proc = subprocess.CompletedProcess(cmd, 124, "", f"timed out after {args.timeout} s")
         rows.append(read_result(name, out, proc, time.monotonic() - start))
         (out / f"{name}.log").write_text((proc.stdout or "") + (proc.stderr or ""))
-    report = {"gpu": torch.cuda.get_device_name(0), "gpus": gpus, "torch": torch.__version__, "model": model_dir,
-              "layers": None if args.model_path else args.layers, "data": spider_root() or "sample",
-              "steps": args.steps, "batch_size": args.batch_size, "checks": rows}
-    (out / "gpu_acceptance.json").write_text(json.dumps(report, indent=2) + "\n")
+        row = rows[-1]  # one line per check as it ends, and the JSON so far: a run cut short still reports
+        print(f"[{name}] {'PASS' if row['ok'] else 'FAIL'} in {row['wall_s']} s" +
+              (f": {row['error']}" if row["error"] else ""), flush=True)
+        report = {"gpu": torch.cuda.get_device_name(0), "gpus": gpus, "torch": torch.__version__,
+                  "model": model_dir, "layers": None if args.model_path else args.layers,
+                  "data": spider_root() or "sample", "steps": args.steps, "batch_size": args.batch_size,
+                  "checks": rows}
+        (out / "gpu_acceptance.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.json and rows:
+        write_json(args.json, {"benchmark": "gpu_acceptance", **report, "machine": {
+            "gpu": report["gpu"], "gpus": gpus, "cores": os.cpu_count()}, "summary": summary(rows)})
     print(f"\n{report['gpu']} x {gpus}, model {model_dir}")
     print_table(rows)
     print(f"wrote {out / 'gpu_acceptance.json'}")

@@ -9,9 +9,9 @@
 #   LAYERS=8 STEPS=30 bench/gpu_acceptance.sh                # bigger; scale per-layer figures to 32 layers for 7B
 #   MODEL_PATH=/models/CodeLlama-13b-Instruct-hf MODEL_PRESET=codellama13b bench/gpu_acceptance.sh   # real weights
 #   bench/gpu_acceptance.sh --only lora,ex64                 # a subset
-# STATUS: written on a CPU-only machine (no GPU lent to that session). There, the no-GPU plan path ran, and the
-# lora -> resume -> merge chain of plan() ran through train.py with hardware=cpu appended (a 1-layer random
-# CodeLlama-7B shape, Spider): all three passed. No check has run on CUDA yet.
+# STATUS: ran on one NVIDIA H200 on 2026-11-26 (random 2-layer CodeLlama-7B shape, real Spider): all eight checks
+# pass (bench/README.md has the table). Not yet run on several GPUs. On CPU, tests/test_auto_gpu_acceptance.py runs
+# the plan's lora -> resume -> merge commands with hardware=cpu appended.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec "${PYTHON:-python}" bench/gpu_acceptance.py "$@"

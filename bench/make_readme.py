@@ -15,8 +15,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-ORDER = ["train_throughput", "eval_cost", "bench_evaluate", "bench_predict"]
-GOALS = {"train_throughput": ">= 1.2", "bench_evaluate": ">= 3x", "bench_predict": ">= 5x", "eval_cost": "—"}
+ORDER = ["train_throughput", "eval_cost", "bench_evaluate", "bench_predict", "gpu_acceptance"]
+GOALS = {"train_throughput": ">= 1.2", "bench_evaluate": ">= 3x", "bench_predict": ">= 5x", "eval_cost": "—",
+         "gpu_acceptance": "all pass"}
 
 INTRO = """# Benchmarks
 
@@ -51,6 +52,8 @@ def load(results: Path) -> dict[str, dict]:
 
 def _machine(r: dict) -> str:
     m = r.get("machine") or {}
+    if m.get("gpu"):
+        return f"{m.get('gpus', 1)} x {m['gpu']}, {m.get('cores', '?')} cores"
     return f"{m.get('cores', '?')} cores, {m.get('cpu', '?')}"
 
 
@@ -114,12 +117,27 @@ def eval_cost_details(r: dict) -> list[str]:
     return lines
 
 
+def gpu_acceptance_details(r: dict) -> list[str]:
+    lines = ["", "## GPU acceptance (`bench/gpu_acceptance.sh`)", "",
+             f"{r['gpus']} x {r['gpu']}, torch {r['torch']}; model: {r['model']}; data: {r['data']}; "
+             f"{r['steps']} train steps per check, batch {r['batch_size']}." + (f" {r['note']}." if r.get("note") else ""),
+             "", "| check | pass | step s | tokens/s | peak GPU memory GiB | EX | wall s |", "|---|---|---|---|---|---|---|"]
+    dash = lambda v, f="{}": "—" if v is None else f.format(v)  # noqa: E731
+    for c in r["checks"]:
+        lines.append(f"| {c['check']} | {'pass' if c['ok'] else 'FAIL: ' + _cell(c.get('error') or '')} | "
+                     f"{dash(c['step_s'], '{:.3f}')} | {dash(c['tokens_per_s'], '{:.0f}')} | "
+                     f"{dash(c['peak_mem_gib'], '{:.2f}')} | {dash(c['ex'], '{:.3f}')} | {c['wall_s']} |")
+    return lines
+
+
 def render(records: dict[str, dict], notes: str = "") -> str:
     lines = [INTRO, *summary_table(records)]
     if "train_throughput" in records:
         lines += throughput_details(records["train_throughput"])
     if "eval_cost" in records:
         lines += eval_cost_details(records["eval_cost"])
+    if "gpu_acceptance" in records:
+        lines += gpu_acceptance_details(records["gpu_acceptance"])
     if notes:
         lines += ["", notes.rstrip()]
     return "\n".join(lines) + "\n"

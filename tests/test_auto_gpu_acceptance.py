@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,3 +26,38 @@ def test_without_a_gpu_it_prints_the_plan_and_exits_0(tmp_path):
     assert "train.py model=codellama7b" in text and "hardware=deepspeed_zero3" in text and "eval.limit=64" in text
     assert "ckpt_path=" in text and "text2sql merge" in text
     assert not out.exists()  # nothing built, nothing measured
+
+
+@pytest.mark.slow
+def test_the_lora_resume_merge_chain_runs_through_the_same_commands_on_the_cpu(tmp_path, monkeypatch):
+    """The plan's own commands (hardware=cpu appended) and its own verdicts, on a 1-layer random model built by the
+    script's builder: what a GPU session runs, minus CUDA, so a broken plan is caught before device time is spent.
+    (The H200 run of 2026-11-26 found its builder broken by a refactor only there.)"""
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    import gpu_acceptance as acceptance
+
+    monkeypatch.setenv("TEXT2SQL_CACHE", str(tmp_path / "cache"))
+    model_dir = tmp_path / "random-tiny"
+    acceptance.build_random_model(model_dir, 1, "tiny_codellama")
+    from transformers import AutoConfig, AutoTokenizer
+
+    config, tokenizer = AutoConfig.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    assert config.num_hidden_layers == 1 and len(tokenizer) == config.vocab_size  # every generated id decodes
+    assert tokenizer.pad_token is None and tokenizer.unk_token == "<unk>"  # CodeLlama's specials, no pad
+
+    class Args:
+        preset, steps, batch_size = "tiny_codellama", 2, 1
+
+    out = tmp_path / "acc"
+    steps = dict(acceptance.plan(Args, str(model_dir), 0, out))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "bench"), str(REPO_ROOT)]),
+           "WANDB_MODE": "offline"}
+    for name in ("lora", "resume", "merge"):
+        cmd = steps[name] + ([] if name == "merge" else ["hardware=cpu", "eval.limit=2", "eval.max_new_tokens=8"])
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        row = acceptance.read_result(name, out, proc, 0.0)
+        assert row["ok"], f"{name}: {row['error']}\n{proc.stderr[-3000:]}"
+        if name != "merge":
+            stats = json.loads((out / name / "stats.json").read_text())
+            assert stats["steps"] >= 1 and row["step_s"] and row["ex"] is not None  # stats and EX callbacks ran
+    assert (out / "merged" / "config.json").is_file()

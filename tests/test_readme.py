@@ -153,6 +153,7 @@ EXAMPLES: dict[str, object] = {
     "torchrun --standalone --nproc_per_node 2 train.py hardware=cpu hardware.devices=2 debug=smoke": Covered(
         "tests/test_ranks_slow.py"),
     "bench/gpu_acceptance.sh": Covered("tests/test_auto_gpu_acceptance.py"),
+    "bash bench/gpu_acceptance.sh": Covered("tests/test_auto_gpu_acceptance.py"),
     "python train.py -m +launcher=slurm sweep=lora_grid model=codellama7b hardware=gpu hydra.launcher.partition=gpu":
         Compose("submitit_slurm"),
     "python train.py -m +launcher=slurm sweep=optuna hydra.sweeper.n_jobs=8 hydra.launcher.timeout_min=720":
@@ -181,7 +182,7 @@ EXAMPLES: dict[str, object] = {
         "tests/test_match.py"),
     "python bench/bench_startup_errors.py": Covered("tests/test_config_schema.py"),
     "python bench/eval_cost.py": Covered("tests/test_throughput.py"),
-    "python bench/bench_predict.py": Run(extra=("--n", "4")),
+    "python bench/bench_predict.py": Run(extra=("--n", "4", "--json", "")),  # never over the committed results
     "bash bench/gpu_smoke.sh": Run(extra=(), fails=r"needs a CUDA GPU"),
     "python bench/make_readme.py": Run(extra=("--out", "/dev/null")),
     "python bench/ranks_ex.py RUN": Covered("tests/test_ranks_slow.py"),

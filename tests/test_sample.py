@@ -127,6 +127,25 @@ def test_tiny_model_cache_dir_is_named_after_model_and_data(tmp_path, monkeypatc
     assert load.resolve_model_path(cfg, corpus=lambda: iter(["x"])) != path
 
 
+def test_a_given_model_path_wins_over_building_the_tiny_model(tmp_path, monkeypatch):
+    """`model=tiny_codellama model.path=<dir>` loads <dir> (what bench/gpu_acceptance.py's CPU check does); it used
+    to build a fresh model silently and train that instead."""
+    from omegaconf import OmegaConf
+
+    from text2sql.model import load
+
+    built = []
+    monkeypatch.setattr(load, "build_tiny_model", lambda out_dir, *a, **k: built.append(out_dir))
+    (tmp_path / "given").mkdir()
+    (tmp_path / "given" / "config.json").write_text("{}")
+    cfg = OmegaConf.create({"name": "tiny-codellama", "path": str(tmp_path / "given"), "architecture": {},
+                            "build": {"cache_dir": str(tmp_path), "vocab_size": 64, "seed": 0, "data_key": "d"}})
+    assert load.resolve_model_path(cfg, corpus=lambda: iter(["x"])) == str(tmp_path / "given") and not built
+    cfg.path = None
+    load.resolve_model_path(cfg, corpus=lambda: iter(["x"]))
+    assert built  # no path: built (or reused) from the cache, as before
+
+
 def test_spider_is_looked_for_at_SPIDER_DIR_first(tmp_path, monkeypatch):
     import conftest
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -18,6 +19,14 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 def test_benchmark_sides_train_on_the_same_tokens(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # What an earlier in-process DDP test leaves in os.environ (Lightning sets these and never unsets them), with
+    # the port still taken: each side must stay a single process (CI once failed here with EADDRINUSE).
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(taken.getsockname()[1]), "WORLD_SIZE": "1",
+                       "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
     import train_throughput
 
     out = tmp_path / "thru.json"

@@ -61,6 +61,23 @@ def test_lora_weights_change_after_short_fit(setup, tmp_path):
     assert all(torch.equal(frozen[n], after[n]) for n in frozen)  # the base stays frozen
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_gradient_clipping_trains_under_mixed_precision(setup, tmp_path, precision):
+    """Every GPU preset is bf16-mixed with gradient_clip_val 1.0; Lightning's MixedPrecision plugin refuses to clip
+    a fused optimizer (found on an H200 by bench/gpu_acceptance.sh). The same plugin runs here on the CPU."""
+    dataset, model_cfg, path, tokenizer = setup
+    model = apply_peft(tiny_model(model_cfg, path, tokenizer), LORA)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, accelerator="cpu",
+                         precision=precision, gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    module = Text2SQLModule(model, OPTIM)
+    trainer.fit(module, datamodule=make_datamodule(dataset, tokenizer))
+    assert trainer.global_step == 2
+    optimizer = trainer.optimizers[0]
+    # fused where Lightning allows it (full precision), the foreach loop under the mixed-precision plugin
+    assert bool(optimizer.defaults["fused"]) == (precision == "32-true")
+
+
 def test_batched_generation_matches_one_at_a_time(setup):
     dataset, model_cfg, path, tokenizer = setup
     model = tiny_model(model_cfg, path, tokenizer)

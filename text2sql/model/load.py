@@ -114,7 +114,7 @@ def resolve_model_path(model_cfg: DictConfig, corpus: Callable[[], Iterable[str]
     `corpus` yields the dataset text the tiny tokenizer is trained on; it is only called when building.
     """
     build = model_cfg.get("build")
-    if not build:
+    if not build or model_cfg.get("path"):  # a given path wins over building (model=tiny model.path=<dir>)
         return check_model_path(model_cfg.get("path"), model_cfg.get("name"))
     arch = OmegaConf.to_container(model_cfg.architecture, resolve=True)
     merge = bool(build.get("merge_preamble", True))

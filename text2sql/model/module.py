@@ -98,6 +98,12 @@ class Text2SQLModule(pl.LightningModule):
         """True where Lightning accumulates plain .grad tensors (not DeepSpeed, which accumulates itself)."""
         return "DeepSpeed" not in type(self.trainer.strategy).__name__
 
+    def _clips_under_mixed_precision(self) -> bool:
+        """True where Lightning's MixedPrecision plugin will clip gradients (it rejects fused optimizers there)."""
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        return bool(self.trainer.gradient_clip_val) and isinstance(self.trainer.precision_plugin, MixedPrecision)
+
     def training_step(self, batch, batch_idx):
         loss_sum, n_targets = self.target_loss(batch)
         loss = loss_sum / n_targets.clamp(min=1)  # this micro-batch's per-token mean, for logging
@@ -153,8 +159,10 @@ class Text2SQLModule(pl.LightningModule):
         no_decay = [p for p in params if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         # One fused kernel instead of a loop over every adapter tensor (what transformers' Trainer uses by default);
-        # DeepSpeed wraps the optimizer itself, so it keeps the plain one.
-        fused = self._owns_gradients() and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        # DeepSpeed wraps the optimizer itself, so it keeps the plain one. Lightning's mixed precision (bf16-mixed,
+        # 16-mixed: every GPU preset) refuses to clip gradients of a fused optimizer, so there it is foreach.
+        fused = (self._owns_gradients() and not self._clips_under_mixed_precision()
+                 and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params))
         optimizer = torch.optim.AdamW(
             [g for g in groups if g["params"]],  # DeepSpeed ZeRO drops empty groups, then the scheduler's count is off
             lr=self.optim.lr,
