@@ -147,3 +147,38 @@ def test_under_torchrun_ranks_above_0_wait_for_rank_0s_run_dir(monkeypatch, mult
                                "hydra.job.name=train_rank1", f'hydra.{kind}.dir="/abs/outputs/2026-11-25/23-00-00"']
     monkeypatch.setenv("RANK", "0")
     assert rank_argv(argv) == argv
+
+
+def test_a_failed_job_stops_its_launched_ranks_without_lightnings_observer_killing_the_sweep(monkeypatch, tmp_path):
+    """A job fails on rank 0 in a Lightning-launched `-m` sweep: `one_job` kills that job's other ranks (they would
+    wait in a collective), and Lightning's child-process observer, which SIGKILLs its main process when a child
+    exits non-zero, must not take the sweep down with them (what hung the 2-rank sweep test after a W&B error)."""
+    import subprocess
+    import sys
+    import time
+
+    from hydra.core.hydra_config import HydraConfig
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    from text2sql import ranks
+
+    sweep = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # stands in for rank 0
+    children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) for _ in range(2)]
+    try:
+        procs = list(children)
+        _ChildProcessObserver(main_pid=sweep.pid, child_processes=procs, sleep_period=0.05).start()
+        trainer = SimpleNamespace(strategy=SimpleNamespace(launcher=SimpleNamespace(procs=procs)))
+        hc = SimpleNamespace(runtime=SimpleNamespace(output_dir=str(tmp_path)), overrides=SimpleNamespace(task=[]))
+        monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hc))
+        monkeypatch.setattr(ranks, "_publish_run_dir", lambda hc: None)
+        monkeypatch.setenv(ranks.JOB_ENV, "{}")  # one_job sets it for the job's ranks: undone after this test
+        with pytest.raises(RuntimeError, match="job failed"):
+            with ranks.one_job(trainer):
+                raise RuntimeError("job failed")
+        assert all(c.returncode is not None and c.returncode < 0 for c in children)  # killed, waited for
+        time.sleep(0.5)  # ten observer polls
+        assert sweep.poll() is None  # the sweep process lives on to run the next job
+    finally:
+        for p in [sweep, *children]:
+            p.kill()
+            p.wait()

@@ -116,8 +116,6 @@ def one_rank_predictions(run_dir: Path, cache: Path, monkeypatch) -> list[str]:
     return generate_sql(model, tokenizer, sources, batch_size=2, max_new_tokens=16)
 
 
-@pytest.mark.skip(reason="issue 9: after merging the resume/typed-config branches, the Lightning-launched 2-rank "
-                  "-m sweep hangs (rank 0 exits, rank 1 waits); passed on its branch; left open in issue 9")
 def test_lightning_launched_sweep_of_2_rank_zero2_and_zero3_jobs(lightning_sweep, cache, monkeypatch):
     sweep, proc = lightning_sweep
     assert run_dirs(proc) == [sweep / "0", sweep / "1"]  # the summary once per job, by rank 0
@@ -145,8 +143,6 @@ def test_torchrun_sweep_of_2_rank_ddp_and_zero2_jobs_shares_one_dir_per_job(torc
     assert one_rank_predictions(sweep / "0", cache, monkeypatch) == [r["prediction"] for r in predictions(sweep / "0", 1)]
 
 
-@pytest.mark.skip(reason="issue 9: after merging the resume/typed-config branches, the Lightning-launched 2-rank "
-                  "-m sweep hangs (rank 0 exits, rank 1 waits); passed on its branch; left open in issue 9")
 def test_a_2_rank_zero3_checkpoint_resumes_on_2_ranks_under_torchrun(lightning_sweep, cache, tmp_path):
     sweep, _ = lightning_sweep
     import torch

@@ -1,5 +1,5 @@
 """`text2sql sync MULTIRUN_DIR`: which offline runs it uploads and the `wandb sync` command it runs.
-(A real `wandb sync --dry-run` over a real offline run is in test_wandb_run.py.)"""
+(A real `wandb sync --dry-run` over a real offline run is in test_wandb_run.py.) Also: artifact metadata W&B accepts."""
 
 from __future__ import annotations
 
@@ -52,3 +52,17 @@ def test_one_line_errors(tmp_path, capsys, ran):
     assert main(["sync", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "no such dir" in err[0] and "no offline W&B runs" in err[1] and not ran
+
+
+def test_a_diverged_metric_does_not_fail_the_artifact():
+    """W&B rejects inf/nan in artifact metadata; the callback's metadata keeps them as strings instead."""
+    import wandb
+
+    from text2sql.wandb_artifacts import json_safe
+
+    row = {"epoch": 0, "val/loss": float("inf"), "train/loss_epoch": float("nan"), "val/execution_accuracy": 0.5}
+    with pytest.raises(ValueError):
+        wandb.Artifact("predictions-x", type="dataset", metadata=row)
+    artifact = wandb.Artifact("predictions-x", type="dataset", metadata=json_safe(row))
+    assert artifact.metadata == {"epoch": 0, "val/loss": "inf", "train/loss_epoch": "nan",
+                                 "val/execution_accuracy": 0.5}

@@ -134,7 +134,11 @@ def one_job(trainer):
         failed = True
         raise
     finally:
-        children = getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or []
+        procs = getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or []
+        children = list(procs)
+        # Lightning's child-process observer thread shares this list and SIGKILLs the whole process (this sweep
+        # included) once a child exits non-zero, as the kill below makes it: from here on the children are ours.
+        procs.clear()
         for proc in children:
             if failed:
                 proc.kill()

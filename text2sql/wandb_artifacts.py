@@ -66,7 +66,7 @@ class WandbArtifacts(pl.Callback):
         scored = [r for r in self.epochs[:-1] if self.monitor in r]
         if self.monitor in row and all(row[self.monitor] > r[self.monitor] for r in scored):
             aliases.append("best")  # strictly better than every earlier epoch: the first best keeps it on ties
-        artifact = wandb.Artifact(f"predictions-{run.id}", type="dataset", metadata=row,
+        artifact = wandb.Artifact(f"predictions-{run.id}", type="dataset", metadata=json_safe(row),
                                   description=f"dev predictions and verdicts after epoch {epoch}")
         for path in files:
             if path.is_file():
@@ -145,7 +145,7 @@ class WandbArtifacts(pl.Callback):
     def _log_model(self, run, kind: str, path: Path, metrics: dict, aliases: list[str]) -> None:
         import wandb
 
-        metadata = {**metrics, "monitor": self.monitor, "kind": kind, "dir": str(path)}
+        metadata = json_safe({**metrics, "monitor": self.monitor, "kind": kind, "dir": str(path)})
         artifact = wandb.Artifact(f"{kind}-{run.id}", type="model", metadata=metadata,
                                   description=f"{kind} after epoch {metrics.get('epoch')} ({', '.join(aliases)})")
         artifact.add_dir(str(path), policy="immutable", skip_cache=True)
@@ -155,6 +155,12 @@ class WandbArtifacts(pl.Callback):
         run.log_artifact(artifact, aliases=aliases)
         self.logged.append((artifact.name, aliases))
         log.info("logged W&B artifact %s (%s)", artifact.name, ", ".join(aliases))
+
+
+def json_safe(metadata: dict) -> dict:
+    """W&B refuses artifact metadata holding inf/nan (strict JSON); a diverged `val/loss` is kept as the string
+    "inf"/"nan" instead of failing the job (found by a 2-rank sweep whose probe made a rank's val/loss inf)."""
+    return {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in metadata.items()}
 
 
 # -- reading them back: `text2sql predict --adapter entity/project/adapter-<id>:best` ----------------------------
