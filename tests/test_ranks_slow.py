@@ -1,7 +1,8 @@
 """Two ranks on CPU (gloo), through `train.py` as a user launches it: by Lightning (`hardware.devices=2`) and by
-torchrun, for DDP, DeepSpeed ZeRO-2 and ZeRO-3, as `-m` sweeps of 2-rank jobs, and a 2-rank ZeRO-3 resume.
+torchrun, for DDP, DeepSpeed ZeRO-2 and ZeRO-3, as `-m` sweeps of 2-rank jobs and a single DDP run, and 2-rank
+ZeRO-2 / ZeRO-3 resumes under torchrun from the Lightning-launched sweep's checkpoints.
 
-Three launches are shared by all asserts (module-scoped fixtures), each smoke-sized. `rank_probe.RankProbe`
+The two sweeps are shared by all asserts (module-scoped fixtures); every launch is smoke-sized. `rank_probe.RankProbe`
 (added with `+callbacks.probe`) makes rank 0's model stop at the first generated token in epoch 0 and rank 1's
 never, and records what each rank saw.
 """
@@ -143,17 +144,23 @@ def test_torchrun_sweep_of_2_rank_ddp_and_zero2_jobs_shares_one_dir_per_job(torc
     assert one_rank_predictions(sweep / "0", cache, monkeypatch) == [r["prediction"] for r in predictions(sweep / "0", 1)]
 
 
-def test_a_2_rank_zero3_checkpoint_resumes_on_2_ranks_under_torchrun(lightning_sweep, cache, tmp_path):
+@pytest.mark.parametrize("job, stage, shard_glob", [
+    ("0", 2, "zero_pp_rank_*_mp_rank_00_optim_states.pt"),  # ZeRO-2: one model file, the optimizer sharded
+    ("1", 3, "zero_pp_rank_*_model_states.pt"),  # ZeRO-3: parameters sharded too
+])
+def test_a_2_rank_zero_checkpoint_resumes_on_2_ranks_under_torchrun(lightning_sweep, cache, tmp_path, job, stage,
+                                                                     shard_glob):
     sweep, _ = lightning_sweep
     import torch
 
-    ckpt = sweep / "1" / "checkpoints" / "last.ckpt"
-    shards = sorted((ckpt / "checkpoint").glob("zero_pp_rank_*_model_states.pt"))
+    ckpt = sweep / job / "checkpoints" / "last.ckpt"
+    shards = sorted((ckpt / "checkpoint").glob(shard_glob))
     assert len(shards) == 2  # DeepSpeed's checkpoint dir: both ranks' shards
     # (Lightning 2.6 refreshes last.ckpt only on epochs that also save a top-k checkpoint: read its step)
-    saved_step = torch.load(shards[0], map_location="cpu", weights_only=False)["global_step"]
+    model_states = sorted((ckpt / "checkpoint").glob("*model_states.pt"))[0]
+    saved_step = torch.load(model_states, map_location="cpu", weights_only=False)["global_step"]
     assert saved_step in (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)
-    proc = launch(torchrun(*SMOKE, "hardware=deepspeed_zero2_cpu", "hardware.zero_stage=3", "logger=csv",
+    proc = launch(torchrun(*SMOKE, "hardware=deepspeed_zero2_cpu", f"hardware.zero_stage={stage}", "logger=csv",
                            "trainer.max_epochs=3", f"ckpt_path={ckpt}",
                            f"hydra.run.dir={tmp_path}/" + "${now:%H-%M-%S-%f}"), cache)
     (run_dir,) = run_dirs(proc)
@@ -162,3 +169,14 @@ def test_a_2_rank_zero3_checkpoint_resumes_on_2_ranks_under_torchrun(lightning_s
     assert a["global_step"] == b["global_step"] == 3 * STEPS_PER_EPOCH
     assert a["metrics"]["val/loss"] == pytest.approx(b["metrics"]["val/loss"], rel=1e-6)
     assert len(predictions(run_dir, 2)) == EVAL_N
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()  # exported once more after the resumed epoch
+
+
+def test_lightning_launched_ddp_run_shares_one_dir_and_matches_one_rank(cache, tmp_path, monkeypatch):
+    """DDP (`hardware=cpu hardware.devices=2`, Lightning starts rank 1), a single run as the README types it."""
+    run = tmp_path / "ddp"
+    proc = launch([sys.executable, "train.py", *SMOKE, "hardware=cpu", "logger=csv", f"hydra.run.dir={run}"], cache)
+    assert run_dirs(proc) == [run]
+    assert_one_run_per_job(run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # rank 1 made no dir of its own
+    assert one_rank_predictions(run, cache, monkeypatch) == [r["prediction"] for r in predictions(run, 1)]
