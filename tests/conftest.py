@@ -30,9 +30,9 @@ def spider_dir() -> Path:
     return found
 
 
-# What an in-process DDP/DeepSpeed fit leaves behind: Lightning and DeepSpeed write these into os.environ and keep
-# the process group. A later test's `train.py` subprocess inherits them and believes a launcher started it (CI saw
-# EADDRINUSE and 2-rank runs that never printed their run dir), so every test gets them back as they were.
+# What an in-process DDP/DeepSpeed fit leaves behind: Lightning and DeepSpeed write these into os.environ. A later
+# test's `train.py` subprocess inherits them and believes a launcher started it (CI saw EADDRINUSE and 2-rank runs
+# that never printed their run dir), so every test gets them back as they were.
 RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
                   "GROUP_RANK", "CROSS_RANK", "CROSS_SIZE")
 
@@ -41,11 +41,7 @@ RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RAN
 def no_rendezvous_leak():
     saved = {key: os.environ.get(key) for key in RENDEZVOUS_ENV}
     yield
-    import sys
-
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    # (the process group itself stays: DeepSpeed caches it in module globals, and later in-process fits reuse it)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
