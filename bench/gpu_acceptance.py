@@ -240,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     path = os.pathsep.join([str(REPO / "bench"), str(REPO), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path,
            "WANDB_MODE": "offline", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    rows, report = [], {}
+    rows: list[dict] = []
+    report = {"gpu": torch.cuda.get_device_name(0), "gpus": gpus, "torch": torch.__version__, "model": model_dir,
+              "layers": None if args.model_path else args.layers, "data": spider_root() or "sample",
+              "steps": args.steps, "batch_size": args.batch_size, "checks": rows}
     for name, cmd in steps:
         if name != "merge":
             shutil.rmtree(out / name, ignore_errors=True)
@@ -255,10 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         row = rows[-1]  # one line per check as it ends, and the JSON so far: a run cut short still reports
         print(f"[{name}] {'PASS' if row['ok'] else 'FAIL'} in {row['wall_s']} s" +
               (f": {row['error']}" if row["error"] else ""), flush=True)
-        report = {"gpu": torch.cuda.get_device_name(0), "gpus": gpus, "torch": torch.__version__,
-                  "model": model_dir, "layers": None if args.model_path else args.layers,
-                  "data": spider_root() or "sample", "steps": args.steps, "batch_size": args.batch_size,
-                  "checks": rows}
         (out / "gpu_acceptance.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.json and rows:
         write_json(args.json, {"benchmark": "gpu_acceptance", **report, "machine": {

@@ -257,11 +257,9 @@ def child(args) -> None:
 
 # ------------------------------------------------------------------------------------------------ the driver
 
-DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
-                   "GROUP_RANK", "ACCELERATE_USE_CPU", "PL_GLOBAL_SEED")
-
-
 def run_side(side: str, workload: str, args) -> dict:
+    from text2sql.ranks import LAUNCH_VARS
+
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--child-workload", workload,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
            "--threads", str(args.threads), "--clock", args.clock]
@@ -273,7 +271,8 @@ def run_side(side: str, workload: str, args) -> dict:
         cmd += ["--override", o]
     # Each side is one single-process run: rendezvous variables left by an earlier in-process DDP run (Lightning
     # sets MASTER_PORT/WORLD_SIZE in os.environ) would make HF's Trainer start torch.distributed on a taken port.
-    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and not k.startswith("TORCHELASTIC_")}
+    dropped = {*LAUNCH_VARS, "GROUP_RANK", "ACCELERATE_USE_CPU", "PL_GLOBAL_SEED"}
+    env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("TORCHELASTIC_")}
     env.update({"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                 "OMP_NUM_THREADS": str(args.threads), "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"})
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=os.getcwd())

@@ -30,20 +30,14 @@ def spider_dir() -> Path:
     return found
 
 
-# What an in-process DDP/DeepSpeed fit leaves behind: Lightning and DeepSpeed write these into os.environ. A later
-# test's `train.py` subprocess inherits them and believes a launcher started it (CI saw EADDRINUSE and 2-rank runs
-# that never printed their run dir), so every test gets them back as they were.
-RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
-                  "GROUP_RANK", "CROSS_RANK", "CROSS_SIZE")
-
-
+# What an in-process DDP/DeepSpeed fit leaves behind: Lightning and DeepSpeed write the launch variables into
+# os.environ. A later test's `train.py` subprocess inherits them and believes a launcher started it (CI saw
+# EADDRINUSE and 2-rank runs that never printed their run dir), so every test gets them back as they were.
 @pytest.fixture(autouse=True)
 def no_rendezvous_leak():
-    saved = {key: os.environ.get(key) for key in RENDEZVOUS_ENV}
+    from text2sql.ranks import LAUNCH_VARS, restore_env
+
+    saved = {key: os.environ.get(key) for key in LAUNCH_VARS}
     yield
     # (the process group itself stays: DeepSpeed caches it in module globals, and later in-process fits reuse it)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    restore_env(saved)

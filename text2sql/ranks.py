@@ -149,14 +149,19 @@ def one_job(trainer):
                 proc.wait()
         if launcher_parent:  # Lightning set MASTER_PORT, RANK, ... and a process group for this job's world
             _reset_distributed()
-            for key, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            restore_env(saved_env)
         bad = [p.returncode for p in children if p.returncode]
         if bad and not failed:
             raise RuntimeError(f"a rank that Lightning launched exited with status {bad[0]}; see train_rank*.log")
+
+
+def restore_env(saved: dict[str, str | None]) -> None:
+    """Put `os.environ` back to `saved` ({key: value, or None for unset}), e.g. LAUNCH_VARS after a job's world."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _reset_distributed() -> None:
