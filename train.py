@@ -12,25 +12,25 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from text2sql.config_schema import compact_hydra_errors
+from text2sql.config.schema import compact_hydra_errors
 
 log = logging.getLogger("text2sql.train")
 
 
 def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
-    from text2sql.config_schema import check_config, check_source_budget
-    from text2sql.console import drop_unset_wandb_options, quiet_after_imports, quiet_before_imports
+    from text2sql.config.schema import check_config, check_source_budget
+    from text2sql.job.console import quiet_after_imports, quiet_before_imports
     from text2sql.data.datasets import corpus
-    from text2sql.fsutil import record_resolved_paths
-    from text2sql.model.strategy import check_hardware
-    from text2sql.resume import RunFinished, check_not_finished, checkpoint_to_resume, earlier_history, make_loggers
-    from text2sql.run import job_dir
+    from text2sql.training.strategy import check_hardware
+    from text2sql.job.lifecycle import job_dir
+    from text2sql.job.resume import RunFinished, check_not_finished, checkpoint_to_resume
+    from text2sql.job.run_dir import RunDir
 
     check_config(cfg)  # types and ranges, before the heavy imports: a bad value fails in about a second
     check_hardware(cfg.hardware)  # GPU presets without a GPU: one line before any data loads (torch only then)
     ckpt_path = checkpoint_to_resume(cfg.ckpt_path, cfg.get("resume"), job_dir())
     if ckpt_path is not None:  # the same run goes on: its earlier epochs stay in metrics.json
-        history[:] = earlier_history(job_dir())
+        history[:] = RunDir(job_dir()).history()
         try:
             check_not_finished(ckpt_path, cfg.trainer.max_epochs, cfg.trainer.get("max_steps", -1))
         except RunFinished as done:
@@ -41,18 +41,19 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     quiet_before_imports(cfg.hardware.get("accelerator"))
     import lightning.pytorch as pl
 
-    from text2sql.model.checkpoint import AtomicCheckpointIO
+    from text2sql.training.checkpoint import AtomicCheckpointIO
     from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
-    from text2sql.model.module import Text2SQLModule
+    from text2sql.training.module import Text2SQLModule
     from text2sql.model.peft import apply_peft, count_parameters
-    from text2sql.ranks import one_job
-    from text2sql.run import flat_hparams, wandb_identity
-    from text2sql.train_history import EpochHistory
+    from text2sql.job.ranks import one_job
+    from text2sql.job.lifecycle import flat_hparams
+    from text2sql.tracking.logger import make_loggers, wandb_identity
+    from text2sql.job.history import EpochHistory
 
     quiet_after_imports(local_model=bool(cfg.model.get("build")))
 
     model_path = resolve_model_path(cfg.model, corpus=lambda: corpus(dataset, "train"))
-    record_resolved_paths(job_dir(), {"paths.cache_dir": cfg.paths.cache_dir, "dataset.root": str(dataset.root),
+    RunDir(job_dir()).record_resolved_paths({"paths.cache_dir": cfg.paths.cache_dir, "dataset.root": str(dataset.root),
                                       "model.path": model_path})  # predict/merge work from any directory
     tokenizer = load_tokenizer(cfg.model, model_path)
     datamodule = instantiate(cfg.data, dataset=dataset, tokenizer=tokenizer)
@@ -66,7 +67,6 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     module = Text2SQLModule(model, cfg.optim)
 
     loggers = make_loggers(cfg, job_dir(), wandb_identity(cfg))  # W&B: the run dir's id, offline if unreachable
-    drop_unset_wandb_options(loggers)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()
                  if loggers or "LearningRateMonitor" not in c._target_]  # LR monitor needs a logger
     callbacks.append(EpochHistory(history, job_dir(), cfg.optimized_metric, cfg.eval.every_n_epochs))
@@ -81,12 +81,12 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from text2sql.model.hardware import resolve_hardware
-    from text2sql.run import job_dir, run_job
+    from text2sql.config.hardware import resolve_hardware
+    from text2sql.job.lifecycle import job_dir, run_job
 
     resolve_hardware(cfg)  # hardware=auto -> the preset this machine (and its launcher) calls for; logs why
     if cfg.dry_run:  # size the run from the YAML's architecture: no data, no weights, no download
-        from text2sql.config_schema import check_config
+        from text2sql.config.schema import check_config
         from text2sql.errors import ConfigError
         from text2sql.model.sizing import dry_run
 
@@ -104,8 +104,8 @@ if __name__ == "__main__":
     compact_hydra_errors()  # a wrong type or unknown key at compose time: one `error:` line naming the key
     import sys
 
-    from text2sql.ranks import rank_argv
-    from text2sql.resume import continue_run_argv
+    from text2sql.job.ranks import rank_argv
+    from text2sql.job.resume import continue_run_argv
 
     sys.argv[1:] = continue_run_argv(sys.argv[1:])  # ckpt_path=RUN continues RUN in its own dir
     sys.argv = rank_argv(sys.argv)  # ranks > 0 (torchrun, or started by Lightning) join rank 0's job and run dir

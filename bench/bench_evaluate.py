@@ -185,7 +185,7 @@ def main() -> int:
         t_base = min(t_base, time.perf_counter() - t0)
     # the official evaluation.py also parses every gold query for its hardness; time that part apart
     # (uncached, so that our own cold run below does not profit from it)
-    from text2sql.eval.hardness import hardness
+    from text2sql.sql.hardness import hardness
 
     t0 = time.perf_counter()
     for _, g, _ in items:

@@ -20,7 +20,8 @@ from hydra.utils import instantiate
 from text2sql.data.datasets import corpus
 from text2sql.data.prompt import encode_source
 from text2sql.eval.generate import generate_sql
-from text2sql.eval.predict import CONF_DIR, _resolve_subtree
+from text2sql.config.paths import conf_dir
+from text2sql.inference.predict import _resolve_subtree
 from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--json", default=str(RESULTS / "bench_predict.json"), help="write the figures here ('' for none)")
     args = parser.parse_args()
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="train")
     dataset = instantiate(_resolve_subtree(cfg, "dataset"))
     model_cfg = _resolve_subtree(cfg, "model")

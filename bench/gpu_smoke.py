@@ -40,9 +40,10 @@ def main() -> int:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from text2sql.model.load import load_model
-    from text2sql.model.module import Text2SQLModule
+    from text2sql.training.module import Text2SQLModule
     from text2sql.model.peft import apply_peft, count_parameters
-    from text2sql.model.strategy import HardwareError, check_hardware
+    from text2sql.errors import HardwareError
+    from text2sql.training.strategy import check_hardware
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[

@@ -30,7 +30,7 @@ def main() -> int:
     from text2sql.eval.execute import ExecutionEvaluator
     from text2sql.eval.generate import generate_sql
     from text2sql.eval.metrics import summarize
-    from text2sql.eval.predict import _resolve_subtree, compose_config, load_for_inference
+    from text2sql.inference.predict import _resolve_subtree, compose_config, load_for_inference
 
     epochs = sorted((args.run / "predictions").glob("epoch_*.jsonl"), key=lambda p: int(p.stem.split("_")[1]))
     if not epochs or not (args.run / "adapter").is_dir():

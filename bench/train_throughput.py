@@ -149,7 +149,7 @@ def run_ours(cfg, dm, tokenizer, path, steps: int, meter: Meter, full_head: bool
     """Train `steps` optimizer steps with our loop; returns the trained (PEFT) model."""
     import lightning.pytorch as pl
 
-    from text2sql.model.module import Text2SQLModule
+    from text2sql.training.module import Text2SQLModule
 
     module = Text2SQLModule(_model(cfg, path, tokenizer), cfg.optim)
     if full_head:
@@ -258,7 +258,7 @@ def child(args) -> None:
 # ------------------------------------------------------------------------------------------------ the driver
 
 def run_side(side: str, workload: str, args) -> dict:
-    from text2sql.ranks import LAUNCH_VARS
+    from text2sql.job.ranks import LAUNCH_VARS
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--child-workload", workload,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),

@@ -35,7 +35,7 @@ def spider_dir() -> Path:
 # EADDRINUSE and 2-rank runs that never printed their run dir), so every test gets them back as they were.
 @pytest.fixture(autouse=True)
 def no_rendezvous_leak():
-    from text2sql.ranks import LAUNCH_VARS, restore_env
+    from text2sql.job.ranks import LAUNCH_VARS, restore_env
 
     saved = {key: os.environ.get(key) for key in LAUNCH_VARS}
     yield

@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
 from text2sql.data.datamodule import TextToSQLDataModule, _Encoded
-from text2sql.model.checkpoint import AtomicCheckpointIO, ExportPretrained
-from text2sql.model.module import Text2SQLModule
+from text2sql.training.checkpoint import AtomicCheckpointIO, ExportPretrained
+from text2sql.training.module import Text2SQLModule
 from text2sql.model.peft import apply_peft
 from tiny import tiny_model, tiny_setup
 
@@ -168,7 +168,7 @@ def test_full_finetune_exports_a_whole_model(setup, tmp_path):
 
 _FULL_DISK = """
 import resource, signal, sys, torch
-from text2sql.model.checkpoint import AtomicCheckpointIO
+from text2sql.training.checkpoint import AtomicCheckpointIO
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit: EFBIG, as ENOSPC on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 try:
@@ -180,7 +180,7 @@ except OSError as err:
 
 _KILLED = """
 import os, signal, sys, torch
-from text2sql.model.checkpoint import AtomicCheckpointIO
+from text2sql.training.checkpoint import AtomicCheckpointIO
 def dying_save(obj, f, *args, **kwargs):  # SIGKILL half way through the write
     f.write(b"\\x80\\x02 half a checkpoint")
     f.flush()
@@ -235,7 +235,7 @@ class StopAtStep(pl.Callback):
 
 
 def fit_shuffled(setup, root, ckpt_path=None, callbacks=()):
-    from text2sql.model.checkpoint import ExactResume
+    from text2sql.training.checkpoint import ExactResume
 
     dataset, model_cfg, path, tokenizer = setup
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
-from text2sql.config_schema import (LoraSchema, OptimSchema, QLoraSchema, SampleDatasetSchema, TrainerSchema,
+from text2sql.config.schema import (LoraSchema, OptimSchema, QLoraSchema, SampleDatasetSchema, TrainerSchema,
                                     check_config, check_source_budget, describe_compose_error)
 from text2sql.errors import ConfigError
 

@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
-from text2sql.console import ConsoleFormatter, DropNoise, LiveStdoutHandler, drop_unset_wandb_options
+from text2sql.job.console import ConsoleFormatter, DropNoise, LiveStdoutHandler
+from text2sql.tracking.logger import drop_unset_wandb_options
 
 
 def _logger(handler: logging.Handler) -> logging.Logger:

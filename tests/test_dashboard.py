@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from text2sql import metric_names as names
+from text2sql.eval import metric_names as names
 from text2sql.cli import main
-from text2sql.dashboard import build_workspace, panels_of, workspace_json
+from text2sql.tracking.dashboard import build_workspace, panels_of, workspace_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -69,7 +69,7 @@ def test_sweep_dir_gives_the_group_and_the_swept_keys(tmp_path, no_network):
             f"- peft.r={r}\n- optim.lr={lr}\n- debug=smoke\n")
     view = print_json(tmp_path, "--sweep-dir", str(sweep))
     (pc,) = [p for p in panels_of(view) if p["type"] == "Parallel Coordinates Plot"]
-    assert pc["section"] == "Sweep 2026-11-25_14-03-12"  # the group text2sql.run.wandb_identity gives the jobs
+    assert pc["section"] == "Sweep 2026-11-25_14-03-12"  # the group text2sql.tracking.logger.wandb_identity gives the jobs
     assert pc["config"] == ["peft.r", "optim.lr"]  # debug=smoke is the same for every job: not swept
 
 
@@ -83,7 +83,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, no_network):
 def test_names_module_matches_what_summarize_returns():
     """Every hardness level and status summarize() can produce has its name in metric_names."""
     from text2sql.eval.execute import STATUSES
-    from text2sql.eval.hardness import HARDNESS_LEVELS
+    from text2sql.sql.hardness import HARDNESS_LEVELS
     from text2sql.eval.metrics import summarize
 
     verdicts = [{"correct": s == "correct", "hardness": h, "status": s} for h in HARDNESS_LEVELS for s in STATUSES]
@@ -105,7 +105,7 @@ def test_save_updates_the_workspace_of_the_same_name(monkeypatch):
     import wandb_workspaces._graphql as gql
     from wandb_workspaces.workspaces import internal
 
-    from text2sql import dashboard
+    from text2sql.tracking import dashboard
 
     sent = []
     monkeypatch.setattr(wandb, "Api", lambda: object())
@@ -125,7 +125,7 @@ def test_save_updates_the_workspace_of_the_same_name(monkeypatch):
 def test_swept_keys_online_are_the_override_keys_that_differ(monkeypatch):
     import wandb
 
-    from text2sql.dashboard import swept_keys_online
+    from text2sql.tracking.dashboard import swept_keys_online
 
     class Run:
         def __init__(self, **config):

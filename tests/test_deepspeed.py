@@ -14,10 +14,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from text2sql.data.datamodule import TextToSQLDataModule
-from text2sql.model.checkpoint import ExportPretrained
-from text2sql.model.module import Text2SQLModule
+from text2sql.training.checkpoint import ExportPretrained
+from text2sql.training.module import Text2SQLModule
 from text2sql.model.peft import apply_peft
-from text2sql.model.strategy import deepspeed_strategy
+from text2sql.training.strategy import deepspeed_strategy
 from tiny import tiny_model, tiny_setup
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO_ROOT
 from text2sql.cli import main
 from text2sql.data.datasets import InstructionDataset, sample
-from text2sql.data.spider import SpiderDataError
+from text2sql.errors import DataError
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
 
@@ -85,7 +85,7 @@ def test_wrong_types_in_tables_json(spider, change, needle):
         tables[0]["column_types"] = ["text"] * len(change["column_names_original"])
     path.write_text(json.dumps(tables))
     before = digest(spider)
-    with pytest.raises(SpiderDataError) as info:
+    with pytest.raises(DataError) as info:
         InstructionDataset(spider).records("dev")
     assert needle in str(info.value) and "tables.json" in str(info.value) and "\n" not in str(info.value)
     assert digest(spider) == before
@@ -96,7 +96,7 @@ def test_wrong_types_in_a_split_file(spider):
     dev = json.loads(path.read_text())
     dev[3]["question"] = ["not", "a", "string"]
     path.write_text(json.dumps(dev))
-    with pytest.raises(SpiderDataError, match=r"dev.json record 3: question must be a string, got list"):
+    with pytest.raises(DataError, match=r"dev.json record 3: question must be a string, got list"):
         InstructionDataset(spider).records("dev")
 
 

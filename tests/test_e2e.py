@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
-from text2sql.wandb_offline import read_run
+from text2sql.tracking.offline import read_run
 
 
 def run_train(tmp_path, *overrides, timeout=600):

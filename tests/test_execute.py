@@ -232,7 +232,7 @@ def test_no_torch_import():
     import subprocess
     import sys
 
-    code = ("import sys; import text2sql.eval.execute, text2sql.eval.compare, text2sql.eval.hardness, "
+    code = ("import sys; import text2sql.eval.execute, text2sql.eval.compare, text2sql.sql.hardness, "
             "text2sql.eval.metrics, text2sql.eval.evaluate, text2sql.eval.match, text2sql.eval.pool, "
             "text2sql.eval.query, text2sql.eval.sqlite_guard; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

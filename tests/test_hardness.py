@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from text2sql.eval.hardness import hardness, hardness_counts
+from text2sql.sql.hardness import hardness, hardness_counts
 
 
 @pytest.mark.parametrize("sql,level", [

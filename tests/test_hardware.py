@@ -13,8 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
-from text2sql.model import strategy as hw_strategy
-from text2sql.model.strategy import HardwareError, check_hardware, deepspeed_config
+from text2sql.training import strategy as hw_strategy
+from text2sql.errors import HardwareError
+from text2sql.training.strategy import check_hardware, deepspeed_config
 
 CONF = REPO_ROOT / "conf"
 PRESETS = sorted(p.stem for p in (CONF / "hardware").glob("*.yaml") if p.stem != "auto")  # auto: test_auto.py
@@ -47,7 +48,7 @@ def test_preset_exposes_sizing_keys_and_feeds_the_trainer(preset):
         hw["devices"], hw["num_nodes"], hw["precision"])
     if hw["zero_stage"]:
         ds = hw["strategy"]
-        assert ds["_target_"] == "text2sql.model.strategy.deepspeed_strategy"
+        assert ds["_target_"] == "text2sql.training.strategy.deepspeed_strategy"
         # batch sizes: one source each (data.batch_size; accumulation/clipping filled by Lightning from trainer.*)
         assert ds["config"]["train_micro_batch_size_per_gpu"] == cfg.data.batch_size
         assert "gradient_accumulation_steps" not in ds["config"] and "gradient_clipping" not in ds["config"]

@@ -261,7 +261,7 @@ def test_spider_dev_parses_equal_the_official_sql_field():
 
 
 def test_hardness_is_counted_on_the_official_parse():
-    from text2sql.eval.hardness import hardness
+    from text2sql.sql.hardness import hardness
 
     # a column value swallows the tokens up to the next AND/keyword: the OR and its condition vanish,
     # so this counts where + one join = 2 components: medium (a count of the text's OR would say hard)

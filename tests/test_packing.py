@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from text2sql.data.datamodule import IGNORE_INDEX, TextToSQLDataModule, pad_batch
+from text2sql.data.datamodule import TextToSQLDataModule, pad_batch
+from text2sql.data.prompt import IGNORE_INDEX
 from text2sql.data.packing import add_target_positions, pack_batch, pack_rows
-from text2sql.model.module import Text2SQLModule
+from text2sql.training.module import Text2SQLModule
 from text2sql.model.peft import apply_peft
 from tiny import tiny_model, tiny_setup
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import REPO_ROOT
 from text2sql.cli import main
+from text2sql.job.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +110,45 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_one_line(trained_run, tmp_
 def test_group_choice_with_a_saved_run_config_is_refused(tmp_path):
     """`--run R model=x` used to merge the string 'x' over the run's whole model section."""
     from text2sql.errors import UserError
-    from text2sql.eval.predict import compose_config
+    from text2sql.inference.predict import compose_config
 
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "config.yaml").write_text("model: {name: tiny}\neval: {batch_size: 4}\n")
     assert compose_config(["eval.batch_size=8"], tmp_path).eval.batch_size == 8
     with pytest.raises(UserError, match="model=codellama7b picks a config group"):
         compose_config(["model=codellama7b"], tmp_path)
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_predicts_and_evaluates_from_anywhere(trained_run, tmp_path):
+    """`pip install .` (a wheel, not editable): conf/ ships inside the package, so `text2sql predict --run` and
+    `text2sql evaluate` work from any directory with the installed copy, not the checkout."""
+    run_dir, _ = trained_run
+    wheels, site, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(REPO_ROOT), "-w", str(wheels)],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next(wheels.glob("text2sql-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True,
+                   capture_output=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(site), "WANDB_MODE": "offline"}
+
+    def text2sql(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(site / "bin" / "text2sql"), *args], cwd=elsewhere, env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    where = subprocess.run([sys.executable, "-c", "import text2sql.config.paths as p; print(p.__file__); "
+                            "print(p.conf_dir())"], cwd=elsewhere, env=env, capture_output=True, text=True)
+    module_file, conf = where.stdout.split()
+    assert module_file.startswith(str(site)) and conf.startswith(str(site)), where.stdout
+    assert (Path(conf) / "train.yaml").is_file() and (Path(conf) / "hydra" / "job_logging" / "console.yaml").is_file()
+
+    pred = elsewhere / "pred.sql"
+    proc = text2sql("predict", "--run", str(run_dir), "--out", str(pred), "--limit", "4", "--no-progress",
+                    "--evaluate")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(pred.read_text().splitlines()) == 4 and "execution accuracy" in proc.stdout.lower()
+    proc = text2sql("evaluate", "--gold", str(elsewhere / "dev_gold.sql"), "--pred", str(pred), "--db",
+                    str(Path(RunDir(run_dir).resolved_paths()["dataset.root"]) / "database"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]

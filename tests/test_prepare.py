@@ -12,7 +12,7 @@ from test_spider_data import FIRST_TRAIN_SCHEMA, SHOP, write_spider
 
 from text2sql.cli import main
 from text2sql.data import prepare
-from text2sql.data.spider import SpiderDataError
+from text2sql.errors import DataError
 
 
 def current_umask() -> int:
@@ -114,7 +114,7 @@ def prepare_args(spider: Path, out: Path):
 
 
 def test_bad_spider_raises_spider_error(tmp_path: Path) -> None:
-    with pytest.raises(SpiderDataError):
+    with pytest.raises(DataError):
         prepare.run(prepare_args(tmp_path / "missing", tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from text2sql.data.datamodule import TextToSQLDataModule, pad_batch
 from text2sql.eval.generate import generate_sql
 from text2sql.model.load import load_model
-from text2sql.model.module import Text2SQLModule
+from text2sql.training.module import Text2SQLModule
 from text2sql.model.peft import apply_peft
 from tiny import tiny_setup
 

@@ -115,7 +115,7 @@ def test_a_rank_lightning_starts_runs_exactly_rank_0s_job_in_its_dir(monkeypatch
     """Lightning re-runs the whole argv for ranks > 0: under `-m` that child would run the whole sweep elsewhere."""
     import json
 
-    from text2sql.ranks import JOB_ENV, rank_argv
+    from text2sql.job.ranks import JOB_ENV, rank_argv
 
     argv = ["train.py", "-m", "--config-name", "train", "peft.r=4,8", "hydra.run.dir=x", "hydra.job.name=train_ddp_process_1"]
     monkeypatch.setenv(JOB_ENV, json.dumps({"dir": "/runs/sweep/1", "overrides": ["peft.r=8", "debug=smoke"]}))
@@ -133,7 +133,7 @@ def test_under_torchrun_ranks_above_0_wait_for_rank_0s_run_dir(monkeypatch, mult
 
     from torch.distributed import TCPStore
 
-    from text2sql.ranks import _store_key, rank_argv
+    from text2sql.job.ranks import _store_key, rank_argv
 
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=5))
     for key, value in {"TORCHELASTIC_RUN_ID": "t", "TORCHELASTIC_USE_AGENT_STORE": "True", "WORLD_SIZE": "2",
@@ -160,7 +160,7 @@ def test_a_failed_job_stops_its_launched_ranks_without_lightnings_observer_killi
     from hydra.core.hydra_config import HydraConfig
     from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 
-    from text2sql import ranks
+    from text2sql.job import ranks
 
     sweep = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # stands in for rank 0
     children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) for _ in range(2)]

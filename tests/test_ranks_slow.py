@@ -101,7 +101,7 @@ def one_rank_predictions(run_dir: Path, cache: Path, monkeypatch) -> list[str]:
     """The last epoch's dev examples generated again in this one process with the run's exported adapter."""
     from text2sql.data.prompt import encode_source
     from text2sql.eval.generate import generate_sql
-    from text2sql.eval.predict import _resolve_subtree, compose_config, load_for_inference
+    from text2sql.inference.predict import _resolve_subtree, compose_config, load_for_inference
 
     from hydra.utils import instantiate
 

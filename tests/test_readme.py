@@ -128,7 +128,7 @@ EXAMPLES: dict[str, object] = {
     "--print docs/wandb_workspace.json --sketch docs/wandb_workspace.png": Covered("tests/test_dashboard.py"),
     "text2sql predict --adapter my-team/text2sql/adapter-3rti8oze:best --evaluate": Elsewhere(
         "downloads a W&B artifact: needs an account (tests/test_wandb_run.py fakes the API)"),
-    "python -c \"from text2sql.wandb_offline import read_run; print(read_run('DIR')['summary'])\"": Run(
+    "python -c \"from text2sql.tracking.offline import read_run; print(read_run('DIR')['summary'])\"": Run(
         extra=(), needs=("run",)),
     # -- sweeps
     # its sweep dir feeds the report examples: 32 dev questions so every hardness level (val/ex_hard) is present

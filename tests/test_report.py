@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from text2sql.cli import CliError, main
+from text2sql.cli import main
+from text2sql.errors import UserError
 from text2sql.sweep import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -143,7 +144,7 @@ def test_cli_prints_top_rows(sweep: Path, capsys):
 def test_no_jobs_is_one_line_error(tmp_path: Path, capsys):
     empty = tmp_path / "multirun" / "2026-11-25"
     (empty / "12-00-00" / "0" / ".hydra").mkdir(parents=True)
-    with pytest.raises(CliError, match="no Hydra jobs found.*12-00-00"):
+    with pytest.raises(UserError, match="no Hydra jobs found.*12-00-00"):
         report.build_report(empty)
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()

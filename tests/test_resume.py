@@ -11,10 +11,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from text2sql.model.checkpoint import EvalCheckpoint, EvalEarlyStopping, ExactResume
-from text2sql.resume import (ResumeError, RunFinished, check_not_finished, checkpoint_to_resume, continue_run_argv,
-                             earlier_history, wandb_run_id)
-from text2sql.train_history import EpochHistory
+from text2sql.training.checkpoint import EvalCheckpoint, EvalEarlyStopping, ExactResume
+from text2sql.errors import ResumeError
+from text2sql.job.resume import RunFinished, check_not_finished, checkpoint_to_resume, continue_run_argv
+from text2sql.job.run_dir import RunDir
+from text2sql.tracking.logger import wandb_run_id
+from text2sql.job.history import EpochHistory
 
 
 def make_run(tmp_path, overrides=("debug=smoke", "trainer.max_epochs=3", "seed=7")):
@@ -98,8 +100,8 @@ def test_epoch_history_writes_metrics_json_every_epoch_and_a_rerun_epoch_replace
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["status"] == "running" and [r["epoch"] for r in on_disk["history"]] == [0, 1]
     assert on_disk["history"][1]["train/loss"] == 1.5 and history is cb.history
-    assert earlier_history(tmp_path) == on_disk["history"]
-    assert earlier_history(tmp_path / "none") == []
+    assert RunDir(tmp_path).history() == on_disk["history"]
+    assert RunDir(tmp_path / "none").history() == []
 
 
 def test_epoch_history_drops_the_stale_ex_of_epochs_without_evaluation(tmp_path):
@@ -204,8 +206,8 @@ def test_slurm_preset_requeues_preempted_jobs_which_resume_by_themselves():
 
 
 def test_resume_and_checkpoint_write_errors_are_one_line_user_errors():
-    from text2sql.resume import CheckpointWriteError
-    from text2sql.run import _user_error
+    from text2sql.errors import CheckpointWriteError
+    from text2sql.job.lifecycle import _user_error
 
     full = CheckpointWriteError(28, "could not write checkpoint last.ckpt (No space left on device)")
     wrapped = RuntimeError("fit failed")

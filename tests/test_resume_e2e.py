@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import REPO_ROOT
-from text2sql.wandb_offline import read_run
+from text2sql.tracking.offline import read_run
 
 pytestmark = pytest.mark.slow
 

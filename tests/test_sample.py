@@ -12,8 +12,9 @@ import pytest
 
 from text2sql.data import sample as sample_mod
 from text2sql.data.datasets import sample
-from text2sql.data.sample import DOMAINS, LEVEL_SHARES, SAMPLE_VERSION, TEMPLATES, generate_sample, level_counts
-from text2sql.eval.hardness import HARDNESS_LEVELS, hardness
+from text2sql.data.sample import DOMAINS, LEVEL_SHARES, SAMPLE_VERSION, generate_sample, level_counts
+from text2sql.data.sample_templates import TEMPLATES, Ctx
+from text2sql.sql.hardness import HARDNESS_LEVELS, hardness
 
 
 def tree_bytes(root):
@@ -93,7 +94,7 @@ def test_every_template_gives_its_level_on_every_database(level, tmp_path):
         with sqlite3.connect(path) as conn:
             for make in TEMPLATES[level]:
                 for _ in range(5):
-                    question, query = make(sample_mod._Ctx(rng, tables, rows))
+                    question, query = make(Ctx(rng, tables, rows))
                     assert hardness(query) == level, (make.__name__, query)
                     conn.execute(query).fetchall()
                     assert question.endswith(("?", ".")) and "'" not in question.replace("'s ", "")

@@ -9,7 +9,8 @@ import pytest
 
 from text2sql.data.schema import parse_schema_text, schema_parts, schema_text
 from text2sql.data.datasets import InstructionDataset
-from text2sql.data.spider import SpiderDataError, SpiderSchema, resolve_root
+from text2sql.data.spider import SpiderSchema, resolve_root
+from text2sql.errors import DataError
 
 FIRST_TRAIN_SCHEMA = (
     "department_management contains tables such as department, head, management. "
@@ -144,7 +145,7 @@ def test_resolve_root_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert resolve_root(tmp_path / ".") == tmp_path.resolve()
     monkeypatch.delenv("SPIDER_DIR")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SpiderDataError, match="data/spider"):
+    with pytest.raises(DataError, match="data/spider"):
         resolve_root(None)
 
 
@@ -155,7 +156,7 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 
 
 def test_missing_root_says_how_to_point_at_it(tmp_path: Path) -> None:
-    with pytest.raises(SpiderDataError) as err:
+    with pytest.raises(DataError) as err:
         InstructionDataset(tmp_path / "nowhere")
     msg = one_line(err)
     assert str(tmp_path / "nowhere") in msg and "dataset.root=" in msg and "SPIDER_DIR" in msg
@@ -164,14 +165,14 @@ def test_missing_root_says_how_to_point_at_it(tmp_path: Path) -> None:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     root = write_spider(tmp_path / "s")
     (root / "dev.json").unlink()
-    with pytest.raises(SpiderDataError) as err:
+    with pytest.raises(DataError) as err:
         InstructionDataset(root).examples("dev")
     assert "dev.json" in one_line(err)
 
 
 def test_malformed_json_names_the_file(tmp_path: Path) -> None:
     root = write_spider(tmp_path / "s", train='[{"db_id": "shop",')
-    with pytest.raises(SpiderDataError) as err:
+    with pytest.raises(DataError) as err:
         InstructionDataset(root).records("train")
     msg = one_line(err)
     assert "malformed JSON" in msg and str(root / "train_spider.json") in msg
@@ -182,14 +183,14 @@ def test_unknown_db_id_names_file_and_record(tmp_path: Path) -> None:
         {"db_id": "shop", "question": "q0", "query": "SELECT 1"},
         {"db_id": "nope", "question": "q1", "query": "SELECT 1"},
     ]
-    with pytest.raises(SpiderDataError) as err:
+    with pytest.raises(DataError) as err:
         InstructionDataset(write_spider(tmp_path / "s", train=train)).records("train")
     msg = one_line(err)
     assert "train_spider.json record 1" in msg and "'nope'" in msg and "tables.json" in msg
 
 
 def test_missing_key_names_file_and_record(tmp_path: Path) -> None:
-    with pytest.raises(SpiderDataError) as err:
+    with pytest.raises(DataError) as err:
         InstructionDataset(write_spider(tmp_path / "s", dev=[{"db_id": "shop", "query": "SELECT 1"}])).examples("dev")
     assert "dev.json record 0" in one_line(err) and "question" in str(err.value)
 
@@ -200,12 +201,12 @@ def test_missing_key_names_file_and_record(tmp_path: Path) -> None:
      ({"foreign_keys": [[0, 1]]}, "foreign_keys[0]")],
 )
 def test_key_index_out_of_range_names_file_and_db(tmp_path: Path, change: dict, what: str) -> None:
-    with pytest.raises(SpiderDataError) as err:
+    with pytest.raises(DataError) as err:
         InstructionDataset(write_spider(tmp_path / "s", tables=[{**SHOP, **change}])).schemas()
     msg = one_line(err)
     assert "tables.json" in msg and "'shop'" in msg and what in msg
 
 
 def test_unknown_split(tmp_path: Path) -> None:
-    with pytest.raises(SpiderDataError, match="unknown Spider split"):
+    with pytest.raises(DataError, match="unknown Spider split"):
         InstructionDataset(write_spider(tmp_path / "s")).examples("test")

@@ -235,7 +235,7 @@ def test_each_job_is_its_own_wandb_run(smoke_grid: Path):
     assert all(len(r) == 1 for r in runs.values()), runs
     run_ids = {name: r[0].name.rsplit("-", 1)[-1] for name, r in runs.items()}
     assert len(set(run_ids.values())) == 4, run_ids
-    from text2sql.wandb_offline import _records, read_run, run_file
+    from text2sql.tracking.offline import _records, read_run, run_file
     from wandb.proto import wandb_internal_pb2 as pb
 
     groups = set()

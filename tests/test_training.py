@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from text2sql.data.datamodule import IGNORE_INDEX, TextToSQLDataModule, pad_batch
 from text2sql.eval.generate import extract_sql, generate_sql
-from text2sql.model.module import Text2SQLModule
+from text2sql.training.module import Text2SQLModule
 from text2sql.model.peft import apply_peft, count_parameters
 from tiny import tiny_model, tiny_setup
 

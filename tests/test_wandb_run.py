@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
-from text2sql import metric_names as names
-from text2sql.wandb_offline import read_artifacts, read_run
+from text2sql.eval import metric_names as names
+from text2sql.tracking.offline import read_artifacts, read_run
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ def test_prediction_and_adapter_artifacts_in_the_offline_run(smoke_run: Path):
 def test_every_key_the_workspace_shows_is_in_the_run(smoke_run: Path, tmp_path: Path):
     """A renamed metric would leave an empty panel: each key of `dashboard --print` must be in the run."""
     from text2sql.cli import main
-    from text2sql.dashboard import panels_of
+    from text2sql.tracking.dashboard import panels_of
 
     out = tmp_path / "ws.json"
     assert main(["dashboard", "--entity", "e", "--project", "p", "--sweep-group", "g",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from text2sql.cli import main
-from text2sql.wandb_offline import offline_runs
+from text2sql.tracking.offline import offline_runs
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_a_diverged_metric_does_not_fail_the_artifact():
     """W&B rejects inf/nan in artifact metadata; the callback's metadata keeps them as strings instead."""
     import wandb
 
-    from text2sql.wandb_artifacts import json_safe
+    from text2sql.tracking.artifacts import json_safe
 
     row = {"epoch": 0, "val/loss": float("inf"), "train/loss_epoch": float("nan"), "val/execution_accuracy": 0.5}
     with pytest.raises(ValueError):

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from text2sql.config_schema import register as _register_config_schemas
+from text2sql.config.schema import register as _register_config_schemas
 
 _register_config_schemas()  # any compose of conf/ (train.py, `text2sql predict`, tests) needs the typed schemas

@@ -11,21 +11,19 @@ import argparse
 import importlib
 import sys
 
+from text2sql.errors import UserError
+
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "prepare": ("text2sql.data.prepare", "write Spider as DB-GPT-Hub instruction records (example_text2sql_*.json)"),
-    "predict": ("text2sql.eval.predict", "generate SQL for the dev split with a trained model -> pred.sql"),
+    "predict": ("text2sql.inference.predict", "generate SQL for the dev split with a trained model -> pred.sql"),
     "evaluate": ("text2sql.eval.evaluate", "execution accuracy and exact set match of pred.sql against gold, official semantics, safe"),
-    "merge": ("text2sql.model.merge", "merge a LoRA adapter into its base model for serving"),
+    "merge": ("text2sql.inference.merge", "merge a LoRA adapter into its base model for serving"),
     "report": ("text2sql.sweep.report", "rank the jobs of a multirun dir: summary.md / .csv / .png"),
-    "dashboard": ("text2sql.dashboard", "create/update the W&B workspace for runs and sweeps (--print: JSON, offline)"),
-    "sync": ("text2sql.wandb_offline", "upload every offline W&B run under a run or multirun dir (wandb sync)"),
+    "dashboard": ("text2sql.tracking.dashboard", "create/update the W&B workspace for runs and sweeps (--print: JSON, offline)"),
+    "sync": ("text2sql.tracking.offline", "upload every offline W&B run under a run or multirun dir (wandb sync)"),
 }
 
-
-from text2sql.errors import UserError
-
-CliError = UserError  # the older name; core modules raise text2sql.errors.UserError
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:

@@ -16,11 +16,10 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from text2sql.data.packing import add_target_positions, pack_batch
-from text2sql.data.prompt import encode_record, encode_source, length_stats, truncation_counts
+from text2sql.data.prompt import IGNORE_INDEX, encode_record, encode_source, length_stats, truncation_counts
 from text2sql.data.spider import SpiderDataset
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from text2sql.data.prompt import make_records
 from text2sql.data.sample import ensure_sample
-from text2sql.data.spider import SpiderDataError, SpiderDataset
-from text2sql.fsutil import build_lock, is_complete
+from text2sql.data.spider import SpiderDataset
+from text2sql.errors import DataError
+from text2sql.data.cache import build_lock, is_complete
 
 
 class InstructionDataset(SpiderDataset):
@@ -24,7 +25,7 @@ def _nonempty(dataset: InstructionDataset) -> InstructionDataset:
     for split in ("train", "dev"):
         if not dataset.examples(split):
             files = ", ".join(p.name for p in dataset.split_files(split))
-            raise SpiderDataError(f"the {split} split of {dataset.root} is empty ({files} holds no example)")
+            raise DataError(f"the {split} split of {dataset.root} is empty ({files} holds no example)")
     return dataset
 
 

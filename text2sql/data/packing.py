@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from text2sql.data.prompt import IGNORE_INDEX
+
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from text2sql.errors import UserError
+from text2sql.errors import DataError
 
 ENV_VAR = "SPIDER_DIR"
 DEFAULT_ROOT = "data/spider"
@@ -23,10 +23,6 @@ SPLIT_FILES: dict[str, tuple[str, ...]] = {
     "dev": ("dev.json",),
 }
 OPTIONAL_FILES = frozenset({"train_others.json"})
-
-
-class SpiderDataError(UserError, ValueError):
-    """A problem with the user's Spider files; the message is one line naming the file (and record/db_id)."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ def resolve_root(root: str | os.PathLike | None) -> Path:
         path, source = Path(DEFAULT_ROOT), "the default"
     path = path.expanduser()
     if not path.is_dir():
-        raise SpiderDataError(
+        raise DataError(
             f"Spider directory not found: {path.resolve()} (from {source}); "
             f"point at a directory holding tables.json, train_spider.json and dev.json "
             f"with dataset.root=DIR (train.py), --spider DIR (text2sql prepare) or {ENV_VAR}=DIR"
@@ -69,22 +65,22 @@ def resolve_root(root: str | os.PathLike | None) -> Path:
 def read_json(path: Path) -> Any:
     """json.load with the file named in every failure."""
     if not path.is_file():
-        raise SpiderDataError(f"{path.name} not found in {path.parent} (expected Spider's layout: {path})")
+        raise DataError(f"{path.name} not found in {path.parent} (expected Spider's layout: {path})")
     try:
         with path.open(encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as err:
-        raise SpiderDataError(f"malformed JSON in {path}: {err}") from None
+        raise DataError(f"malformed JSON in {path}: {err}") from None
     except UnicodeDecodeError as err:
-        raise SpiderDataError(f"{path} is not UTF-8 text: {err}") from None
+        raise DataError(f"{path} is not UTF-8 text: {err}") from None
 
 
 def _require(entry: Any, keys: tuple[str, ...], where: str) -> None:
     if not isinstance(entry, dict):
-        raise SpiderDataError(f"{where}: expected an object, got {type(entry).__name__}")
+        raise DataError(f"{where}: expected an object, got {type(entry).__name__}")
     missing = [k for k in keys if k not in entry]
     if missing:
-        raise SpiderDataError(f"{where}: missing key(s) {', '.join(missing)}")
+        raise DataError(f"{where}: missing key(s) {', '.join(missing)}")
 
 
 def _expect_list(entry: dict, key: str, where: str, of: type | None = None) -> None:
@@ -92,11 +88,11 @@ def _expect_list(entry: dict, key: str, where: str, of: type | None = None) -> N
     characters from a string)."""
     value = entry[key]
     if not isinstance(value, list):
-        raise SpiderDataError(f"{where}: {key} must be a list, got {type(value).__name__} {str(value)[:40]!r}")
+        raise DataError(f"{where}: {key} must be a list, got {type(value).__name__} {str(value)[:40]!r}")
     if of is not None:
         bad = next((v for v in value if not isinstance(v, of)), None)
         if bad is not None:
-            raise SpiderDataError(f"{where}: {key} must hold {of.__name__}s, got {type(bad).__name__} {bad!r}")
+            raise DataError(f"{where}: {key} must hold {of.__name__}s, got {type(bad).__name__} {bad!r}")
 
 
 def parse_schema(entry: Any, path: Path, index: int) -> SpiderSchema:
@@ -105,7 +101,7 @@ def parse_schema(entry: Any, path: Path, index: int) -> SpiderSchema:
     _require(entry, keys, f"{path} entry {index}")
     db_id = entry["db_id"]
     if not isinstance(db_id, str) or not db_id:
-        raise SpiderDataError(f"{path} entry {index}: db_id must be a non-empty string, got {db_id!r}")
+        raise DataError(f"{path} entry {index}: db_id must be a non-empty string, got {db_id!r}")
     where = f"{path} db_id {db_id!r}"
     _expect_list(entry, "table_names_original", where, of=str)
     _expect_list(entry, "column_types", where, of=str)
@@ -115,17 +111,17 @@ def parse_schema(entry: Any, path: Path, index: int) -> SpiderSchema:
     tables = list(entry["table_names_original"])
     for i, pair in enumerate(entry["column_names_original"]):
         if not (isinstance(pair, list) and len(pair) == 2 and type(pair[0]) is int and isinstance(pair[1], str)):
-            raise SpiderDataError(f"{where}: column_names_original[{i}] = {pair!r} is not a pair [table index, name]")
+            raise DataError(f"{where}: column_names_original[{i}] = {pair!r} is not a pair [table index, name]")
     columns = [(t, name) for t, name in entry["column_names_original"]]
     if len(entry["column_types"]) != len(columns):
-        raise SpiderDataError(f"{where}: {len(entry['column_types'])} column_types for {len(columns)} columns")
+        raise DataError(f"{where}: {len(entry['column_types'])} column_types for {len(columns)} columns")
     for t, name in columns[1:]:
         if not 0 <= t < len(tables):
-            raise SpiderDataError(f"{where}: column {name!r} refers to table {t} but there are {len(tables)} tables")
+            raise DataError(f"{where}: column {name!r} refers to table {t} but there are {len(tables)} tables")
 
     def check(idx: Any, what: str) -> None:
         if not isinstance(idx, int) or not 1 <= idx < len(columns):
-            raise SpiderDataError(
+            raise DataError(
                 f"{where}: {what} index {idx!r} is out of range (columns are 1..{len(columns) - 1}; 0 is '*')"
             )
 
@@ -134,7 +130,7 @@ def parse_schema(entry: Any, path: Path, index: int) -> SpiderSchema:
             check(idx, f"primary_keys[{i}]")
     for i, fk in enumerate(entry["foreign_keys"]):
         if not isinstance(fk, list) or len(fk) != 2:
-            raise SpiderDataError(f"{where}: foreign_keys[{i}] = {fk!r} is not a pair [column, column]")
+            raise DataError(f"{where}: foreign_keys[{i}] = {fk!r} is not a pair [column, column]")
         for idx in fk:
             check(idx, f"foreign_keys[{i}]")
     return SpiderSchema(
@@ -162,7 +158,7 @@ class SpiderDataset:
         path = self.root / "tables.json"
         entries = read_json(path)
         if not isinstance(entries, list):
-            raise SpiderDataError(f"{path}: expected a JSON array of schemas")
+            raise DataError(f"{path}: expected a JSON array of schemas")
         return {s.db_id: s for s in (parse_schema(e, path, i) for i, e in enumerate(entries))}
 
     def schemas(self) -> dict[str, SpiderSchema]:
@@ -172,7 +168,7 @@ class SpiderDataset:
     def split_files(self, split: str) -> list[Path]:
         """The files of a split that exist (optional ones such as train_others.json may be absent)."""
         if split not in SPLIT_FILES:
-            raise SpiderDataError(f"unknown Spider split {split!r}; expected one of {', '.join(SPLIT_FILES)}")
+            raise DataError(f"unknown Spider split {split!r}; expected one of {', '.join(SPLIT_FILES)}")
         paths = [self.root / name for name in SPLIT_FILES[split]]
         return [p for p in paths if p.name not in OPTIONAL_FILES or p.is_file()]
 
@@ -182,12 +178,12 @@ class SpiderDataset:
             for path in self.split_files(split):
                 data = read_json(path)
                 if not isinstance(data, list):
-                    raise SpiderDataError(f"{path}: expected a JSON array of examples")
+                    raise DataError(f"{path}: expected a JSON array of examples")
                 for i, item in enumerate(data):
                     _require(item, ("db_id", "question", "query"), f"{path} record {i}")
                     bad = next((k for k in ("db_id", "question", "query") if not isinstance(item[k], str)), None)
                     if bad:
-                        raise SpiderDataError(f"{path} record {i}: {bad} must be a string, got "
+                        raise DataError(f"{path} record {i}: {bad} must be a string, got "
                                               f"{type(item[bad]).__name__} {item[bad]!r}")
                     rows.append((path, i, SpiderExample(item["db_id"], item["question"], item["query"])))
             self._examples[split] = rows
@@ -211,7 +207,7 @@ class SpiderDataset:
         for path, i, ex in self._load(split):
             schema = schemas.get(ex.db_id)
             if schema is None:
-                raise SpiderDataError(
+                raise DataError(
                     f"{path} record {i}: db_id {ex.db_id!r} is not in {self.root / 'tables.json'}"
                 )
             out.append((ex, schema))

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from text2sql.eval.generate import generate_sql, generation_progress
-from text2sql.metric_names import EX as MONITOR
-from text2sql.metric_names import EXAMPLES_TABLE
+from text2sql.eval.metric_names import EX as MONITOR
+from text2sql.eval.metric_names import EXAMPLES_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,11 @@ def needs_synced_generation(trainer) -> bool:
     strategy = trainer.strategy
     return bool(getattr(strategy, "zero_stage_3", False)) or "FSDP" in type(strategy).__name__
 
+
+
+def is_eval_epoch(epoch: int, every_n_epochs: int) -> bool:
+    """Whether the EX callback scores `epoch` (0-based): every `eval.every_n_epochs`-th epoch."""
+    return (epoch + 1) % max(every_n_epochs, 1) == 0
 
 class ExecutionAccuracyCallback(pl.Callback):
     def __init__(
@@ -90,7 +95,7 @@ class ExecutionAccuracyCallback(pl.Callback):
 
     # -- the per-epoch work ----------------------------------------------------------------------------------
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.sanity_checking or not is_eval_epoch(trainer.current_epoch, self.every_n_epochs):
             return
         if self._items is None:
             self._items = trainer.datamodule.eval_items(self.limit, self.seed)

@@ -14,7 +14,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from text2sql.errors import UserError as CliError
+from text2sql.errors import UserError
+from text2sql.eval.execute import WORKERS_HELP
 
 __all__ = ["add_arguments", "run", "read_gold", "read_pred"]
 
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test-suite mode: every *.sqlite file in a db folder must give the gold result")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-query timeout in seconds (default 30)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="worker processes (default: one per CPU core; 0 = in-process)")
+                        help=f"worker processes (default: {WORKERS_HELP}; 0 = in-process)")
     parser.add_argument("--etype", choices=("exec", "match", "all"), default="exec",
                         help="exec: execution accuracy; match: exact set match (official component matching); "
                              "all: both (default exec)")
@@ -46,14 +47,14 @@ def read_gold(path: str | Path) -> list[tuple[str, str]]:
     """(sql, db_id) per non-empty line of an official gold file."""
     path = Path(path)
     if not path.is_file():
-        raise CliError(f"gold file not found: {path}")
+        raise UserError(f"gold file not found: {path}")
     out = []
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         sql, sep, db_id = line.strip().rpartition("\t")
         if not sep or not sql.strip() or not db_id.strip():
-            raise CliError(f"{path}:{n}: expected 'SQL<TAB>db_id'")
+            raise UserError(f"{path}:{n}: expected 'SQL<TAB>db_id'")
         out.append((sql.strip(), db_id.strip()))
     return out
 
@@ -63,7 +64,7 @@ def read_pred(path: str | Path) -> list[str]:
     Like the official evaluator, only the text before a TAB is the SQL."""
     path = Path(path)
     if not path.is_file():
-        raise CliError(f"prediction file not found: {path}")
+        raise UserError(f"prediction file not found: {path}")
     text = path.read_text(encoding="utf-8", errors="replace")
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -83,7 +84,7 @@ def _check_db_dir(db_dir: Path, db_ids: list[str], test_suite: bool) -> None:
         nested = db_dir / "database"
         if nested.is_dir() and any(db_files(nested, d, test_suite) for d in wanted):
             hint = f"; did you mean --db {nested}?"
-        raise CliError(f"--db {db_dir} holds none of the {len(wanted)} gold databases "
+        raise UserError(f"--db {db_dir} holds none of the {len(wanted)} gold databases "
                        f"(expected {db_dir}/<db_id>/<db_id>.sqlite){hint}")
     if missing:
         print(f"text2sql evaluate: warning: {len(missing)} of {len(wanted)} gold databases are missing under {db_dir} "
@@ -94,25 +95,25 @@ def _tables_path(args: argparse.Namespace, db_dir: Path) -> Path:
     if args.tables:
         path = Path(args.tables)
         if not path.is_file():
-            raise CliError(f"tables file not found: {path}")
+            raise UserError(f"tables file not found: {path}")
         return path
     for path in (db_dir.parent / "tables.json", db_dir / "tables.json"):
         if path.is_file():
             return path
-    raise CliError(f"--etype {args.etype} needs Spider's tables.json: none beside {db_dir}; pass --tables PATH")
+    raise UserError(f"--etype {args.etype} needs Spider's tables.json: none beside {db_dir}; pass --tables PATH")
 
 
 def _read_questions(path: str, n: int) -> list[str]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CliError(f"questions file not found: {path}") from None
+        raise UserError(f"questions file not found: {path}") from None
     except ValueError as err:
-        raise CliError(f"{path}: not JSON ({err})") from None
+        raise UserError(f"{path}: not JSON ({err})") from None
     if not isinstance(data, list) or not all(isinstance(d, dict) and "question" in d for d in data):
-        raise CliError(f"{path}: expected a JSON array of examples with a 'question' (e.g. Spider's dev.json)")
+        raise UserError(f"{path}: expected a JSON array of examples with a 'question' (e.g. Spider's dev.json)")
     if len(data) != n:
-        raise CliError(f"{path} has {len(data)} examples, the gold file has {n}")
+        raise UserError(f"{path} has {len(data)} examples, the gold file has {n}")
     return [str(d["question"]) for d in data]
 
 
@@ -127,17 +128,17 @@ def run(args: argparse.Namespace) -> int:
     gold = read_gold(args.gold)
     pred = read_pred(args.pred)
     if not gold:
-        raise CliError(f"gold file is empty: {args.gold}")
+        raise UserError(f"gold file is empty: {args.gold}")
     # tolerate only trailing empty lines in the prediction file
     while len(pred) > len(gold) and pred[-1] == "":
         pred.pop()
     if len(pred) != len(gold):
-        raise CliError(f"line count mismatch: {args.gold} has {len(gold)} queries, {args.pred} has {len(pred)} lines")
+        raise UserError(f"line count mismatch: {args.gold} has {len(gold)} queries, {args.pred} has {len(pred)} lines")
     db_dir = Path(args.db)
     if not db_dir.is_dir():
-        raise CliError(f"database directory not found: {db_dir}")
+        raise UserError(f"database directory not found: {db_dir}")
     if args.timeout <= 0:
-        raise CliError(f"--timeout must be positive, got {args.timeout}")
+        raise UserError(f"--timeout must be positive, got {args.timeout}")
     do_exec, do_match = args.etype in ("exec", "all"), args.etype in ("match", "all")
     questions = _read_questions(args.questions, len(gold)) if args.questions else None
     tables = _tables_path(args, db_dir) if do_match else None
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             verdicts = ev.evaluate(items, progress=not args.no_progress)
         levels = [v.hardness for v in verdicts]
     else:
-        from text2sql.eval.hardness import hardness
+        from text2sql.sql.hardness import hardness
 
         levels = [hardness(g) for _, g, _ in items]
     matches = None
@@ -224,9 +225,3 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         console.print(f"verdicts written to {args.out}")
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from text2sql.cli import main
-
-    sys.exit(main(["evaluate", *sys.argv[1:]]))

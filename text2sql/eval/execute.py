@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import threading
 import weakref
 from collections import deque
@@ -98,11 +97,20 @@ def db_files(db_dir: str | os.PathLike, db_id: str, test_suite: bool = False) ->
     return [str(p) for p in files]
 
 
+MAX_DEFAULT_WORKERS = 8
+WORKERS_HELP = f"one per CPU core, at most {MAX_DEFAULT_WORKERS}"  # what workers=None means, said everywhere alike
+
+
+def default_workers() -> int:
+    """Worker processes when none are asked for: one per core (execution is CPU-bound), capped."""
+    return min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
+
+
 class ExecutionEvaluator:
     """Execution accuracy with official Spider semantics; safe, bounded and parallel.
 
-    ``workers``: number of worker processes (``None``: one per CPU core, at most 8; ``0``: run in this process,
-    without crash isolation or the watchdog).
+    ``workers``: number of worker processes (``None``: ``WORKERS_HELP``; ``0``: run in this process, without
+    crash isolation or the watchdog).
     """
 
     def __init__(self, db_dir, *, timeout: float = 30.0, workers: int | None = None,
@@ -115,7 +123,7 @@ class ExecutionEvaluator:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.timeout = float(timeout)
-        self.workers = min(os.cpu_count() or 1, 8) if workers is None else max(int(workers), 0)
+        self.workers = default_workers() if workers is None else max(int(workers), 0)
         self.plug_value = plug_value
         self.keep_distinct = keep_distinct
         self.test_suite = test_suite
@@ -194,7 +202,7 @@ class ExecutionEvaluator:
         """Verdicts for ``items`` = (db_id, gold_sql, pred_sql), in order."""
         if self._closed:
             raise RuntimeError("ExecutionEvaluator is closed")
-        from text2sql.eval.hardness import hardness
+        from text2sql.sql.hardness import hardness
 
         items = list(items)
         results: list[tuple[str, str | None] | None] = [None] * len(items)
@@ -367,13 +375,3 @@ class _Progress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-
-
-def _main(argv: list[str]) -> int:  # older callers: ``python -m text2sql.eval.execute --worker``
-    from text2sql.eval.pool import _main as pool_main
-
-    return pool_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

@@ -2,7 +2,7 @@
 
 The official verdict (taoyds/test-suite-sql-eval ``evaluation.py`` over Spider's ``process_sql.py``) is
 defined by that tool's *token grammar*, failures included, so the grammar is re-implemented
-(:mod:`text2sql.eval.spider_sql`, whose parse equals the ``sql`` field of every Spider dev example) rather than
+(:mod:`text2sql.sql.spider_sql`, whose parse equals the ``sql`` field of every Spider dev example) rather than
 a general SQL AST mapped onto it: sqlglot would accept, and an AST would normalise, many queries the official
 parser rejects or reads differently. The code is our own; the comparison rules it follows:
 
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from text2sql.eval.hardness import HARDNESS_LEVELS
-from text2sql.eval.spider_sql import (
+from text2sql.sql.hardness import HARDNESS_LEVELS
+from text2sql.sql.spider_sql import (
     SQL_OPS,
     WHERE_OPS,
     MatchParseError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from text2sql.eval.execute import STATUSES
-from text2sql.eval.hardness import HARDNESS_LEVELS
+from text2sql.sql.hardness import HARDNESS_LEVELS
 
 __all__ = ["summarize", "summarize_exact", "table_rows"]
 

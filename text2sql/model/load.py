@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from text2sql.fsutil import atomic_dir, build_lock
+from text2sql.data.cache import atomic_dir, build_lock
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A sweep dir is what ``python train.py -m ...`` writes, ``multirun/<date>/<time>/``: one sub-directory per job
 (``0/``, ``1/``, ...), each with ``.hydra/overrides.yaml`` and, when the job got far enough, ``metrics.json``
-(format in CONTRACTS.md). The verb writes three files into the sweep dir:
+(format: text2sql.job.run_dir). The verb writes three files into the sweep dir:
 
 - ``summary.md``  a markdown table ranked by the best value of ``--metric`` (default ``val/execution_accuracy``):
   job, the swept values, best value and its epoch, final train loss, per-hardness EX at the best epoch,
@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from text2sql.errors import MetricsFileError
+from text2sql.job.run_dir import RunDir, best_row
 
 DEFAULT_METRIC = "val/execution_accuracy"
 HARDNESS = ("easy", "medium", "hard", "extra")
@@ -141,17 +144,13 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 def read_job(job_dir: Path, metric: str = DEFAULT_METRIC) -> Job:
     job = Job(name=job_dir.name, path=job_dir, overrides=read_overrides(job_dir), status="failed")
-    metrics_path = job_dir / "metrics.json"
-    if not metrics_path.is_file():
-        log_error = _error_from_log(job_dir)
-        job.error = log_error or "no metrics.json (crashed, killed or still running)"
-        return job
     try:
-        data = json.loads(metrics_path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as err:
-        job.error = f"unreadable metrics.json: {_one_line(str(err))}"
+        data = RunDir(job_dir).read_metrics()
+    except MetricsFileError as err:
+        job.error = _one_line(str(err))
+        return job
+    if data is None:
+        job.error = _error_from_log(job_dir) or "no metrics.json (crashed, killed or still running)"
         return job
 
     status = str(data.get("status") or "ok")
@@ -183,10 +182,9 @@ def read_job(job_dir: Path, metric: str = DEFAULT_METRIC) -> Job:
 
     best_entry: dict = {}
     if job.history:
-        # first epoch that reaches the maximum
-        best_epoch, best_value = max(job.history, key=lambda ev: (ev[1], -ev[0]))
-        job.best, job.best_epoch = best_value, best_epoch
-        best_entry = next((h for h in history if h.get("epoch") == best_epoch and metric in h), {})
+        best_entry = best_row(history, metric) or {}
+        job.best = _finite(best_entry.get(metric))
+        job.best_epoch = int(best_entry.get("epoch", 0)) if _finite(best_entry.get("epoch")) is not None else None
     elif _finite(best.get(metric)) is not None:
         job.best = _finite(best[metric])
         job.best_epoch = int(best["epoch"]) if _finite(best.get("epoch")) is not None else None
@@ -216,7 +214,7 @@ def _job_sort_key(path: Path) -> tuple:
 def find_job_dirs(sweep_dir: Path) -> list[Path]:
     """Sub-directories that are Hydra jobs: they hold ``.hydra/`` or ``metrics.json``."""
     return sorted(
-        (p for p in sweep_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / "metrics.json").is_file())),
+        (p for p in sweep_dir.iterdir() if p.is_dir() and (RunDir(p).hydra_dir.is_dir() or RunDir(p).metrics_file.is_file())),
         key=_job_sort_key,
     )
 
@@ -512,10 +510,10 @@ def recorded_metrics(job_dirs: list[Path]) -> set[str]:
     keys: set[str] = set()
     for job_dir in job_dirs:
         try:
-            data = json.loads((job_dir / "metrics.json").read_text())
-        except (OSError, ValueError):
+            data = RunDir(job_dir).read_metrics() or {}
+        except MetricsFileError:
             continue
-        rows = [*(data.get("history") or []), data.get("final") or {}] if isinstance(data, dict) else []
+        rows = [*(data.get("history") or []), data.get("final") or {}]
         for row in rows:
             if isinstance(row, dict):
                 keys.update(k for k, v in row.items() if k != "epoch" and isinstance(v, (int, float)))

@@ -90,12 +90,3 @@ def quiet_after_imports(local_model: bool = False) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-
-
-def drop_unset_wandb_options(loggers) -> None:
-    """Lightning's WandbLogger passes `anonymous=None` to `wandb.init`, which makes W&B warn on every run
-    that the setting is deprecated; an option left unset is simply not passed."""
-    for logger in loggers:
-        init = getattr(logger, "_wandb_init", None)
-        if isinstance(init, dict) and init.get("anonymous", "") is None:
-            del init["anonymous"]

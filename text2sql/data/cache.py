@@ -1,4 +1,4 @@
-"""Write a directory all at once: build it beside its destination, rename it into place when complete.
+"""The build cache (generated data, built tiny models): write a directory all at once: build it beside its destination, rename it into place when complete.
 
 Several processes may build the same cache dir at once (two runs started together on a cold cache):
 `build_lock` lets the first build it while the others wait and then find it complete, and `atomic_dir` never
@@ -59,51 +59,3 @@ def build_lock(out_dir: str | os.PathLike):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def find_run_dir(path: str | os.PathLike) -> Path | None:
-    """The training run dir holding `path` (RUN/checkpoints/last.ckpt, RUN/adapter, ...): nearest `.hydra/` above."""
-    path = Path(path).expanduser().resolve()
-    for parent in [path, *path.parents][:4]:
-        if (parent / ".hydra" / "config.yaml").is_file():
-            return parent
-    return None
-
-
-def run_start_dir(run_dir: str | os.PathLike | None) -> Path | None:
-    """The directory a run was started in (Hydra records it in `.hydra/hydra.yaml`): what its relative paths
-    (`.cache/text2sql`, `data/spider`, ...) are relative to."""
-    hydra_yaml = Path(run_dir) / ".hydra" / "hydra.yaml" if run_dir is not None else None
-    if hydra_yaml is None or not hydra_yaml.is_file():
-        return None
-    from omegaconf import OmegaConf
-
-    start = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd")
-    return Path(start) if start else None
-
-
-RESOLVED_PATHS = Path(".hydra") / "resolved_paths.json"  # inside a run dir
-
-
-def record_resolved_paths(run_dir: str | os.PathLike, paths: dict[str, str]) -> None:
-    """Save the absolute paths a run used (cache, dataset root, model): `.hydra/config.yaml` keeps them unresolved
-    (`${oc.env:TEXT2SQL_CACHE,...}`), which would resolve differently in another shell or directory."""
-    import json
-
-    target = Path(run_dir) / RESOLVED_PATHS
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps({k: str(Path(v).resolve()) if Path(v).exists() else str(v) for k, v in paths.items()},
-                              indent=2) + "\n", encoding="utf-8")
-    tmp.replace(target)
-
-
-def resolved_paths(run_dir: str | os.PathLike) -> dict[str, str]:
-    """What `record_resolved_paths` saved for a run ({} for runs from before it existed)."""
-    import json
-
-    path = Path(run_dir) / RESOLVED_PATHS
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except ValueError:
-        return {}

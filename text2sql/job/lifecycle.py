@@ -1,18 +1,19 @@
-"""What every training job does around `fit`: name its W&B run, record metrics.json, isolate failures.
+"""What every training job does around `fit`: record metrics.json, isolate failures, finish the W&B run.
 
 Kept out of train.py so that file reads as the recipe, top to bottom.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 import traceback
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from text2sql.job.run_dir import RunDir
+from text2sql.tracking.logger import finish_wandb
 
 log = logging.getLogger(__name__)
 
@@ -23,20 +24,6 @@ def job_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
-
-
-def wandb_identity(cfg: DictConfig) -> dict[str, str]:
-    """Run name and group: in a sweep, group = the sweep dir's name and name = the job's overrides."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    hc = HydraConfig.get()
-    overrides = hc.job.override_dirname
-    if hc.mode == RunMode.MULTIRUN:
-        sweep_dir = Path(hc.sweep.dir)
-        group = f"{sweep_dir.parent.name}_{sweep_dir.name}" if sweep_dir.parent.name else sweep_dir.name
-        return {"name": overrides or f"job{hc.job.num}", "group": group}
-    return {"name": overrides or f"{cfg.model.name}-{cfg.peft.method}", "group": None}
 
 
 def flat_hparams(cfg: DictConfig) -> dict:
@@ -50,30 +37,6 @@ def flat_hparams(cfg: DictConfig) -> dict:
     return params
 
 
-def write_metrics(out_dir: Path, history: list[dict], metric: str, status: str, error: str | None,
-                  wall_time_s: float, write: bool = True) -> dict:
-    """metrics.json: the final value of every metric, the per-epoch history and the best epoch."""
-    final = {}
-    for row in history:
-        final.update({k: v for k, v in row.items() if k != "epoch"})
-    scored = [r for r in history if isinstance(r.get(metric), (int, float)) and not math.isnan(r[metric])]
-    best = max(scored, key=lambda r: r[metric]) if scored else None
-    record = {
-        "final": final,
-        "history": history,
-        "best": {metric: best[metric], "epoch": best["epoch"]} if best else None,
-        "status": status,
-        "error": error,
-        "wall_time_s": round(wall_time_s, 2),
-    }
-    if not write:
-        return record
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out_dir / "metrics.json")
-    return record
-
-
 def run_job(cfg: DictConfig, train_fn) -> float:
     """Run `train_fn(cfg) -> history`, always leave metrics.json, and return the metric for sweepers.
 
@@ -83,14 +46,13 @@ def run_job(cfg: DictConfig, train_fn) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from text2sql.ranks import global_rank
+    from text2sql.job.ranks import global_rank
 
     out_dir = job_dir()
+    run = RunDir(out_dir)
     start = time.time()
     if cfg.get("ckpt_path") or cfg.get("resume"):  # a resumed run: its time so far counts too
-        from text2sql.resume import earlier_wall_time
-
-        start -= earlier_wall_time(out_dir)
+        start -= run.wall_time()
     history: list[dict] = []
     metric = cfg.optimized_metric
     try:
@@ -101,7 +63,7 @@ def run_job(cfg: DictConfig, train_fn) -> float:
         rank = global_rank()  # several ranks share out_dir: rank 0 alone writes metrics.json and prints
         (out_dir / ("error.txt" if rank == 0 else f"error_rank{rank}.txt")).write_text(traceback.format_exc(),
                                                                                      encoding="utf-8")
-        write_metrics(out_dir, history, metric, "failed", message, time.time() - start, write=rank == 0)
+        run.write_metrics(history, metric, "failed", message, time.time() - start, write=rank == 0)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("job failed, the sweep goes on: %s", message)
             return WORST
@@ -110,9 +72,9 @@ def run_job(cfg: DictConfig, train_fn) -> float:
             raise SystemExit(f"error: {cause}") from None  # one line, no traceback: the user can fix it
         raise
     finally:
-        _finish_wandb()
+        finish_wandb()
     rank0 = global_rank() == 0
-    record = write_metrics(out_dir, history, metric, "ok", None, time.time() - start, write=rank0)
+    record = run.write_metrics(history, metric, "ok", None, time.time() - start, write=rank0)
     final = record["final"].get(metric)
     if rank0:
         print(f"run dir: {out_dir}")
@@ -127,11 +89,9 @@ def run_job(cfg: DictConfig, train_fn) -> float:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says what to fix; shown as one line instead of a traceback."""
-    from text2sql.errors import UserError
-    from text2sql.data.spider import SpiderDataError
-    from text2sql.resume import CheckpointWriteError, ResumeError
+    from text2sql.errors import CheckpointWriteError, UserError
 
-    return (SpiderDataError, FileNotFoundError, UserError, CheckpointWriteError, ResumeError)
+    return (FileNotFoundError, UserError, CheckpointWriteError)
 
 
 def _user_error(err: BaseException) -> BaseException | None:
@@ -142,12 +102,3 @@ def _user_error(err: BaseException) -> BaseException | None:
             return err
         err, seen = err.__cause__ or err.__context__, seen + 1
     return None
-
-
-def _finish_wandb() -> None:
-    """End the W&B run of this job; otherwise the next job of a multirun logs into it."""
-    import sys
-
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()

@@ -4,7 +4,7 @@ PEFT runs write `<run dir>/adapter/` (adapter_config.json + adapter_model.safete
 with `PeftModel.from_pretrained(base, dir)` and by `text2sql merge`; `peft=full` writes the whole model to
 `<run dir>/model/` (loadable with `AutoModelForCausalLM.from_pretrained`). Lightning checkpoints (for resuming)
 are trimmed to the trainable weights by `Text2SQLModule.on_save_checkpoint`; DeepSpeed checkpoints by
-`exclude_frozen_parameters` (see text2sql.model.strategy).
+`exclude_frozen_parameters` (see text2sql.training.strategy).
 
 Also what makes checkpoints safe to resume from: `AtomicCheckpointIO` (temp file + rename), `EvalCheckpoint` /
 `EvalEarlyStopping` (EX computed only every n-th epoch; last.ckpt every epoch) and `ExactResume` (per-batch
@@ -23,7 +23,8 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from text2sql.resume import CheckpointWriteError
+from text2sql.eval.callback import is_eval_epoch
+from text2sql.errors import CheckpointWriteError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def _os_error(err: BaseException | None) -> OSError | None:
 
 def _evaluated(trainer, monitor: str | None, every_n_epochs: int) -> bool:
     """Whether `monitor` was computed in this epoch (Lightning keeps a stale value in callback_metrics)."""
-    return (trainer.current_epoch + 1) % max(every_n_epochs, 1) == 0 and (
+    return is_eval_epoch(trainer.current_epoch, every_n_epochs) and (
         monitor is None or monitor in trainer.callback_metrics)
 
 
@@ -127,6 +128,9 @@ class EvalCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self.eval_every_n_epochs = eval_every_n_epochs
 
+    # Private API of ModelCheckpoint (`_save_topk_checkpoint`, `_save_last_checkpoint`,
+    # `_should_skip_saving_checkpoint`, `_should_save_on_train_epoch_end`, `_monitor_candidates`): no public hook
+    # skips only the ranking step. Checked against lightning 2.6.6; pyproject caps lightning below 2.7.
     def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
         if self.monitor is not None and not (_evaluated(trainer, self.monitor, self.eval_every_n_epochs)
                                              and self.monitor in monitor_candidates):
@@ -156,9 +160,15 @@ class EvalEarlyStopping(EarlyStopping):
         super().__init__(monitor=monitor, patience=patience if patience is not None else 0, mode=mode, **kwargs)
         self.enabled, self.eval_every_n_epochs = patience is not None, eval_every_n_epochs
 
-    def _run_early_stopping_check(self, trainer) -> None:
+    # Public hooks only: the check runs where Lightning runs it (train epoch end or validation end), and only on
+    # epochs that computed the metric.
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.enabled and _evaluated(trainer, self.monitor, self.eval_every_n_epochs):
-            super()._run_early_stopping_check(trainer)
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.enabled and _evaluated(trainer, self.monitor, self.eval_every_n_epochs):
+            super().on_validation_end(trainer, pl_module)
 
 
 def _derived_seed(*parts: int) -> int:

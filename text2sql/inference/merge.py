@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from text2sql.errors import UserError
-from text2sql.fsutil import find_run_dir, run_start_dir
+from text2sql.job.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def _from_run_start(base: str, adapter: Path) -> str:
     """A relative base path (adapters saved before paths were absolute) read from the dir its run started in."""
     if os.path.isabs(base) or Path(base).is_dir():
         return base
-    start = run_start_dir(find_run_dir(adapter))
+    found = RunDir.find(adapter)
+    start = found.start_dir() if found is not None else None
     candidate = start / base if start is not None else None
     return str(candidate) if candidate is not None and candidate.is_dir() else base
 

@@ -3,7 +3,7 @@
 Sections: execution accuracy per epoch, EX per hardness, the share of each verdict, losses and learning rate,
 the example-prediction table and, for a sweep (`--sweep-group` / `--sweep-dir`), a parallel-coordinates panel
 over the swept keys into the best EX plus one scatter per swept key. Every metric name comes from
-`text2sql.metric_names`, the module the EX callback logs with. `--print` writes the workspace as JSON (what
+`text2sql.eval.metric_names`, the module the EX callback logs with. `--print` writes the workspace as JSON (what
 would be sent to W&B) without contacting W&B; `--sketch PNG` draws its layout from that JSON.
 """
 
@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from text2sql import metric_names as names
-from text2sql.cli import CliError
+from text2sql.eval import metric_names as names
+from text2sql.errors import UserError
 
 DEFAULT_NAME = "text2sql"
 BEST_EX = f"{names.EX}.max"  # the run summary keeps the max EX (define_metric(summary="max")): W&B shows it as .max
@@ -70,7 +70,7 @@ def build_workspace(entity: str, project: str, sweep_group: str | None = None, s
 
 
 def workspace_json(workspace) -> dict:
-    """What `save()` sends to W&B (the view and its spec), as plain JSON."""
+    """What `save()` sends to W&B (the view and its spec), as plain JSON (`_to_model`: private, see `save`)."""
     return json.loads(workspace._to_model().model_dump_json(by_alias=True, exclude_none=True))
 
 
@@ -177,13 +177,13 @@ def sketch(view: dict, png: Path) -> Path:
 
 # -- sweeps ----------------------------------------------------------------------------------------------------
 def sweep_of(sweep_dir: Path) -> tuple[str, list[str]]:
-    """(W&B group, swept keys) of a local multirun dir: the group is named as text2sql.run.wandb_identity does."""
+    """(W&B group, swept keys) of a local multirun dir: the group is named as text2sql.tracking.logger.wandb_identity does."""
     from text2sql.sweep import report
 
     sweep_dir = Path(sweep_dir).resolve()
     jobs = [report.read_job(j) for j in report.find_job_dirs(sweep_dir)]
     if not jobs:
-        raise CliError(f"{sweep_dir} holds no sweep jobs (expected <dir>/<job>/.hydra/overrides.yaml)")
+        raise UserError(f"{sweep_dir} holds no sweep jobs (expected <dir>/<job>/.hydra/overrides.yaml)")
     group = f"{sweep_dir.parent.name}_{sweep_dir.name}" if sweep_dir.parent.name else sweep_dir.name
     return group, report.swept_keys(jobs, report._declared_sweep_keys(sweep_dir))
 
@@ -209,6 +209,12 @@ _VIEWS = """query Views($entityName: String, $name: String) {
 
 
 def save(workspace) -> str:
+    """Save `workspace`, updating the saved view of the same name in place (its URL stays).
+
+    wandb-workspaces has no public "find a view by name": this uses its `_graphql.execute_graphql` and the
+    workspace's `_internal_name` / `_internal_id`. Checked against wandb-workspaces 0.4.13; pyproject caps it
+    below 0.5.
+    """
     import wandb
     from wandb_workspaces._graphql import execute_graphql
 
@@ -240,16 +246,16 @@ def run(args: argparse.Namespace) -> int:
     group, swept = args.sweep_group, args.swept
     if args.sweep_dir is not None:
         if not args.sweep_dir.is_dir():
-            raise CliError(f"sweep dir not found: {args.sweep_dir}")
+            raise UserError(f"sweep dir not found: {args.sweep_dir}")
         dir_group, dir_swept = sweep_of(args.sweep_dir)
         group, swept = group or dir_group, swept or dir_swept
     if group is not None and swept is None:
         if args.print_json is not None:
-            raise CliError("--print with --sweep-group needs the swept keys: add --swept KEY... or --sweep-dir DIR")
+            raise UserError("--print with --sweep-group needs the swept keys: add --swept KEY... or --sweep-dir DIR")
         try:
             swept = swept_keys_online(args.entity, args.project, group)
         except Exception as err:  # noqa: BLE001 - network/login: one line
-            raise CliError(f"cannot read the runs of group {group} from W&B: {str(err).splitlines()[0]}") from None
+            raise UserError(f"cannot read the runs of group {group} from W&B: {str(err).splitlines()[0]}") from None
     workspace = build_workspace(args.entity, args.project, group, swept or [], args.name)
     view = workspace_json(workspace)
     if args.sketch is not None:
@@ -265,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         url = save(workspace)
     except Exception as err:  # noqa: BLE001 - network/login/permissions: one line
-        raise CliError(f"cannot save the workspace to W&B (needs network and `wandb login`): "
+        raise UserError(f"cannot save the workspace to W&B (needs network and `wandb login`): "
                        f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
     print(f"workspace saved: {url}")
     return 0

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from text2sql.config.paths import conf_dir
 from text2sql.errors import UserError
-from text2sql.fsutil import find_run_dir, resolved_paths, run_start_dir
+from text2sql.job.run_dir import RunDir
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,10 +61,10 @@ def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictCon
     from hydra.errors import HydraException
 
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             return compose(config_name="train", overrides=overrides)
     except HydraException as err:
-        from text2sql.config_schema import describe_compose_error
+        from text2sql.config.schema import describe_compose_error
 
         raise UserError(describe_compose_error(err) or str(err).splitlines()[0]) from None
 
@@ -80,11 +80,11 @@ def localize(cfg: DictConfig, run_dir: Path) -> DictConfig:
 
     Otherwise `predict` from another directory would silently rebuild the sample and the tiny model there.
     """
-    recorded = resolved_paths(run_dir)  # what training resolved (absolute), when it recorded it
+    recorded = RunDir(run_dir).resolved_paths()  # what training resolved (absolute), when it recorded it
     for key in RUN_RELATIVE_KEYS:
         if recorded.get(key):
             OmegaConf.update(cfg, key, recorded[key], force_add=True)
-    start = run_start_dir(run_dir)
+    start = RunDir(run_dir).start_dir()
     if start is None:
         return cfg
     for key in RUN_RELATIVE_KEYS:
@@ -102,7 +102,7 @@ def localize(cfg: DictConfig, run_dir: Path) -> DictConfig:
 def _group_choices(overrides: list[str]) -> list[str]:
     """Overrides that pick a config group option (`model=...`): a saved run config cannot take them."""
     return [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0].lstrip("+~")
-            and (CONF_DIR / o.split("=", 1)[0].lstrip("+~")).is_dir()]
+            and (conf_dir() / o.split("=", 1)[0].lstrip("+~")).is_dir()]
 
 
 def _resolve_subtree(cfg: DictConfig, key: str) -> DictConfig:
@@ -145,7 +145,7 @@ def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | Non
             raise UserError(f"{path} holds no adapter_config.json (not a PEFT adapter dir)")
         return PeftModel.from_pretrained(model, str(path)), tokenizer
     if kind == "checkpoint":
-        from text2sql.model.module import Text2SQLModule
+        from text2sql.training.module import Text2SQLModule
 
         module = Text2SQLModule(apply_peft(model, peft_cfg), _resolve_subtree(cfg, "optim"))
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
@@ -191,16 +191,16 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     run_dir = args.run
     if run_dir is None and (args.checkpoint or args.adapter) is not None:
-        found = find_run_dir(args.checkpoint or args.adapter)
+        found = RunDir.find(args.checkpoint or args.adapter)
         if found is not None and not _group_choices(overrides):
-            run_dir = found
+            run_dir = found.path
             print(f"text2sql predict: using the config of run {run_dir}", file=sys.stderr)
     cfg = compose_config(overrides, run_dir)
     weights = None
     if args.run is not None:
         weights = find_weights(args.run)
     elif args.adapter is not None:
-        from text2sql.wandb_artifacts import is_artifact_ref, resolve_artifact
+        from text2sql.tracking.artifacts import is_artifact_ref, resolve_artifact
 
         weights = (resolve_artifact(str(args.adapter), Path(cfg.paths.cache_dir) / "artifacts")
                    if is_artifact_ref(str(args.adapter)) else ("adapter", args.adapter))

@@ -20,13 +20,13 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from text2sql.config.paths import conf_dir
+
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def compose_preset(overrides: Sequence[str], config_name: str = "train") -> Dict
 
     if GlobalHydra.instance().is_initialized():
         return compose(config_name=config_name, overrides=list(overrides)).hardware
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides)).hardware
 
 

@@ -18,13 +18,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from text2sql.errors import UserError as CliError
+from text2sql.errors import HardwareError
 
 GPU_ACCELERATORS = ("gpu", "cuda")
-
-
-class HardwareError(CliError):
-    """The requested hardware is not on this machine (printed as one line by run_job)."""
 
 
 def _cuda_count() -> int:
@@ -122,6 +118,9 @@ def _make_cpu_strategy_class():
             self.set_world_ranks()
             self._init_deepspeed_distributed()
 
+        # Private API of DeepSpeedStrategy: the one place Lightning calls `deepspeed.initialize`, and it passes a
+        # CUDA device index. Checked against lightning 2.6.6 and deepspeed 0.19.8; pyproject caps lightning below
+        # 2.7 and deepspeed below 0.20. Only this CPU variant overrides it; GPU presets use Lightning's own class.
         def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
             # as Lightning's, but DeepSpeed's device rank is the local rank (a CPU device has no index)
             import argparse

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from transformers import get_scheduler
 
-IGNORE_INDEX = -100
+from text2sql.data.packing import add_target_positions
+
 _NOT_MODEL_INPUTS = ("labels", "target_positions")
 
 
@@ -77,9 +78,7 @@ class Text2SQLModule(pl.LightningModule):
         labels = batch["labels"]
         positions = batch.get("target_positions")
         if positions is None:  # batches built elsewhere: derive the index here (a host sync on accelerators)
-            nxt = torch.full_like(labels, IGNORE_INDEX)
-            nxt[:, :-1] = labels[:, 1:]
-            positions = (nxt.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)
+            positions = add_target_positions({"labels": labels})["target_positions"]
         inputs = {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
         parts = self._decoder_and_head()
         if parts:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from text2sql.eval.callback import MONITOR
+from text2sql.eval.callback import MONITOR, is_eval_epoch
+from text2sql.job.run_dir import RunDir
 
 
 def _is_eval_metric(name: str) -> bool:
@@ -28,13 +29,11 @@ class EpochHistory(pl.Callback):
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.start = time.time()
         if history and self.out_dir is not None:  # resumed: the earlier processes' time counts too
-            from text2sql.resume import earlier_wall_time
-
-            self.start -= earlier_wall_time(self.out_dir)
+            self.start -= RunDir(self.out_dir).wall_time()
 
     def on_train_epoch_end(self, trainer, pl_module):
         row = {"epoch": trainer.current_epoch}
-        evaluated = (trainer.current_epoch + 1) % self.eval_every_n_epochs == 0
+        evaluated = is_eval_epoch(trainer.current_epoch, self.eval_every_n_epochs)
         for name, value in trainer.callback_metrics.items():
             value = float(value)
             if not evaluated and _is_eval_metric(name):
@@ -46,6 +45,4 @@ class EpochHistory(pl.Callback):
         row.pop("train/loss_step", None)
         self.history[:] = [r for r in self.history if r.get("epoch", -1) < row["epoch"]] + [row]
         if self.out_dir is not None and trainer.is_global_zero:
-            from text2sql.run import write_metrics
-
-            write_metrics(self.out_dir, self.history, self.metric, "running", None, time.time() - self.start)
+            RunDir(self.out_dir).write_metrics(self.history, self.metric, "running", None, time.time() - self.start)

@@ -8,7 +8,7 @@ of a real offline run. Never imports torch.
 from __future__ import annotations
 
 from text2sql.eval.execute import STATUSES
-from text2sql.eval.hardness import HARDNESS_LEVELS
+from text2sql.sql.hardness import HARDNESS_LEVELS
 
 VAL = "val/"                                   # prefix of everything the EX callback logs (summarize() keys)
 EX = f"{VAL}execution_accuracy"                # the optimised metric (conf/train.yaml optimized_metric)

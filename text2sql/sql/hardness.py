@@ -1,6 +1,6 @@
 """Spider hardness (easy / medium / hard / extra) with the official rules.
 
-A gold query is parsed with the official grammar (:mod:`text2sql.eval.spider_sql`, schema-free) and its
+A gold query is parsed with the official grammar (:mod:`text2sql.sql.spider_sql`, schema-free) and its
 components are counted exactly as ``evaluation.py`` counts them; a query that grammar rejects falls back to
 the counts below, computed on a sqlglot AST.
 
@@ -222,7 +222,7 @@ def _level(comp1: int, comp2: int, others: int) -> str:
 @lru_cache(maxsize=65536)
 def hardness(sql: str) -> str:
     """Official Spider hardness of a (gold) query; ``"extra"`` when it cannot be parsed."""
-    from text2sql.eval import spider_sql
+    from text2sql.sql import spider_sql
 
     try:
         return _level(*spider_sql.hardness_counts(spider_sql.parse_sql(sql, spider_sql.OPEN_SCHEMA)))

@@ -265,7 +265,9 @@ def compact_hydra_errors() -> None:
     """Print Hydra's compose errors (wrong type, unknown key, bad override) as one `error:` line.
 
     Hydra prints them over several lines plus a HYDRA_FULL_ERROR hint; everything else (and HYDRA_FULL_ERROR=1)
-    keeps Hydra's own reporting. Patches `hydra._internal.utils.run_and_report`, which `hydra.main` calls.
+    keeps Hydra's own reporting. Patches `hydra._internal.utils.run_and_report`, which `hydra.main` calls: Hydra
+    has no public hook for how compose errors are printed. Checked against hydra-core 1.3.2-1.3.8; pyproject
+    caps hydra-core below 1.4.
     """
     import hydra._internal.utils as hydra_utils
 

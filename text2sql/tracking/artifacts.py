@@ -21,7 +21,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from text2sql.metric_names import EX, VAL_LOSS
+from text2sql.errors import UserError
+from text2sql.eval.metric_names import EX, VAL_LOSS
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class WandbArtifacts(pl.Callback):
             self._log_model(run, kind, final_dir, last, final_aliases)
 
     def _final_dir(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
-        from text2sql.model.checkpoint import ExportPretrained, is_peft_model
+        from text2sql.training.checkpoint import ExportPretrained, is_peft_model
 
         exports = [c for c in trainer.callbacks if isinstance(c, ExportPretrained)]
         if not exports:
@@ -125,7 +126,7 @@ class WandbArtifacts(pl.Callback):
         """The best epoch's checkpoint saved like the final adapter (all ranks take part, as in the export)."""
         import torch
 
-        from text2sql.model.checkpoint import export_pretrained
+        from text2sql.training.checkpoint import export_pretrained
 
         ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
         if not ckpt or not Path(ckpt).is_file():  # none kept, or a DeepSpeed checkpoint directory
@@ -159,7 +160,7 @@ class WandbArtifacts(pl.Callback):
 
 def json_safe(metadata: dict) -> dict:
     """W&B refuses artifact metadata holding inf/nan (strict JSON); a diverged `val/loss` is kept as the string
-    "inf"/"nan" instead of failing the job (found by a 2-rank sweep whose probe made a rank's val/loss inf)."""
+    "inf"/"nan" instead of failing the job."""
     return {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in metadata.items()}
 
 
@@ -174,8 +175,6 @@ def is_artifact_ref(value: str) -> bool:
 
 def resolve_artifact(ref: str, root: Path) -> tuple[str, Path]:
     """Download a model artifact with W&B's API into `root/<name>_<version>`; ('adapter'|'model', dir)."""
-    from text2sql.cli import CliError
-
     try:
         import wandb
 
@@ -183,9 +182,9 @@ def resolve_artifact(ref: str, root: Path) -> tuple[str, Path]:
         path = Path(artifact.download(root=str(root / f"{artifact.name.replace(':', '_')}")))
     except Exception as err:  # noqa: BLE001 - network, login, unknown name: one line that says which
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CliError(f"cannot download W&B artifact {ref} (needs network and `wandb login`): {first}") from None
+        raise UserError(f"cannot download W&B artifact {ref} (needs network and `wandb login`): {first}") from None
     if (path / "adapter_config.json").is_file():
         return "adapter", path
     if (path / "config.json").is_file():
         return "model", path
-    raise CliError(f"W&B artifact {ref} holds neither adapter_config.json nor config.json")
+    raise UserError(f"W&B artifact {ref} holds neither adapter_config.json nor config.json")
