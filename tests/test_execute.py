@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from text2sql.eval.execute import STATUSES, ExecutionEvaluator, Verdict, db_files, execute_query, open_readonly
+from text2sql.eval.execute import STATUSES, ExecutionEvaluator, Verdict, db_files
+from text2sql.eval.query import execute_query
+from text2sql.eval.sqlite_guard import open_readonly
 
 
 def _make_db(path: Path, rows: int = 50) -> None:
@@ -339,12 +341,8 @@ def test_multi_statement_predictions_get_the_official_verdict(db_dir, keep_disti
     assert _sha(db_dir) == before
 
 
-def test_split_modules_keep_the_public_names(db_dir):
-    """execute.py was split (guard / query / pool); its public names still import from it and work."""
-    from text2sql.eval import execute, pool, query, sqlite_guard
-
-    assert execute.open_readonly is sqlite_guard.open_readonly and execute.execute_query is query.execute_query
-    assert execute.QueryResult is query.QueryResult and execute._Worker is pool._Worker
+def test_execute_query_refuses_writes_and_reads_rows(db_dir):
+    """The read-only guard and one query, as the worker pool uses them."""
     conn, guard = open_readonly(db_dir / "shop" / "shop.sqlite", heap_limit=None)
     assert execute_query(conn, guard, "SELECT count(*) FROM t", timeout=5).rows == [(50,)]
     assert execute_query(conn, guard, "DELETE FROM t", timeout=5).status == "write_refused"

@@ -7,7 +7,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from text2sql.data.datamodule import IGNORE_INDEX, TextToSQLDataModule, pad_batch
+from text2sql.data.datamodule import TextToSQLDataModule, pad_batch
+from text2sql.data.prompt import IGNORE_INDEX
 from text2sql.eval.generate import extract_sql, generate_sql
 from text2sql.training.module import Text2SQLModule
 from text2sql.model.peft import apply_peft, count_parameters

@@ -48,19 +48,10 @@ from text2sql.eval.query import (
     QueryResult,
     _ConnCache,
     _evaluate_item,
-    execute_query,
 )
-from text2sql.eval.sqlite_guard import DEFAULT_HEAP_LIMIT, open_readonly
+from text2sql.eval.sqlite_guard import DEFAULT_HEAP_LIMIT
 
-__all__ = [
-    "STATUSES",
-    "Verdict",
-    "ExecutionEvaluator",
-    "QueryResult",
-    "execute_query",
-    "open_readonly",
-    "db_files",
-]
+__all__ = ["STATUSES", "Verdict", "ExecutionEvaluator", "db_files"]
 
 STATUSES = ("correct", "wrong_result", "syntax_error", "exec_error", "timeout", "write_refused", "db_missing",
             "empty_prediction")
