@@ -1,4 +1,5 @@
-"""`text2sql prepare --spider DIR --out OUT`: Spider as DB-GPT-Hub's instruction files, written atomically.
+"""`text2sql prepare --spider DIR --out OUT`: Spider as DB-GPT-Hub's instruction files, written atomically;
+`text2sql prepare --from-sqlite DBDIR --pairs FILE --out OUT`: Spider's layout from your own SQLite files.
 
 Writes ``example_text2sql_train.json`` (train_spider then train_others), ``example_text2sql_dev.json`` and
 ``dataset_info.json`` in the layout DB-GPT-Hub's ``gen_train_eval_data.sh`` produces, so its training scripts
@@ -12,13 +13,16 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from text2sql.data.datasets import InstructionDataset
+from text2sql.data.from_sqlite import SPLIT_BY, prepare_from_sqlite
 from text2sql.data.prompt import TEMPLATES, encode_record, length_stats, record_lengths, truncation_counts
 from text2sql.data.spider import ENV_VAR
+from text2sql.errors import UserError
 
 FILES = {"train": "example_text2sql_train.json", "dev": "example_text2sql_dev.json"}
 COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history"}
@@ -30,12 +34,29 @@ def dataset_info() -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
         "--spider", metavar="DIR", default=None,
         help=f"directory in Spider's layout (tables.json, train_spider.json, dev.json); default ${ENV_VAR}, "
         "else data/spider",
     )
+    source.add_argument(
+        "--from-sqlite", metavar="DBDIR", type=Path, default=None,
+        help="build Spider's layout (tables.json, train/dev JSON, gold files, database/) in OUT from the SQLite "
+        "files in DBDIR (<db_id>.sqlite, flat or <db_id>/<db_id>.sqlite) and --pairs; then train with "
+        "`python train.py dataset=spider dataset.root=OUT`",
+    )
     parser.add_argument("--out", metavar="OUT", required=True, help="output directory (created if missing)")
+    mine = parser.add_argument_group("with --from-sqlite")
+    mine.add_argument("--pairs", metavar="FILE", type=Path, default=None,
+                      help="JSONL or .csv with db_id, question, query (each gold query is run read-only first)")
+    mine.add_argument("--dev-fraction", type=float, default=0.2, help="share of pairs for dev (default 0.2)")
+    mine.add_argument("--split-by", choices=SPLIT_BY, default="random",
+                      help="random: pairs at random (default); database: whole databases, as Spider splits")
+    mine.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    mine.add_argument("--drop-invalid", action="store_true",
+                      help="leave out pairs whose gold query does not run (listed) instead of stopping")
+    mine.add_argument("--timeout", type=float, default=30.0, help="seconds per gold query (default 30)")
     parser.add_argument(
         "--tokenizer", metavar="PATH", default=None,
         help="local Hugging Face tokenizer directory (never downloaded) for token-length statistics and "
@@ -85,7 +106,41 @@ def _format(stats: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in stats.items())
 
 
+def gold_checker(timeout: float):
+    """(database, SQL) -> error or None, through the evaluator's guard (read-only, authorizer, deadline)."""
+    from text2sql.eval.query import execute_query
+    from text2sql.eval.sqlite_guard import open_readonly
+
+    conns: dict[Path, tuple] = {}
+
+    def check(db: Path, sql: str) -> str | None:
+        if db not in conns:
+            conns[db] = open_readonly(db, heap_limit=None)
+        result = execute_query(*conns[db], sql, timeout)
+        return None if result.status in ("ok", "too_many_rows") else f"{result.status}: {result.error}"
+
+    return check
+
+
+def run_from_sqlite(args: argparse.Namespace) -> int:
+    if args.pairs is None:
+        raise UserError("--from-sqlite needs --pairs FILE (JSONL or .csv with db_id, question, query)")
+    train, dev, dropped = prepare_from_sqlite(
+        args.from_sqlite, args.pairs, Path(args.out), gold_checker(args.timeout), dev_fraction=args.dev_fraction,
+        split_by=args.split_by, seed=args.seed, drop_invalid=args.drop_invalid,
+        report=lambda line: print(line, file=sys.stderr))
+    if dropped:
+        print(f"dropped {len(dropped)} pairs whose gold query does not run (listed above)")
+    dbs = sum(1 for _ in (Path(args.out) / "database").iterdir())
+    print(f"wrote {args.out}: tables.json, train_spider.json ({len(train)}), dev.json ({len(dev)}), "
+          f"train_gold.sql, dev_gold.sql, database/ ({dbs} databases)")
+    print(f"train on it: python train.py dataset=spider dataset.root={args.out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.from_sqlite is not None:
+        return run_from_sqlite(args)
     dataset = InstructionDataset(args.spider)
     records = {split: dataset.records(split) for split in FILES}  # validates everything before writing
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
