@@ -4,6 +4,8 @@ set, else from ../shared/spider beside the repo."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,23 @@ def spider_dir() -> Path:
         pytest.skip("real Spider not found (looked at " + ", ".join(map(str, looked))
                     + "; set SPIDER_DIR or put it at ../shared/spider beside the repo)")
     return found
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(run dir, start dir) of one smoke run with a non-default adapter size (peft.r=4), started in its own dir
+    with the default, relative cache (.cache/text2sql there): what a user gets from `python train.py` in a fresh
+    clone. Shared by the tests that load a trained run (predict, ask)."""
+    tmp = tmp_path_factory.mktemp("smoke_run")
+    start = tmp / "start"
+    start.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "TEXT2SQL_CACHE"}
+    env.update(WANDB_MODE="offline", PYTHONPATH=str(REPO_ROOT))
+    run_dir = tmp / "run"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "debug=smoke", "logger=none", "peft.r=4",
+                           f"hydra.run.dir={run_dir}"], cwd=start, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return run_dir, start
 
 
 # What an in-process DDP/DeepSpeed fit leaves behind: Lightning and DeepSpeed write the launch variables into

@@ -15,18 +15,9 @@ from text2sql.job.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A smoke run with a non-default adapter size (peft.r=4), started in its own dir with the default,
-    relative cache (.cache/text2sql there): what a user gets from `python train.py` in a fresh clone."""
-    tmp = tmp_path_factory.mktemp("predict")
-    start = tmp / "start"
-    start.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "TEXT2SQL_CACHE"}
-    env.update(WANDB_MODE="offline", PYTHONPATH=str(REPO_ROOT))
-    run_dir = tmp / "run"
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "debug=smoke", "logger=none", "peft.r=4",
-                           f"hydra.run.dir={run_dir}"], cwd=start, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def trained_run(smoke_run):
+    """conftest's smoke run (peft.r=4, default relative cache in its own start dir)."""
+    run_dir, start = smoke_run
     assert (start / ".cache" / "text2sql").is_dir()
     return run_dir, start
 

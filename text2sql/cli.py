@@ -17,6 +17,7 @@ from text2sql.errors import UserError
 VERBS: dict[str, tuple[str, str]] = {
     "prepare": ("text2sql.data.prepare", "write Spider as DB-GPT-Hub instruction records (example_text2sql_*.json)"),
     "predict": ("text2sql.inference.predict", "generate SQL for the dev split with a trained model -> pred.sql"),
+    "ask": ("text2sql.inference.ask", "answer a question on any SQLite database with a trained model: SQL and result rows"),
     "evaluate": ("text2sql.eval.evaluate", "execution accuracy and exact set match of pred.sql against gold, official semantics, safe"),
     "merge": ("text2sql.inference.merge", "merge a LoRA adapter into its base model for serving"),
     "report": ("text2sql.sweep.report", "rank the jobs of a multirun dir: summary.md / .csv / .png"),

@@ -23,6 +23,7 @@ class QueryResult:
     status: str  # "ok" | "too_many_rows" | a failure status of STATUSES
     rows: list | None = None
     error: str | None = None
+    columns: list[str] | None = None  # result column names (what `ask` shows as the table header)
 
 
 def _classify(err: BaseException, guard: _Guard, timed_out: bool) -> tuple[str, str]:
@@ -93,7 +94,7 @@ def execute_query(conn: sqlite3.Connection, guard: _Guard, sql: str, timeout: fl
                                        f"result exceeds the cap of {max_rows} rows / {max_bytes} bytes")
             if guard.refused is not None:  # denied sub-action that did not abort (defensive)
                 return QueryResult("write_refused", None, f"write refused: {guard.refused}")
-            return QueryResult("ok", rows)
+            return QueryResult("ok", rows, columns=[d[0] for d in cur.description])
         except sqlite3.OperationalError as err:
             if attempt == 0 and "could not decode" in str(err).lower():
                 conn.text_factory = lambda b: b.decode("utf-8", errors="replace")

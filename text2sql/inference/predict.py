@@ -187,14 +187,15 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
     return dataset, records, preds
 
 
-def run(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
+def resolve_source(args: argparse.Namespace, overrides: list[str], verb: str = "predict"):
+    """(config, weights, run dir) from --run / --adapter / --checkpoint and overrides; weights None: the base
+    model. Shared by the verbs that load a trained model (`predict`, `ask`)."""
     run_dir = args.run
     if run_dir is None and (args.checkpoint or args.adapter) is not None:
         found = RunDir.find(args.checkpoint or args.adapter)
         if found is not None and not _group_choices(overrides):
             run_dir = found.path
-            print(f"text2sql predict: using the config of run {run_dir}", file=sys.stderr)
+            print(f"text2sql {verb}: using the config of run {run_dir}", file=sys.stderr)
     cfg = compose_config(overrides, run_dir)
     weights = None
     if args.run is not None:
@@ -210,6 +211,11 @@ def run(args: argparse.Namespace) -> int:
         weights = ("checkpoint", args.checkpoint)
     if weights and not weights[1].exists():
         raise UserError(f"{weights[0]} not found: {weights[1]}")
+    return cfg, weights, run_dir
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, weights, run_dir = resolve_source(args, list(args.overrides))
     if weights is None:
         print("text2sql predict: no --run/--adapter/--checkpoint given: predicting with the untrained base model",
               file=sys.stderr)

@@ -1,0 +1,193 @@
+"""`text2sql ask --run RUN_DIR --db FILE.sqlite "question"`: a trained model answering on any SQLite database.
+
+The schema text comes from the file itself (`data.sqlite_schema`, the code `prepare --from-sqlite` uses), the
+prompt is the run's record, template and source budget (`prompt.make_record` / `encode_source`), the model is
+loaded as `predict` loads it, and the SQL runs through the evaluator's guard: read-only, writes refused, a
+deadline. Without a question, questions are read line by line until EOF. Model and adapter, generation and
+execution times go to stderr; the answers (SQL and a table, or JSON lines with --json) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from text2sql.errors import UserError
+
+DECODINGS = ("greedy",)  # the strategies of eval.decoding join here
+ROW_CAP = 100_000  # rows fetched at most; the table shows --rows of them
+
+
+@dataclass
+class Answer:
+    question: str
+    sql: str
+    status: str  # "ok", or the guard's status: syntax_error, exec_error, write_refused, timeout, too_many_rows, ...
+    error: str | None = None
+    columns: list[str] = field(default_factory=list)
+    rows: list[list] = field(default_factory=list)
+    row_count: int = 0
+    generation_s: float = 0.0
+    execution_s: float = 0.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--run", type=Path, help="a training run dir: its config, and its adapter/model or last checkpoint")
+    src.add_argument("--adapter", type=Path, help="a PEFT adapter dir (its run's config is found when it sits in one)")
+    src.add_argument("--checkpoint", type=Path, help="a Lightning .ckpt written by train.py")
+    parser.add_argument("--model", metavar="ID_OR_DIR", default=None,
+                        help="base model: a Hugging Face hub id or a local model dir (sets model.path); alone, the "
+                        "base model answers untrained")
+    parser.add_argument("--db", type=Path, required=True, help="the SQLite file to ask about (opened read-only)")
+    parser.add_argument("question", nargs="?", default=None,
+                        help="the question; without one, questions are read from stdin line by line until EOF")
+    parser.add_argument("--decoding", choices=DECODINGS, default="greedy", help="decoding strategy (default greedy)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per question on stdout, for scripts")
+    parser.add_argument("--rows", type=int, default=20, help="rows shown (default 20)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds the SQL may run (default eval.timeout)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default eval.max_new_tokens")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Hydra override of the run's (or the default) config, e.g. -o model=codellama7b")
+
+
+class _DatasetOnDemand:
+    """The run's dataset, instantiated only if the tiny model must be rebuilt (its tokenizer needs the text)."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+
+    def records(self, split: str) -> list[dict]:
+        from hydra.utils import instantiate
+
+        from text2sql.inference.predict import _resolve_subtree
+
+        return instantiate(_resolve_subtree(self.cfg, "dataset")).records(split)
+
+
+class Asker:
+    """A loaded model and an opened database: `answer(question)` generates, runs and times one question."""
+
+    def __init__(self, args: argparse.Namespace, schema) -> None:
+        from text2sql.inference.predict import _resolve_subtree, load_for_inference, resolve_source
+
+        if args.run is None and args.adapter is None and args.checkpoint is None and args.model is None:
+            raise UserError("say which model answers: --run RUN_DIR, --adapter DIR, --checkpoint FILE or "
+                            "--model ID_OR_DIR")
+        overrides = list(args.override) + ([f"model.path={args.model}"] if args.model else [])
+        cfg, weights, _ = resolve_source(args, overrides, verb="ask")
+        self.schema, self.db = schema, args.db
+        self.data_cfg, eval_cfg = _resolve_subtree(cfg, "data"), _resolve_subtree(cfg, "eval")
+        self.timeout = args.timeout if args.timeout is not None else float(eval_cfg.timeout)
+        self.max_new_tokens = args.max_new_tokens or int(eval_cfg.max_new_tokens)
+        start = time.perf_counter()
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the answer is the output; a weights bar per start is noise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self.model, self.tokenizer = load_for_inference(cfg, _DatasetOnDemand(cfg), weights)
+        self.load_s = time.perf_counter() - start
+        self.base = str(getattr(self.model.config, "_name_or_path", "") or cfg.model.get("path") or cfg.model.name)
+        self.weights = f"{weights[0]} {weights[1]}" if weights else "none (the untrained base model)"
+        from text2sql.eval.sqlite_guard import open_readonly
+
+        self.conn, self.guard = open_readonly(args.db, heap_limit=None)
+
+    def describe(self) -> str:
+        return (f"model: {self.base}; weights: {self.weights}; template: {self.data_cfg.template}; "
+                f"loaded in {self.load_s:.1f} s")
+
+    def answer(self, question: str, decoding: str = "greedy") -> Answer:
+        from text2sql.data.prompt import encode_source, make_record
+        from text2sql.data.spider import SpiderExample
+        from text2sql.eval.generate import generate_sql
+        from text2sql.eval.query import execute_query
+
+        record = make_record(SpiderExample(self.schema.db_id, question, ""), self.schema)
+        ids, _ = encode_source(record, self.tokenizer, self.data_cfg.template, self.data_cfg.max_source_length,
+                               system_prompt=self.data_cfg.system_prompt)
+        start = time.perf_counter()
+        sql = generate_sql(self.model, self.tokenizer, [ids], batch_size=1, max_new_tokens=self.max_new_tokens)[0]
+        gen_s = time.perf_counter() - start
+        if not sql:
+            return Answer(question, sql, "empty_prediction", "the model wrote no SQL", generation_s=gen_s)
+        start = time.perf_counter()
+        result = execute_query(self.conn, self.guard, sql, self.timeout, max_rows=ROW_CAP)
+        exec_s = time.perf_counter() - start
+        rows = [list(r) for r in result.rows or []]
+        return Answer(question, sql, result.status, result.error, list(result.columns or []), rows, len(rows),
+                      gen_s, exec_s)
+
+
+def _cell(value) -> str:
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return "NULL" if value is None else str(value)
+
+
+def show(answer: Answer, limit: int, as_json: bool) -> None:
+    """The SQL and the first rows (a rich table), or one JSON line; timings on stderr."""
+    if as_json:
+        out = asdict(answer)
+        out["rows"] = out["rows"][:limit]
+        print(json.dumps(out, ensure_ascii=False, default=_cell), flush=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)
+    console.print(answer.sql or "(no SQL)", markup=False, highlight=False)
+    if answer.status == "ok":
+        table = Table(*answer.columns, show_lines=False)
+        for row in answer.rows[:limit]:
+            table.add_row(*(_cell(v) for v in row))
+        console.print(table)
+        shown = f", first {limit} shown" if answer.row_count > limit else ""
+        print(f"{answer.row_count} row{'s' if answer.row_count != 1 else ''}{shown}", flush=True)
+    else:
+        print(f"error: {answer.status}: {answer.error}", flush=True)
+    print(f"generated in {answer.generation_s:.2f} s, executed in {answer.execution_s:.3f} s", file=sys.stderr,
+          flush=True)
+
+
+def _questions(question: str | None):
+    if question is not None:
+        yield question
+        return
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("question> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def run(args: argparse.Namespace) -> int:
+    from text2sql.data.sqlite_schema import read_schema
+
+    schema = read_schema(args.db)  # a missing file, not SQLite, no tables: one line before any model loads
+    if args.question is not None and not args.question.strip():
+        raise UserError('empty question: ask something, e.g. text2sql ask --run RUN --db FILE "How many rows?"')
+    if args.rows < 0:
+        raise UserError(f"--rows must be >= 0, got {args.rows}")
+    asker = Asker(args, schema)
+    print(asker.describe(), file=sys.stderr)
+    print(f"database: {args.db} ({len(schema.table_names)} tables); decoding: {args.decoding}", file=sys.stderr)
+    failed = 0
+    for question in _questions(args.question):
+        answer = asker.answer(question.strip(), args.decoding)
+        if answer.status == "write_refused" and args.question is not None:
+            raise UserError(f"the SQL for this question writes to the database ({answer.sql}): refused, "
+                            f"nothing was changed")
+        show(answer, args.rows, args.json)
+        failed += answer.status != "ok"
+    return 1 if failed and args.question is not None else 0
