@@ -1,0 +1,120 @@
+"""`text2sql ask`: a trained run answers on any SQLite database, as a user types it; bad input is one line."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+from test_sqlite_schema import make_db
+from text2sql.cli import main
+
+
+def ask(*argv: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-m", "text2sql", "ask", *argv], input=stdin, cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_ask_answers_on_a_spider_dev_database(smoke_run, spider_dir: Path, tmp_path: Path) -> None:
+    run_dir, _ = smoke_run
+    db = spider_dir / "database" / "concert_singer" / "concert_singer.sqlite"
+    before = db.read_bytes()
+    proc = ask("--run", str(run_dir), "--db", str(db), "How many singers do we have?", cwd=tmp_path)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]  # 1: the smoke model's SQL did not run (said in one line)
+    assert f"weights: adapter {run_dir / 'adapter'}" in proc.stderr and "model: " in proc.stderr
+    assert "database: " in proc.stderr and "(4 tables); decoding: greedy" in proc.stderr
+    assert "generated in " in proc.stderr and " s, executed in " in proc.stderr
+    out = proc.stdout.strip().splitlines()
+    assert out and out[0].strip(), proc.stdout  # the SQL comes first
+    assert (proc.returncode == 0) == (not out[-1].startswith("error: ")), proc.stdout
+    assert "Traceback" not in proc.stderr and db.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_ask_reads_questions_until_eof_on_a_new_database(smoke_run, tmp_path: Path) -> None:
+    """A database the project has never seen, questions on stdin, --json for scripts."""
+    run_dir, _ = smoke_run
+    db = make_db(tmp_path / "garden.sqlite", "CREATE TABLE plant (id INTEGER PRIMARY KEY, name TEXT, height REAL);"
+                 "CREATE TABLE bed (id INTEGER PRIMARY KEY, plant_id INT REFERENCES plant(id), row INT);"
+                 "INSERT INTO plant (name, height) VALUES ('fern', 0.4), ('oak', 12.0);")
+    proc = ask("--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--db", str(db), "--json",
+               stdin="How many plants are there?\n\nWhat is the tallest plant?\n", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [a["question"] for a in answers] == ["How many plants are there?", "What is the tallest plant?"]
+    for a in answers:
+        assert set(a) >= {"sql", "status", "error", "columns", "rows", "row_count", "generation_s", "execution_s"}
+        assert a["generation_s"] > 0 and (a["status"] == "ok") == (a["error"] is None)
+    assert f"weights: checkpoint {run_dir / 'checkpoints' / 'last.ckpt'}" in proc.stderr
+    assert "(2 tables)" in proc.stderr
+
+
+@pytest.fixture()
+def fake_sql(monkeypatch):
+    """Pins what the model writes, to check what ask does with each kind of SQL (the model itself is real)."""
+    written: list[str] = []
+
+    def generate_sql(model, tokenizer, sources, **kwargs):
+        assert len(sources) == 1 and len(sources[0]) > 10  # a real prompt was encoded
+        return [written.pop(0)]
+
+    monkeypatch.setattr("text2sql.eval.generate.generate_sql", generate_sql)
+    return written
+
+
+def test_rows_table_json_and_a_writing_sql(smoke_run, tmp_path: Path, fake_sql, capsys, monkeypatch) -> None:
+    run_dir, _ = smoke_run
+    db = make_db(tmp_path / "pets.sqlite", "CREATE TABLE pet (id INTEGER PRIMARY KEY, name TEXT, age INT);" +
+                 "".join(f"INSERT INTO pet (name, age) VALUES ('pet{i}', {i});" for i in range(30)))
+    fake_sql.append("SELECT name, age FROM pet WHERE age < 3 ORDER BY age")
+    assert main(["ask", "--run", str(run_dir), "--db", str(db), "Which pets are younger than 3?"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "SELECT name, age FROM pet WHERE age < 3 ORDER BY age"
+    assert "┃ name " in out and "│ pet2 │" in out and "3 rows" in out
+    fake_sql.append("DELETE FROM pet")
+    assert main(["ask", "--run", str(run_dir), "--db", str(db), "Remove every pet"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert err == ["text2sql ask: error: the SQL for this question writes to the database (DELETE FROM pet): "
+                   "refused, nothing was changed"]
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM pet").fetchone() == (30,)
+    # line by line with --json: a failing question is one answer and the next one is still answered
+    fake_sql.extend(["DROP TABLE pet", "SELECT * FROM pet"])
+    monkeypatch.setattr("sys.stdin", io.StringIO("drop it\nAll pets?\n"))
+    assert main(["ask", "--run", str(run_dir), "--db", str(db), "--json", "--rows", "5"]) == 0
+    dropped, listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert dropped["status"] == "write_refused" and dropped["rows"] == [] and listed["status"] == "ok"
+    assert listed["columns"] == ["id", "name", "age"] and listed["row_count"] == 30 and len(listed["rows"]) == 5
+    assert listed["rows"][0] == [1, "pet0", 0]
+
+
+def test_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"  # a run dir whose training never saved weights (its config only)
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("model: {name: tiny}\n")
+    db = make_db(tmp_path / "ok.sqlite", "CREATE TABLE t (a INT);")
+
+    def error(*argv: str) -> str:
+        assert main(["ask", *argv]) == 2
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    (tmp_path / "notes.txt").write_text("not a database")
+    assert "notes.txt is not an SQLite database" in error("--run", str(run_dir), "--db", str(tmp_path / "notes.txt"),
+                                                          "q?")
+    sqlite3.connect(tmp_path / "empty.sqlite").execute("PRAGMA user_version = 7").connection.close()
+    assert "empty.sqlite has no tables" in error("--run", str(run_dir), "--db", str(tmp_path / "empty.sqlite"), "q?")
+    assert "empty question" in error("--run", str(run_dir), "--db", str(db), "   ")
+    assert f"no adapter/, model/ or checkpoints/*.ckpt in {run_dir}" in error("--run", str(run_dir), "--db", str(db),
+                                                                            "q?")
+    assert "say which model answers" in error("--db", str(db), "q?")
+    assert "not a training run dir" in error("--run", str(tmp_path), "--db", str(db), "q?")
