@@ -105,6 +105,13 @@ EXAMPLES: dict[str, object] = {
     "python train.py ckpt_path=RUN_DIR": Synopsis("train"),
     "python train.py hydra.run.dir=outputs/<date>/<time> resume=auto": Run(needs=("run",)),
     "python train.py model=nope": Run(extra=(), fails=r"model"),
+    "text2sql ask --run outputs/<date>/<time> --db ../shared/spider/database/concert_singer/concert_singer.sqlite "
+    '"How many singers do we have?"': Covered("tests/test_ask.py::test_ask_answers_on_a_spider_dev_database"),
+    # -- datasets
+    "text2sql prepare --from-sqlite DBDIR --pairs FILE --out DIR [--dev-fraction F] [--split-by random|database] "
+    "[--seed N] [--drop-invalid]": Synopsis("prepare"),
+    "python train.py dataset=spider dataset.root=DIR": Covered(
+        "tests/test_sqlite_schema.py::test_prepared_dir_trains_with_dataset_spider"),
     "python train.py --cfg job": Run(extra=()),
     # -- GPU box: fails in one line without CUDA
     # -- W&B
@@ -113,6 +120,7 @@ EXAMPLES: dict[str, object] = {
         "streams to a W&B server: needs an account and network"),
     "wandb sync": Elsewhere("uploads to a W&B server"),
     "text2sql sync": Run(extra=("--help",)),
+    "text2sql ask": Run(extra=("--help",)),
     "text2sql sync multirun/<date>/<time>": Synopsis("sync"),
     "text2sql sync RUN_OR_MULTIRUN_DIR [--dry-run]": Synopsis("sync"),
     "text2sql sync multirun/2026-11-25/14-03-12 --dry-run": Run(extra=(), needs=("sweep",)),
@@ -166,6 +174,8 @@ EXAMPLES: dict[str, object] = {
     "python -m text2sql --help": Run(extra=()),
     "text2sql prepare --spider DIR --out OUT [--tokenizer TOK]": Synopsis("prepare"),
     "text2sql predict --run RUN_DIR [--out pred.sql] [--evaluate]": Synopsis("predict"),
+    "text2sql ask --run RUN_DIR --db FILE.sqlite [\"question\"] [--json] [--rows N] [--timeout S] "
+    "[--model ID_OR_DIR]": Synopsis("ask"),
     "text2sql evaluate --gold dev_gold.sql --pred pred.sql --db DB_DIR [--etype exec\\|match\\|all] [--plug-value] "
     "[--keep-distinct] [--test-suite] [--questions dev.json] [--out verdicts.jsonl]": Synopsis("evaluate"),
     "text2sql predict --checkpoint RUN/checkpoints/last.ckpt": Covered("tests/test_predict.py"),
