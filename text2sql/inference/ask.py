@@ -38,7 +38,8 @@ class Answer:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--run", type=Path, help="a training run dir: its config, and its adapter/model or last checkpoint")
+    src.add_argument("--run", type=Path,
+                     help="a training run dir: its config, and its adapter/model or last checkpoint")
     src.add_argument("--adapter", type=Path, help="a PEFT adapter dir (its run's config is found when it sits in one)")
     src.add_argument("--checkpoint", type=Path, help="a Lightning .ckpt written by train.py")
     parser.add_argument("--model", metavar="ID_OR_DIR", default=None,
