@@ -13,7 +13,7 @@ import pytest
 
 from text2sql.eval.execute import STATUSES, ExecutionEvaluator, Verdict, db_files
 from text2sql.eval.query import execute_query
-from text2sql.eval.sqlite_guard import open_readonly
+from text2sql.sql.sqlite_guard import open_readonly
 
 
 def _make_db(path: Path, rows: int = 50) -> None:
@@ -236,7 +236,7 @@ def test_no_torch_import():
 
     code = ("import sys; import text2sql.eval.execute, text2sql.eval.compare, text2sql.sql.hardness, "
             "text2sql.eval.metrics, text2sql.eval.evaluate, text2sql.eval.match, text2sql.eval.pool, "
-            "text2sql.eval.query, text2sql.eval.sqlite_guard; assert 'torch' not in sys.modules")
+            "text2sql.eval.query, text2sql.sql.sqlite_guard; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

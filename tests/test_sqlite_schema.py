@@ -143,10 +143,13 @@ def test_prepare_from_sqlite_bad_input_is_one_line_and_writes_nothing(tmp_path: 
         {"db_id": "shop", "question": "w", "query": "DELETE FROM customer"}]
     assert prepare(bad) == 2
     err = capsys.readouterr().err
-    assert "p.jsonl:3: exec_error: no such column: wings" in err and "p.jsonl:7: write_refused" in err
+    assert "p.jsonl:3: no such column: wings" in err and "p.jsonl:7: write refused" in err
     assert err.strip().splitlines()[-1].endswith("2 of 7 gold queries do not run (listed above); fix them or pass "
                                                  "--drop-invalid to leave them out")
     assert not out.exists()
+    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    assert prepare(rows + [{"db_id": "zoo", "question": "q", "query": endless}], "--timeout", "0.3") == 2
+    assert "p.jsonl:6: timeout: still running after 0.3 s" in capsys.readouterr().err and not out.exists()
     assert prepare(bad, "--drop-invalid") == 0
     assert len(SpiderDataset(out).examples("train")) + len(SpiderDataset(out).examples("dev")) == 5
     assert sqlite3.connect(dbs / "shop.sqlite").execute("SELECT count(*) FROM customer").fetchone() == (2,)

@@ -4,18 +4,22 @@ Input: DBDIR holding ``<db_id>.sqlite`` (or ``.sqlite3`` / ``.db``) files, flat 
 ``<db_id>/<db_id>.sqlite``; a pairs file in JSONL or CSV with ``db_id``, ``question`` and ``query``.
 Output: ``tables.json`` (from each file, `sqlite_schema`), ``train_spider.json`` / ``dev.json``,
 ``train_gold.sql`` / ``dev_gold.sql`` and ``database/<db_id>/<db_id>.sqlite``: what `dataset=spider
-dataset.root=OUT` trains on. Every gold query is run read-only first by a checker the caller passes in (the
-evaluator's guard), so a query that cannot run never becomes a training target.
+dataset.root=OUT` trains on. Every gold query is run first on a connection opened by the evaluator's guard
+(`sql.sqlite_guard`: read-only, writes refused, a deadline), so a query that cannot run never becomes a
+training target.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import random
 import shutil
+import sqlite3
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,7 @@ from pathlib import Path
 from text2sql.data.sqlite_schema import is_sqlite_file, read_schema, tables_json_entry
 from text2sql.data.spider import SpiderSchema
 from text2sql.errors import UserError
+from text2sql.sql.sqlite_guard import open_readonly
 
 DB_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 PAIR_KEYS = ("db_id", "question", "query")
@@ -95,6 +100,36 @@ def read_pairs(path: Path) -> list[Pair]:
     if not pairs:
         raise UserError(f"{path} holds no pairs")
     return pairs
+
+
+def gold_checker(timeout: float) -> Checker:
+    """(database, SQL) -> error or None: the query runs to its last row under the guard's authorizer and deadline."""
+    conns: dict[Path, tuple] = {}
+
+    def check(db: Path, sql: str) -> str | None:
+        if db not in conns:
+            conns[db] = open_readonly(db, heap_limit=None)
+        conn, guard = conns[db]
+        guard.refused, guard.deadline = None, time.monotonic() + timeout
+        try:
+            cur = conn.execute(sql)
+            if cur.description is None:
+                return "write refused: not a read-only query"
+            while cur.fetchmany(4096):
+                pass
+            return None if guard.refused is None else f"write refused: {guard.refused}"
+        except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError) as err:
+            if guard.refused is not None:
+                return f"write refused: {guard.refused}"
+            if time.monotonic() > guard.deadline:
+                return f"timeout: still running after {timeout:g} s"
+            return str(err) or type(err).__name__
+        finally:
+            guard.deadline = math.inf
+            if conn.in_transaction:
+                conn.rollback()
+
+    return check
 
 
 def check_pairs(pairs: list[Pair], databases: dict[str, Path], check: Checker) -> list[tuple[Pair, str]]:

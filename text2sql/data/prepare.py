@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from text2sql.data.datasets import InstructionDataset
-from text2sql.data.from_sqlite import SPLIT_BY, prepare_from_sqlite
+from text2sql.data.from_sqlite import SPLIT_BY, gold_checker, prepare_from_sqlite
 from text2sql.data.prompt import TEMPLATES, encode_record, length_stats, record_lengths, truncation_counts
 from text2sql.data.spider import ENV_VAR
 from text2sql.errors import UserError
@@ -104,22 +104,6 @@ def write_atomically(out: Path, files: dict[str, Any]) -> None:
 
 def _format(stats: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in stats.items())
-
-
-def gold_checker(timeout: float):
-    """(database, SQL) -> error or None, through the evaluator's guard (read-only, authorizer, deadline)."""
-    from text2sql.eval.query import execute_query
-    from text2sql.eval.sqlite_guard import open_readonly
-
-    conns: dict[Path, tuple] = {}
-
-    def check(db: Path, sql: str) -> str | None:
-        if db not in conns:
-            conns[db] = open_readonly(db, heap_limit=None)
-        result = execute_query(*conns[db], sql, timeout)
-        return None if result.status in ("ok", "too_many_rows") else f"{result.status}: {result.error}"
-
-    return check
 
 
 def run_from_sqlite(args: argparse.Namespace) -> int:

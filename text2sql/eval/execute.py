@@ -16,7 +16,7 @@ Safety and robustness, beyond the official evaluator:
 * text that is not valid UTF-8 is decoded with replacement characters instead of failing;
 * gold results are computed once per (database file, gold query) and cached for the evaluator's life.
 
-The parts live in their own modules (:mod:`~text2sql.eval.sqlite_guard`: the read-only guard;
+The parts live in their own modules (:mod:`~text2sql.sql.sqlite_guard`: the read-only guard;
 :mod:`~text2sql.eval.query`: one query and one example; :mod:`~text2sql.eval.pool`: the worker processes);
 this module schedules examples over them and keeps the public names importable from here.
 """
@@ -49,7 +49,7 @@ from text2sql.eval.query import (
     _ConnCache,
     _evaluate_item,
 )
-from text2sql.eval.sqlite_guard import DEFAULT_HEAP_LIMIT
+from text2sql.sql.sqlite_guard import DEFAULT_HEAP_LIMIT
 
 __all__ = ["STATUSES", "Verdict", "ExecutionEvaluator", "db_files"]
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 
 from text2sql.eval.compare import ComparisonTimeout, result_eq
-from text2sql.eval.sqlite_guard import _WRITE_WORDS, DEFAULT_HEAP_LIMIT, _Guard, open_readonly
+from text2sql.sql.sqlite_guard import _WRITE_WORDS, DEFAULT_HEAP_LIMIT, _Guard, open_readonly
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ROWS", "QueryResult", "execute_query"]
 

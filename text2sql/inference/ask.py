@@ -96,7 +96,7 @@ class Asker:
         self.load_s = time.perf_counter() - start
         self.base = str(getattr(self.model.config, "_name_or_path", "") or cfg.model.get("path") or cfg.model.name)
         self.weights = f"{weights[0]} {weights[1]}" if weights else "none (the untrained base model)"
-        from text2sql.eval.sqlite_guard import open_readonly
+        from text2sql.sql.sqlite_guard import open_readonly
 
         self.conn, self.guard = open_readonly(args.db, heap_limit=None)
 

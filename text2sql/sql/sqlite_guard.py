@@ -1,6 +1,7 @@
 """Open an SQLite file so that nothing can write to it: read-only URI, ``PRAGMA query_only``, an authorizer
 that allows reads only (the attempted action is recorded for the verdict) and a progress handler that
-enforces a deadline. Used by the worker processes and by in-process evaluation."""
+enforces a deadline. Used by the evaluator (worker processes and in-process), `text2sql ask`, and
+`prepare --from-sqlite` to check gold queries (so it sits below data and eval, importing nothing of ours)."""
 
 from __future__ import annotations
 
