@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 EFFECTIVE_BATCH = 16          # DB-GPT-Hub: per_device_train_batch_size 1 x gradient_accumulation_steps 16
 SPIDER_TRAIN_EXAMPLES = 8659  # train_spider + train_others: the epoch the projections are for
 EPOCHS = 8
-TOY_DATA = ["dataset.max_source_length=160", "dataset.max_target_length=64"]  # toy: short records, quick steps
+TOY_DATA = ["dataset.max_source_length=160", "dataset.max_target_length=64", "data.val_loss_limit=8"]  # toy: short records, quick steps
 TOY_ARCH = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 # dense bf16 peak of one card (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name
 PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 70.0,
@@ -115,7 +116,8 @@ def tokenizer_for(cfg, corpus, vocab: int, given: str | None):
 
     from text2sql.model.llama_tokenizer import train_llama_tokenizer
 
-    path = Path(given) if given else Path(cfg.paths.cache_dir).expanduser() / f"gpu_scale-tokenizer-{vocab}"
+    key = re.sub(r"[^A-Za-z0-9.]+", "-", str(cfg.dataset.fingerprint)).strip("-")[:60]
+    path = Path(given) if given else Path(cfg.paths.cache_dir).expanduser() / f"gpu_scale-tokenizer-{key}-{vocab}"
     if not (path / "tokenizer_config.json").is_file():
         if given:
             raise SystemExit(f"error: no tokenizer at {given}")

@@ -1,0 +1,55 @@
+"""bench/gpu_scale.py's whole plan at toy scale on the CPU: every side, the probe, the EX cost and every lever run
+through the same code a GPU session runs, and the JSON they write is checked -- so no GPU minute goes to a broken
+plan. (Speed figures on the CPU prove nothing and are not asserted.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+
+
+@pytest.mark.slow
+def test_the_whole_plan_runs_at_toy_scale_and_writes_its_json(tmp_path):
+    import gpu_scale
+
+    out = tmp_path / "gpu_scale.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "bench/gpu_scale.py", "--toy", "--presets", "codellama13b,no_such_preset",
+                           "--json", str(out)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("ratio ours/theirs: ")
+
+    r = json.loads(out.read_text())
+    assert r["benchmark"] == "gpu_scale" and r["toy"] is True and r["gpu"]
+    assert last == f"ratio ours/theirs: {r['ratio_codellama13b']:.2f}" and r["summary"]["ratio"] == r["ratio_codellama13b"]
+    assert any(s.startswith("no_such_preset") for s in r["skipped"])  # a missing preset is skipped, not fatal
+    entry = r["presets"]["codellama13b"]
+    assert entry["arch"]["num_hidden_layers"] == 2 and entry["trainable_params"] > 0
+    mb = entry["largest_micro_batch"]
+    assert mb == 16 and [p["micro_batch"] for p in entry["probe"]] == [16]  # no memory limit on the CPU
+    for name, micro in (("theirs", 1), ("ours_mb1", 1), (f"ours_mb{mb}", mb)):
+        side = entry["sides"][name]
+        assert "error" not in side, side
+        assert side["micro_batch"] == micro and side["micro_batch"] * side["accumulate"] == 16
+        assert side["timed_steps"] == r["steps"] and side["tokens_per_s"] > 0 and side["projected_8_epochs_hours"] > 0
+    assert entry["sides"]["theirs"]["padding_share"] == 0  # one example per micro-batch
+    assert any("scaled_dot_product" in op for op in entry["sides"]["ours_mb1"]["attention_ops"])
+    assert entry["ratio_ours_theirs"] == r["ratio_codellama13b"] and "ratio_codellama13b_mb1" in r
+    ex = entry["ex_cost"]
+    assert ex["prompts"] == 8 and ex["dev_examples"] == r["data"]["dev_examples"] and ex["seconds"] > 0
+    assert ex["max_new_tokens"] == r["data"]["gold_sql_tokens_p95"] and 0 < ex["share_of_epoch"] < 1
+    for lever in gpu_scale.LEVERS:  # each measured against ours_mbN (or skipped for a missing package)
+        row = entry["levers"][lever]
+        assert "skipped" in row or ("error" not in row and isinstance(row["kept"], bool)
+                                    and r[f"ratio_lever_{lever}"] == row["vs_ours"]), (lever, row)
+    assert "tokens_per_s" in entry["levers"]["packed"] and "tokens_per_s" in entry["levers"]["full_head"]
