@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import gpu_scale_sides as S  # noqa: E402
-from benchjson import write_json  # noqa: E402
+from benchjson import machine, write_json  # noqa: E402
 
 PRESETS = "codellama13b,codellama7b,qwen25_coder_7b"
 # lever -> (what it changes, the package it needs or None)
@@ -79,7 +79,9 @@ class Bench:
         self.report = {"benchmark": "gpu_scale", "gpu": self.gpu, "toy": args.toy, "torch": torch.__version__,
                        "peak_tflops_bf16": self.peak, "budget_s": args.budget_s, "warmup": args.warmup,
                        "steps": args.steps, "effective_batch": S.EFFECTIVE_BATCH, "presets": {}, "skipped": [],
-                       "flops_formula": S.flops_per_token.__doc__.split("\n", 1)[1].strip()}
+                       "flops_formula": " ".join(S.flops_per_token.__doc__.split("\n", 1)[1].split()),
+                       "machine": {**machine(), **({"gpu": self.gpu, "gpus": 1} if self.peak is not None or
+                                                   torch.cuda.is_available() else {})}}
         self.last_wall: dict[str, float] = {}
 
     def left(self) -> float:

@@ -16,6 +16,31 @@ from conftest import REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU: the script would run")
+def test_without_a_gpu_or_toy_it_prints_the_plan_and_measures_nothing(tmp_path, capsys):
+    import gpu_scale
+
+    assert gpu_scale.main(["--json", str(tmp_path / "r.json"), "--levers", "compile,zero2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("gpu_scale: no CUDA GPU here: nothing measured") and "--toy" in line
+    assert "codellama13b" in line and "compile, zero2" in line and not (tmp_path / "r.json").exists()
+
+
+def test_an_unknown_lever_is_one_line():
+    import gpu_scale
+
+    with pytest.raises(SystemExit):
+        gpu_scale.parse(["--levers", "warp_drive"])
+
+
+def test_bench_readme_shows_the_gpu_row_until_a_result_exists(tmp_path):
+    import make_readme
+
+    (tmp_path / "results").mkdir()
+    text = make_readme.render(make_readme.load(tmp_path / "results"))
+    assert "| `bash bench/gpu_scale.sh` |" in text and "not run yet: no GPU was available" in text
+
+
 @pytest.mark.slow
 def test_the_whole_plan_runs_at_toy_scale_and_writes_its_json(tmp_path):
     import gpu_scale
@@ -53,3 +78,12 @@ def test_the_whole_plan_runs_at_toy_scale_and_writes_its_json(tmp_path):
         assert "skipped" in row or ("error" not in row and isinstance(row["kept"], bool)
                                     and r[f"ratio_lever_{lever}"] == row["vs_ours"]), (lever, row)
     assert "tokens_per_s" in entry["levers"]["packed"] and "tokens_per_s" in entry["levers"]["full_head"]
+
+    import make_readme  # the result renders into bench/README.md: summary row and the details tables
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "gpu_scale.json").write_text(out.read_text())
+    text = make_readme.render(make_readme.load(tmp_path / "results"))
+    assert "## Full-size speed on one GPU" in text and "| codellama13b | theirs | 1 x 16 |" in text
+    assert "| codellama13b | ours_mb16 | 16 x 1 |" in text and "| packed |" in text and "EX cost per epoch" in text
+    assert "not run yet" not in text.split("## Full-size")[0].split("gpu_scale")[1][:300]

@@ -161,6 +161,9 @@ EXAMPLES: dict[str, object] = {
     "torchrun --standalone --nproc_per_node 2 train.py hardware=cpu hardware.devices=2 debug=smoke": Run(),
     "bench/gpu_acceptance.sh": Covered("tests/test_auto_gpu_acceptance.py"),
     "bash bench/gpu_acceptance.sh": Covered("tests/test_auto_gpu_acceptance.py"),
+    "bench/gpu_scale.sh": Covered("tests/test_gpu_scale.py"),
+    "bash bench/gpu_scale.sh": Covered("tests/test_gpu_scale.py"),
+    "python bench/gpu_scale.py --toy": Covered("tests/test_gpu_scale.py"),
     "python train.py -m +launcher=slurm sweep=lora_grid model=codellama7b hardware=gpu hydra.launcher.partition=gpu":
         Compose("submitit_slurm"),
     "python train.py -m +launcher=slurm sweep=optuna hydra.sweeper.n_jobs=8 hydra.launcher.timeout_min=720":
