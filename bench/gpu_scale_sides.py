@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 EFFECTIVE_BATCH = 16          # DB-GPT-Hub: per_device_train_batch_size 1 x gradient_accumulation_steps 16
 SPIDER_TRAIN_EXAMPLES = 8659  # train_spider + train_others: the epoch the projections are for
 EPOCHS = 8
-TOY_DATA = ["dataset.max_source_length=160", "dataset.max_target_length=64", "data.val_loss_limit=8"]  # toy: short records, quick steps
+# --toy: short records (quick steps) and tiny shapes
+TOY_DATA = ["dataset.max_source_length=160", "dataset.max_target_length=64", "data.val_loss_limit=8"]
 TOY_ARCH = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 # dense bf16 peak of one card (no sparsity), TFLOP/s, by a substring of torch.cuda.get_device_name
 PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 70.0,
@@ -41,6 +42,7 @@ def sync() -> None:
 
 
 def free_memory() -> None:
+    torch._dynamo.reset()  # compiled layers' caches hold on to their modules
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -277,6 +279,22 @@ class Meter:
 
 # ------------------------------------------------------------------------------------------------ the sides
 
+def stay_on_device():
+    """Lightning's single-device strategy, minus its teardown's copy of the model to the CPU (26 GB for 13B after
+    every entry, and the EX generation after it would run on the CPU)."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    class StayOnDevice(SingleDeviceStrategy):
+        def teardown(self) -> None:
+            module, self._lightning_module = self._lightning_module, None
+            try:
+                super().teardown()
+            finally:
+                self._lightning_module = module
+
+    return StayOnDevice(device=torch.device("cuda", 0) if device() == "cuda" else torch.device("cpu"))
+
+
 def run_ours(peft_model, cfg, dm, steps: int, meter: Meter, full_head: bool = False, strategy=None,
              precision: str | None = None):
     """Our path: Text2SQLModule + TextToSQLDataModule (length-grouped) under a Lightning Trainer."""
@@ -299,7 +317,7 @@ def run_ours(peft_model, cfg, dm, steps: int, meter: Meter, full_head: bool = Fa
     trainer = pl.Trainer(
         max_steps=steps, accelerator="gpu" if device() == "cuda" else "cpu", devices=1,
         precision=precision or ("bf16-mixed" if device() == "cuda" else cfg.trainer.precision),
-        strategy=strategy or "auto", accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        strategy=strategy or stay_on_device(), accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         gradient_clip_val=cfg.trainer.gradient_clip_val, limit_val_batches=0, num_sanity_val_steps=0,
         log_every_n_steps=cfg.trainer.log_every_n_steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[Timing()],

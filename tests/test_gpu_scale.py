@@ -87,3 +87,25 @@ def test_the_whole_plan_runs_at_toy_scale_and_writes_its_json(tmp_path):
     assert "## Full-size speed on one GPU" in text and "| codellama13b | theirs | 1 x 16 |" in text
     assert "| codellama13b | ours_mb16 | 16 x 1 |" in text and "| packed |" in text and "EX cost per epoch" in text
     assert "not run yet" not in text.split("## Full-size")[0].split("gpu_scale")[1][:300]
+
+
+def test_our_side_keeps_the_model_on_the_device_after_fit():
+    """Lightning's teardown copies the model to the CPU (26 GB for 13B after every entry, and the EX generation
+    that follows would run there): the bench's strategy leaves it where it is."""
+    import torch
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    import gpu_scale_sides
+
+    moved = []
+
+    class Module(torch.nn.Module):
+        def cpu(self):
+            moved.append(True)
+            return self
+
+    strategy = gpu_scale_sides.stay_on_device()
+    strategy.accelerator, module = CPUAccelerator(), Module()
+    strategy._lightning_module = module
+    strategy.teardown()
+    assert not moved and strategy.lightning_module is module
