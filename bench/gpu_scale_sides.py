@@ -300,7 +300,7 @@ def run_ours(peft_model, cfg, dm, steps: int, meter: Meter, full_head: bool = Fa
     """Our path: Text2SQLModule + TextToSQLDataModule (length-grouped) under a Lightning Trainer."""
     import lightning.pytorch as pl
 
-    from text2sql.model.module import Text2SQLModule
+    from text2sql.training.module import Text2SQLModule
 
     module = Text2SQLModule(peft_model, cfg.optim)
     if full_head:
@@ -389,7 +389,7 @@ def probe_micro_batch(peft_model, cfg, dm, candidates: list[int], headroom: floa
     runs forward + backward through our loss path within `headroom` of the card's memory."""
     from text2sql.data.datamodule import pad_batch
     from text2sql.data.packing import add_target_positions
-    from text2sql.model.module import Text2SQLModule
+    from text2sql.training.module import Text2SQLModule
 
     module = Text2SQLModule(peft_model, cfg.optim)
     longest = sorted(dm.train_items, key=lambda it: len(it["input_ids"]), reverse=True)
