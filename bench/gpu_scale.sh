@@ -8,7 +8,8 @@
 #   bench/gpu_scale.sh                                   # default plan, --budget-s 600
 #   bench/gpu_scale.sh --presets codellama13b --levers compile,qlora4 --budget-s 300
 #   WHEELS=wheels bench/gpu_scale.sh                     # install the wheels in ./wheels first (a bare GPU image)
-#   TOKENIZER=.cache/gpu_scale-tokenizer bench/gpu_scale.sh   # a tokenizer built beforehand (saves ~1 min)
+#   TOKENIZER=DIR bench/gpu_scale.sh                     # a tokenizer built beforehand (saves ~1 min)
+#   bench/gpu_scale.sh --json "$OUT/gpu_scale.json"      # the result somewhere else (a device box's $OUT)
 # On a bare GPU image the packages it lacks travel as wheels (as for gpu_acceptance.sh: hydra-core, omegaconf,
 # antlr4-python3-runtime, transformers, peft, lightning, deepspeed, bitsandbytes, sqlglot, sqlparse, pydantic,
 # and liger-kernel for that lever): `pip download -d wheels <pkg>==<version> --no-deps` here, carry ./wheels.
