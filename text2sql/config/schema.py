@@ -252,7 +252,7 @@ def describe_compose_error(ex: BaseException) -> str | None:
     cannot be written; None for other errors."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
-    if isinstance(ex, (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError)) or (
+    if isinstance(ex, (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError, FileNotFoundError)) or (
             isinstance(ex, OSError) and ex.errno in (errno.EROFS, errno.ENOSPC)):
         return f"cannot write {ex.filename}: {ex.strerror} (check hydra.run.dir / hydra.sweep.dir)"
     if isinstance(ex, MissingConfigException):  # Hydra's list of valid choices, without the search path

@@ -57,6 +57,7 @@ class TrainingProgress(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._run_start = self._last_line = time.monotonic()
         self._batches_run = 0
+        self.on_train_epoch_start(trainer, pl_module)  # a mid-epoch resume starts without this hook
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch = {"tokens": 0, "seconds": 0.0, "steps_start": trainer.global_step}
@@ -71,7 +72,7 @@ class TrainingProgress(pl.Callback):
         self._epoch["tokens"] += _tokens(batch)
         self._epoch["seconds"] += now - self._batch_start
         self._batches_run += 1
-        loss = trainer.callback_metrics.get("train/loss")
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # this batch's (callback_metrics lag)
         self._loss = float(loss) if loss is not None else self._loss
         if self._active(trainer) and now - self._last_line >= self.every_s:
             self._last_line = now

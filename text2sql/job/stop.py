@@ -107,6 +107,10 @@ class StopOnSignal(pl.Callback):
         signum = self._requested(trainer)
         if signum is not None:
             trainer.save_checkpoint(self.checkpoint)  # what ModelCheckpoint(every_n_train_steps) does here
+            # What the loop does right after this hook: this step's loss reaches the loggers (W&B has no gap).
+            # Private API of lightning 2.6.6 (pyproject caps lightning below 2.7).
+            trainer._logger_connector.on_batch_end()
+            trainer._logger_connector.update_train_step_metrics()
             raise RunStopped(signum, trainer.global_step, saved=True)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
