@@ -121,10 +121,16 @@ def test_sigint_and_sigterm_checkpoint_the_step_and_the_resume_is_exact(cache, w
            f"python train.py ckpt_path={stopped}" in output
     assert "Traceback" not in output and "Detected KeyboardInterrupt" not in output
     assert torch_load_step(stopped / "checkpoints" / "last.ckpt") == record["step"]  # mid-epoch, at that step
+    assert "epoch 1 of 3 batch 1/4 step 5/12 loss " in (stopped / "train.log").read_text()  # progress in the log too
 
-    _train(cache, f"ckpt_path={stopped}")
+    resumed = _train(cache, f"ckpt_path={stopped}")
+    ex_lines = [ln for ln in resumed.stdout.splitlines() if "execution accuracy" in ln]
+    assert ex_lines[0].startswith("[") and "epoch 1: execution accuracy" in ex_lines[0]
+    assert "(first)" not in ex_lines[0], ex_lines  # the change from epoch 0, before the stop
     a, b = json.loads((whole / "metrics.json").read_text()), json.loads((stopped / "metrics.json").read_text())
     assert b["status"] == "ok" and "step" not in b
+    assert all(r["perf/tokens_per_s"] > 0 and r["perf/s_per_step"] > 0 and r["perf/peak_memory_gb"] > 0
+               for r in a["history"])  # per-epoch throughput in every row
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # noqa: E731
     assert strip(b["history"]) == strip(a["history"]) and b["best"] == a["best"]
     steps_a, steps_b = _steps(whole), _steps(stopped)
