@@ -142,7 +142,8 @@ class ExecutionAccuracyCallback(pl.Callback):
             self._items = trainer.datamodule.eval_items(self.limit, self.seed)
         rank, world = trainer.global_rank, trainer.world_size
         shard, real = lockstep_shard(self._items, rank, world)
-        preds = self._generate(trainer, pl_module, shard, epoch, synced=world > 1 and needs_synced_generation(trainer))
+        preds = self._generate(trainer, pl_module, shard, synced=world > 1 and needs_synced_generation(trainer),
+                               epoch=epoch)
         mine = list(zip((it.index for it in shard[:real]), preds[:real]))  # the padding copies are dropped
         gathered = [mine]
         if world > 1:
@@ -156,7 +157,8 @@ class ExecutionAccuracyCallback(pl.Callback):
             metrics = self._score(trainer, [by_index[it.index] for it in self._items], epoch)
         return trainer.strategy.broadcast(metrics, src=0)
 
-    def _generate(self, trainer, pl_module, shard, epoch: int, synced: bool = False) -> list[str]:
+    def _generate(self, trainer, pl_module, shard, synced: bool = False, epoch: int | None = None) -> list[str]:
+        epoch = trainer.current_epoch if epoch is None else epoch
         model = pl_module.model
         tokenizer = trainer.datamodule.tokenizer
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
@@ -165,7 +167,8 @@ class ExecutionAccuracyCallback(pl.Callback):
             return generate_sql(model, tokenizer, [it.source_ids for it in shard], batch_size=self.batch_size,
                                 max_new_tokens=self.max_new_tokens, progress=progress, synced_gpus=synced)
 
-    def _score(self, trainer, preds: list[str], epoch: int) -> dict[str, float]:
+    def _score(self, trainer, preds: list[str], epoch: int | None = None) -> dict[str, float]:
+        epoch = trainer.current_epoch if epoch is None else epoch
         from text2sql.eval.metrics import summarize, summarize_exact
 
         verdicts = self._evaluator_for_run(trainer).evaluate([(it.db_id, it.gold, p) for it, p in zip(self._items, preds)])
