@@ -81,16 +81,21 @@ class ExecutionAccuracyCallback(pl.Callback):
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage):
-        if trainer.ckpt_path and self.output_dir is not None and not self.history:  # resumed: the delta of its
-            from text2sql.job.run_dir import RunDir  # first new epoch is to the last epoch before the stop
-
-            self.history = [r for r in RunDir(self.output_dir).history() if MONITOR in r]
         for logger in trainer.loggers:  # W&B: the run summary keeps the best EX, not the last
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "define_metric") and trainer.is_global_zero:
                 experiment.define_metric(MONITOR, summary="max")
 
     def on_fit_start(self, trainer, pl_module):
+        if trainer.ckpt_path and self.output_dir is not None and not self.history:
+            # resumed (the checkpoint path is known from this hook on): the first new EX line shows the change
+            # from the last evaluated epoch before the stop, not "(first)"
+            from text2sql.job.run_dir import RunDir
+
+            self.history = [r for r in RunDir(self.output_dir).history() if MONITOR in r]
+        self._warn_missing_databases(trainer)
+
+    def _warn_missing_databases(self, trainer) -> None:
         if not trainer.is_global_zero or getattr(trainer.datamodule, "dev_records", None) is None:
             return
         from text2sql.data.datamodule import eval_subset
