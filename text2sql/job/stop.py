@@ -83,15 +83,26 @@ class StopOnSignal(pl.Callback):
 
     def __init__(self, checkpoint: str | Path):
         self.checkpoint = Path(checkpoint)
+        self._previous: dict = {}
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.getsignal(s) for s in STATUS}
             for s in STATUS:  # replaces Lightning's SIGTERM handler, registered just before this hook
                 signal.signal(s, _handler)
         REQUEST.armed, REQUEST.step = True, trainer.global_step
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    def _disarm(self) -> None:
         REQUEST.armed = False
+        for s, handler in self._previous.items():  # what was there (under `stop_on_signals`: its handler)
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._disarm()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._disarm()
 
     def _requested(self, trainer) -> int | None:
         signum = REQUEST.signum
