@@ -49,6 +49,8 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.job.lifecycle import flat_hparams
     from text2sql.tracking.logger import make_loggers, wandb_identity
     from text2sql.job.history import EpochHistory
+    from text2sql.job.progress import TrainingProgress
+    from text2sql.job.stop import StopOnSignal
 
     quiet_after_imports(local_model=bool(cfg.model.get("build")))
 
@@ -69,7 +71,10 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     loggers = make_loggers(cfg, job_dir(), wandb_identity(cfg))  # W&B: the run dir's id, offline if unreachable
     callbacks = [instantiate(c) for c in cfg.callbacks.values()
                  if loggers or "LearningRateMonitor" not in c._target_]  # LR monitor needs a logger
-    callbacks.append(EpochHistory(history, job_dir(), cfg.optimized_metric, cfg.eval.every_n_epochs))
+    progress = TrainingProgress(cfg.progress.every_s)  # plain lines when stdout is a file; per-epoch throughput
+    callbacks += [progress, StopOnSignal(RunDir(job_dir()).last_checkpoint),  # Ctrl-C / SIGTERM: checkpoint, stop
+                  EpochHistory(history, job_dir(), cfg.optimized_metric, cfg.eval.every_n_epochs,
+                               throughput=progress.epoch_throughput)]
     for lg in loggers:
         lg.log_hyperparams({**flat_hparams(cfg), "data_stats": datamodule.stats})
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,

@@ -190,6 +190,15 @@ def test_output_dir_that_is_not_writable(spider, tmp_path, capsys):
     assert blocker.read_text() == "not a directory\n"
 
 
+def test_run_dir_that_cannot_be_created_is_one_line(tmp_path):
+    """/proc refuses new directories (even for root): Hydra's mkdir fails before the job starts."""
+    proc = subprocess.run([sys.executable, "train.py", "hydra.run.dir=/proc/x"], cwd=REPO_ROOT,
+                          env={**ENV, "TEXT2SQL_CACHE": str(tmp_path / "cache")}, capture_output=True, text=True,
+                          timeout=120)
+    line = one_error_line(proc.stderr, "error: cannot write /proc/x")
+    assert "hydra.run.dir" in line and proc.returncode == 1
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod; covered by the file-as-parent drill")
 def test_read_only_run_dir(spider, tmp_path, capsys):
     ro = tmp_path / "ro"

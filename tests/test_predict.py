@@ -27,19 +27,17 @@ def test_predict_from_run_dir_matches_the_callbacks_predictions(trained_run, tmp
     monkeypatch.delenv("TEXT2SQL_CACHE", raising=False)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "pred.sql"
-    assert main(["predict", "--run", str(run_dir), "--out", str(out), "--no-progress", "--limit", "40",
-                 "eval.max_new_tokens=48"]) == 0
+    # debug=smoke scores eval.limit=16 examples: --limit 16 takes the same fixed-seed subset, in the same order
+    assert main(["predict", "--run", str(run_dir), "--out", str(out), "--no-progress", "--limit", "16",
+                 "eval.max_new_tokens=48", "--evaluate"]) == 0
     lines = out.read_text().splitlines()
-    assert len(lines) == 40 and all("\n" not in line for line in lines)
-    # the callback scored the same model on a dev subset at the last epoch: same prompts, same outputs
-    import json
-
-    rows = [json.loads(x) for x in (run_dir / "predictions" / "epoch_1.jsonl").read_text().splitlines()]
-    # predict loads the run's final weights (its adapter, or last.ckpt): those of the last epoch
-    by_index = {r["index"]: r["prediction"] for r in rows}
-    common = [i for i in by_index if i < 40]
-    assert common, "the smoke subset and the first 40 dev examples should overlap"
-    assert [lines[i] for i in common] == [by_index[i] for i in common]
+    assert len(lines) == 16 and all("\n" not in line for line in lines)
+    # the callback scored the same model at the last epoch: same prompts, same outputs
+    # (predict loads the run's final weights, its adapter or last.ckpt: those of the last epoch)
+    epoch = run_dir / "predictions"
+    assert lines == (epoch / "epoch_1_pred.sql").read_text().splitlines()
+    # the callback's gold file is the same examples' gold: the epoch re-scores with `text2sql evaluate`
+    assert (epoch / "epoch_1_gold.sql").read_text() == (tmp_path / "dev_gold.sql").read_text()
 
 
 def test_predict_bad_inputs_are_one_line(tmp_path, capsys):

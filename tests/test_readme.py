@@ -92,6 +92,8 @@ EXAMPLES: dict[str, object] = {
         "installs a CUDA build of torch from another index; CPU CI pins the CPU wheel instead"),
     "python train.py": Run(provides="run"),
     "python train.py debug=smoke": Run(),
+    "python train.py eval.before_training=true": Run(),
+    "text2sql predict --limit 200 --evaluate": Run(extra=("--limit", "4", "--max-new-tokens", "8", "--no-progress")),
     # -- choosing what to run
     "python train.py optim.lr=1e-3 peft.r=8 trainer.max_epochs=3": Run(),
     "python train.py dataset=spider dataset.root=../shared/spider debug=smoke": Run(spider=True),

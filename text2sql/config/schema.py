@@ -56,7 +56,13 @@ class DataSchema:
 
 
 @dataclass
+class ProgressSchema:
+    every_s: Optional[float] = 30.0
+
+
+@dataclass
 class EvalSchema:
+    before_training: bool = False
     every_n_epochs: int = 1
     limit: Optional[int] = None
     seed: int = 0
@@ -127,6 +133,7 @@ def register() -> None:
 
     cs = ConfigStore.instance()
     cs.store(group="schema", name="train", node={"optim": OptimSchema, "data": DataSchema, "eval": EvalSchema,
+                                                 "progress": ProgressSchema,
                                                  "trainer": TrainerSchema})
     cs.store(group="schema", name="spider", node=DatasetSchema)
     cs.store(group="schema", name="sample", node=SampleDatasetSchema)
@@ -175,6 +182,7 @@ RANGES: dict[str, Any] = {  # dataset budgets first: the key users set (data.* i
     "eval.max_new_tokens": _at_least(1),
     "eval.timeout": _at_least(0, inclusive=False),
     "eval.workers": _at_least(1, allow_none=True),
+    "progress.every_s": _at_least(0, inclusive=False, allow_none=True),
     "trainer.max_epochs": _at_least(1, also=(-1,)),
     "trainer.accumulate_grad_batches": _at_least(1),
     "trainer.log_every_n_steps": _at_least(1),
@@ -197,7 +205,7 @@ def check_config(cfg: DictConfig) -> None:
 
     Needs no torch: train.py calls it before the heavy imports, so a bad value fails in about a second.
     """
-    for section in ("optim", "data", "eval", "trainer", "dataset", "peft"):
+    for section in ("optim", "data", "eval", "progress", "trainer", "dataset", "peft"):
         node = cfg.get(section)
         if isinstance(node, DictConfig):
             for key in node:
@@ -244,7 +252,7 @@ def describe_compose_error(ex: BaseException) -> str | None:
     cannot be written; None for other errors."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
-    if isinstance(ex, (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError)) or (
+    if isinstance(ex, (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError, FileNotFoundError)) or (
             isinstance(ex, OSError) and ex.errno in (errno.EROFS, errno.ENOSPC)):
         return f"cannot write {ex.filename}: {ex.strerror} (check hydra.run.dir / hydra.sweep.dir)"
     if isinstance(ex, MissingConfigException):  # Hydra's list of valid choices, without the search path

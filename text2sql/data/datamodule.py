@@ -22,6 +22,15 @@ from text2sql.data.spider import SpiderDataset
 log = logging.getLogger(__name__)
 
 
+def eval_subset(n: int, limit: int | None, seed: int) -> list[int]:
+    """The indices of the dev examples scored: all of `n`, or a fixed-seed subset of `limit` in dev order.
+    One rule for the training callback (`eval.limit`) and `text2sql predict --limit`, so their numbers compare."""
+    indices = list(range(n))
+    if limit and limit < n:
+        indices = sorted(random.Random(seed).sample(indices, limit))
+    return indices
+
+
 @dataclass
 class EvalItem:
     """One dev example as the evaluation callback needs it."""
@@ -210,11 +219,8 @@ class TextToSQLDataModule(pl.LightningDataModule):
         """The dev examples to generate SQL for: all, or a fixed-seed subset of `limit` (kept in dev order)."""
         if self.dev_records is None:
             self.setup()
-        indices = list(range(len(self.dev_records)))
-        if limit and limit < len(indices):
-            indices = sorted(random.Random(seed).sample(indices, limit))
         items = []
-        for i in indices:
+        for i in eval_subset(len(self.dev_records), limit, seed):
             r = self.dev_records[i]
             source_ids, _ = encode_source(r, self.tokenizer, self.template, self.max_source_length,
                                           system_prompt=self.system_prompt)

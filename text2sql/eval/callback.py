@@ -44,6 +44,10 @@ def needs_synced_generation(trainer) -> bool:
 
 
 
+def _one_line(sql: str) -> str:
+    return " ".join(sql.split())
+
+
 def is_eval_epoch(epoch: int, every_n_epochs: int) -> bool:
     """Whether the EX callback scores `epoch` (0-based): every `eval.every_n_epochs`-th epoch."""
     return (epoch + 1) % max(every_n_epochs, 1) == 0
@@ -62,12 +66,14 @@ class ExecutionAccuracyCallback(pl.Callback):
         workers: int | None = None,
         table_rows: int = 100,
         exact_match: bool = True,
+        before_training: bool = False,
     ):
         self.db_dir, self.every_n_epochs, self.limit, self.seed = db_dir, every_n_epochs, limit, seed
         self.batch_size, self.max_new_tokens, self.timeout, self.workers = batch_size, max_new_tokens, timeout, workers
         self.output_dir = Path(output_dir) if output_dir else None
         self.table_rows = table_rows
         self.exact_match = exact_match  # also log val/exact_match (official EM) and val/em_<level>
+        self.before_training = before_training  # score the untrained model first (epoch -1, the baseline)
         self._matcher = None
         self._evaluator = None
         self._items = None
@@ -79,6 +85,27 @@ class ExecutionAccuracyCallback(pl.Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "define_metric") and trainer.is_global_zero:
                 experiment.define_metric(MONITOR, summary="max")
+
+    def on_fit_start(self, trainer, pl_module):
+        if trainer.ckpt_path and self.output_dir is not None and not self.history:
+            # resumed (the checkpoint path is known from this hook on): the first new EX line shows the change
+            # from the last evaluated epoch before the stop, not "(first)"
+            from text2sql.job.run_dir import RunDir
+
+            self.history = [r for r in RunDir(self.output_dir).history() if MONITOR in r]
+        self._warn_missing_databases(trainer)
+
+    def _warn_missing_databases(self, trainer) -> None:
+        if not trainer.is_global_zero or getattr(trainer.datamodule, "dev_records", None) is None:
+            return
+        from text2sql.data.datamodule import eval_subset
+        from text2sql.eval.execute import missing_databases_warning
+
+        dev = trainer.datamodule.dev_records  # the examples this run scores: a missing database caps its EX
+        scored = [dev[i]["db_id"] for i in eval_subset(len(dev), self.limit, self.seed)]
+        warning = missing_databases_warning(self.db_dir or trainer.datamodule.dataset.root / "database", scored)
+        if warning:
+            log.warning("%s", warning)
 
     def teardown(self, trainer, pl_module, stage):
         if self._evaluator is not None:
@@ -94,14 +121,34 @@ class ExecutionAccuracyCallback(pl.Callback):
         return self._evaluator
 
     # -- the per-epoch work ----------------------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.before_training or trainer.global_step > 0:  # a resumed run has its baseline already
+            return
+        metrics = self._evaluate(trainer, pl_module, epoch=-1)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({**metrics, "epoch": -1}, step=0)
+            if self.output_dir is not None:
+                from text2sql.job.run_dir import RunDir
+
+                RunDir(self.output_dir).record_baseline({"epoch": -1, **metrics})
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not is_eval_epoch(trainer.current_epoch, self.every_n_epochs):
             return
+        metrics = self._evaluate(trainer, pl_module, trainer.current_epoch)
+        for name, value in metrics.items():
+            # the same value on every rank: the mean over ranks is exact (and Lightning does not warn)
+            pl_module.log(name, value, prog_bar=name == MONITOR, sync_dist=True)
+
+    def _evaluate(self, trainer, pl_module, epoch: int) -> dict[str, float]:
+        """Generate on every rank, score on rank 0, return the metrics on every rank (epoch -1: before training)."""
         if self._items is None:
             self._items = trainer.datamodule.eval_items(self.limit, self.seed)
         rank, world = trainer.global_rank, trainer.world_size
         shard, real = lockstep_shard(self._items, rank, world)
-        preds = self._generate(trainer, pl_module, shard, synced=world > 1 and needs_synced_generation(trainer))
+        preds = self._generate(trainer, pl_module, shard, synced=world > 1 and needs_synced_generation(trainer),
+                               epoch=epoch)
         mine = list(zip((it.index for it in shard[:real]), preds[:real]))  # the padding copies are dropped
         gathered = [mine]
         if world > 1:
@@ -112,22 +159,21 @@ class ExecutionAccuracyCallback(pl.Callback):
         metrics = None
         if trainer.is_global_zero:
             by_index = {i: p for part in gathered for i, p in part}
-            metrics = self._score(trainer, [by_index[it.index] for it in self._items])
-        metrics = trainer.strategy.broadcast(metrics, src=0)
-        for name, value in metrics.items():
-            # the same value on every rank: the mean over ranks is exact (and Lightning does not warn)
-            pl_module.log(name, value, prog_bar=name == MONITOR, sync_dist=True)
+            metrics = self._score(trainer, [by_index[it.index] for it in self._items], epoch)
+        return trainer.strategy.broadcast(metrics, src=0)
 
-    def _generate(self, trainer, pl_module, shard, synced: bool = False) -> list[str]:
+    def _generate(self, trainer, pl_module, shard, synced: bool = False, epoch: int | None = None) -> list[str]:
+        epoch = trainer.current_epoch if epoch is None else epoch
         model = pl_module.model
         tokenizer = trainer.datamodule.tokenizer
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
-        with generation_progress(f"generating SQL (epoch {trainer.current_epoch})", len(shard), show,
+        with generation_progress(f"generating SQL (epoch {epoch})", len(shard), show,
                                  transient=True) as progress:
             return generate_sql(model, tokenizer, [it.source_ids for it in shard], batch_size=self.batch_size,
                                 max_new_tokens=self.max_new_tokens, progress=progress, synced_gpus=synced)
 
-    def _score(self, trainer, preds: list[str]) -> dict[str, float]:
+    def _score(self, trainer, preds: list[str], epoch: int | None = None) -> dict[str, float]:
+        epoch = trainer.current_epoch if epoch is None else epoch
         from text2sql.eval.metrics import summarize, summarize_exact
 
         verdicts = self._evaluator_for_run(trainer).evaluate([(it.db_id, it.gold, p) for it, p in zip(self._items, preds)])
@@ -135,7 +181,6 @@ class ExecutionAccuracyCallback(pl.Callback):
         matches = self._match(trainer, preds, verdicts) if self.exact_match else None
         metrics = {f"val/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float)) and k != "count"}
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
-        epoch = trainer.current_epoch
         rows = [
             {"index": it.index, "db_id": it.db_id, "question": it.question, "gold": it.gold, "prediction": p,
              "status": v.status, "hardness": v.hardness, "correct": v.correct, "error": v.error}
@@ -149,8 +194,14 @@ class ExecutionAccuracyCallback(pl.Callback):
         self._log_table(trainer, epoch, rows)
         ex, prev = metrics.get(MONITOR, 0.0), (self.history[-1].get(MONITOR) if self.history else None)
         levels = " ".join(f"{k[7:]} {v:.2f}" for k, v in metrics.items() if k.startswith("val/ex_"))
-        log.info("epoch %d: execution accuracy %.3f (%s) on %d dev examples%s", epoch, ex,
-                 "first" if prev is None else f"{ex - prev:+.3f}", len(rows), f"; {levels}" if levels else "")
+        change = "first"
+        if prev is not None:  # the previous evaluation: the baseline, the epoch before, or the one before a resume
+            last = self.history[-1]["epoch"]
+            change = f"{ex - prev:+.3f}" + (" over the baseline" if last == -1 else "" if last == epoch - 1
+                                            else f" since epoch {last}")
+        log.info("%s: execution accuracy %.3f (%s) on %d dev examples%s",
+                 "before training" if epoch < 0 else f"epoch {epoch}", ex, "baseline" if epoch < 0 else change,
+                 len(rows), f"; {levels}" if levels else "")
         self.history.append({"epoch": epoch, **metrics})
         return metrics
 
@@ -171,6 +222,9 @@ class ExecutionAccuracyCallback(pl.Callback):
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         (out / f"epoch_{epoch}_pred.sql").write_text("".join(r["prediction"] + "\n" for r in rows), encoding="utf-8")
+        # the gold of the same examples, in Spider's `SQL<TAB>db_id` format: `text2sql evaluate` re-scores the epoch
+        (out / f"epoch_{epoch}_gold.sql").write_text("".join(f"{_one_line(r['gold'])}\t{r['db_id']}\n" for r in rows),
+                                                     encoding="utf-8")
 
     def _log_table(self, trainer, epoch: int, rows: list[dict]) -> None:
         for logger in trainer.loggers:

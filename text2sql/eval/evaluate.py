@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from text2sql.config.paths import check_writable
 from text2sql.errors import UserError
 from text2sql.eval.execute import WORKERS_HELP
 
@@ -139,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"database directory not found: {db_dir}")
     if args.timeout <= 0:
         raise UserError(f"--timeout must be positive, got {args.timeout}")
+    if args.out:
+        check_writable(Path(args.out))  # before scoring
     do_exec, do_match = args.etype in ("exec", "all"), args.etype in ("match", "all")
     questions = _read_questions(args.questions, len(gold)) if args.questions else None
     tables = _tables_path(args, db_dir) if do_match else None

@@ -88,6 +88,21 @@ def db_files(db_dir: str | os.PathLike, db_id: str, test_suite: bool = False) ->
     return [str(p) for p in files]
 
 
+def missing_databases_warning(db_dir: str | os.PathLike, db_ids: list[str]) -> str | None:
+    """One line naming the databases of `db_ids` (one per example) absent under `db_dir` and the execution
+    accuracy their examples leave reachable (they are all `db_missing`); None when every database is there."""
+    counts: dict[str, int] = {}
+    for db_id in db_ids:
+        counts[db_id] = counts.get(db_id, 0) + 1
+    missing = {d: n for d, n in sorted(counts.items()) if not db_files(db_dir, d)}
+    if not missing:
+        return None
+    lost = sum(missing.values())
+    names = ", ".join(f"{d} ({n})" for d, n in list(missing.items())[:5]) + (" ..." if len(missing) > 5 else "")
+    return (f"{lost} of {len(db_ids)} dev examples have no database under {db_dir}: {names}; they count as "
+            f"db_missing, so execution accuracy is at most {1 - lost / len(db_ids):.3f}")
+
+
 MAX_DEFAULT_WORKERS = 8
 WORKERS_HELP = f"one per CPU core, at most {MAX_DEFAULT_WORKERS}"  # what workers=None means, said everywhere alike
 

@@ -132,6 +132,10 @@ def _shutdown(workers: list) -> None:
 
 def _main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "--worker":
+        import signal
+
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a Ctrl-C or preemption of the group: the parent decides
+            signal.signal(signum, signal.SIG_IGN)  # (it stops or kills its workers; a lost parent is EOF here)
         # run the loop from the importable module so that pickled classes resolve in the parent
         from text2sql.eval import pool as module
 

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from text2sql.config.paths import check_writable
 from text2sql.errors import UserError
 from text2sql.job.run_dir import RunDir
 
@@ -69,6 +70,7 @@ def merge(base: str, adapter: Path, out: Path, dtype: str = "auto", overwrite: b
     empty_dir = out.is_dir() and not any(out.iterdir())
     if out.exists() and not empty_dir and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
+    check_writable(out)  # before the model loads
     torch_dtype = _dtype(dtype, base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
     model = PeftModel.from_pretrained(model, str(adapter))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from text2sql.config.paths import conf_dir
+from text2sql.config.paths import check_writable, conf_dir
 from text2sql.errors import UserError
 from text2sql.job.run_dir import RunDir
 
@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write one SQL per line (default: <run dir>/pred.sql, else ./pred.sql)")
     parser.add_argument("--split", default="dev", help="dataset split to predict (default dev)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N examples (default all)")
+    parser.add_argument("--limit", type=int, default=None, help="only N examples: the fixed-seed subset (eval.seed) that training scores with "
+                        "eval.limit=N (default all)")
     parser.add_argument("--batch-size", type=int, default=None, help="generation batch size (default eval.batch_size)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default eval.max_new_tokens")
     parser.add_argument("--evaluate", action="store_true", help="also score the predictions (execution accuracy)")
@@ -167,6 +168,7 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
     """Write `out` (one SQL per line, split order) and return (items, predictions)."""
     from hydra.utils import instantiate
 
+    from text2sql.data.datamodule import eval_subset
     from text2sql.data.prompt import encode_source
     from text2sql.eval.generate import generate_sql, generation_progress
 
@@ -174,7 +176,8 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
     model, tokenizer = load_for_inference(cfg, dataset, weights)
     data_cfg = _resolve_subtree(cfg, "data")
     eval_cfg = _resolve_subtree(cfg, "eval")
-    records = dataset.records(split)[:limit] if limit else dataset.records(split)
+    records = dataset.records(split)
+    records = [records[i] for i in eval_subset(len(records), limit, eval_cfg.seed)]  # = eval.limit's subset
     sources = [encode_source(r, tokenizer, data_cfg.template, data_cfg.max_source_length,
                              system_prompt=data_cfg.system_prompt)[0] for r in records]
     with generation_progress("predicting", len(sources), progress) as advance:
@@ -220,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
         print("text2sql predict: no --run/--adapter/--checkpoint given: predicting with the untrained base model",
               file=sys.stderr)
     out = args.out if args.out is not None else (run_dir / "pred.sql" if run_dir is not None else Path("pred.sql"))
+    check_writable(out)  # before the model loads
     dataset, records, preds = predict(cfg, weights, out, args.split, args.limit, args.batch_size,
                                       args.max_new_tokens, progress=not args.no_progress)
     print(f"wrote {len(preds)} predictions to {out}")

@@ -24,7 +24,8 @@ class EpochHistory(pl.Callback):
     """
 
     def __init__(self, history: list[dict], out_dir: str | Path | None = None,
-                 metric: str = "val/execution_accuracy", eval_every_n_epochs: int = 1):
+                 metric: str = "val/execution_accuracy", eval_every_n_epochs: int = 1, throughput=None):
+        self.throughput = throughput  # (trainer, pl_module) -> {"perf/tokens_per_s": ...}: TrainingProgress's
         self.history, self.metric, self.eval_every_n_epochs = history, metric, max(eval_every_n_epochs, 1)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.start = time.time()
@@ -43,6 +44,8 @@ class EpochHistory(pl.Callback):
             elif name.startswith("val/") or name == "train/loss_step":
                 row[name] = value
         row.pop("train/loss_step", None)
+        if self.throughput is not None:
+            row.update(self.throughput(trainer, pl_module))
         self.history[:] = [r for r in self.history if r.get("epoch", -1) < row["epoch"]] + [row]
         if self.out_dir is not None and trainer.is_global_zero:
             RunDir(self.out_dir).write_metrics(self.history, self.metric, "running", None, time.time() - self.start)

@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from text2sql.job.run_dir import RunDir
+from text2sql.job.stop import EXIT_CODE, RunStopped, stop_on_signals
 from text2sql.tracking.logger import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,10 @@ def run_job(cfg: DictConfig, train_fn) -> float:
     history: list[dict] = []
     metric = cfg.optimized_metric
     try:
-        history = train_fn(cfg, history)
+        with stop_on_signals():
+            history = train_fn(cfg, history)
+    except RunStopped as stop:
+        _stopped(run, stop, history, metric, time.time() - start)
     except Exception as err:  # noqa: BLE001 - recorded, then re-raised or turned into the worst value
         shown = _user_error(err) or err  # the user error, not Hydra's InstantiationException around it
         message = f"{type(shown).__name__}: {shown}".splitlines()[0]
@@ -85,6 +89,21 @@ def run_job(cfg: DictConfig, train_fn) -> float:
         print(f"{metric}: {final:.4f} at the last epoch, best {best:.4f} at epoch {record['best']['epoch']}")
     # The best epoch is what ModelCheckpoint keeps and what `text2sql report` ranks by: sweepers see it too.
     return float(best)
+
+
+def _stopped(run: RunDir, stop: RunStopped, history: list[dict], metric: str, wall_time_s: float) -> None:
+    """Record an interrupted/preempted run, say how to resume it, and exit with 128 + the signal number."""
+    from text2sql.job.ranks import global_rank
+
+    rank0 = global_rank() == 0
+    run.write_metrics(history, metric, stop.status, None, wall_time_s, write=rank0, step=stop.step)
+    if rank0:
+        where = "a checkpoint at this step" if stop.saved else "the last checkpoint"
+        resumable = run.last_checkpoint.exists()
+        how = f"resume from {where}: python train.py ckpt_path={run.path}" if resumable else \
+            "no checkpoint yet: start it again"
+        print(f"{stop.status} at step {stop.step}; {how}", flush=True)
+    raise SystemExit(EXIT_CODE[stop.signum])
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

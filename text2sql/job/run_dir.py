@@ -114,8 +114,10 @@ class RunDir:
         return _finite(self._read_or_empty().get("wall_time_s")) or 0.0
 
     def write_metrics(self, history: list[dict], metric: str, status: str, error: str | None,
-                      wall_time_s: float, write: bool = True) -> dict:
-        """metrics.json: the final value of every metric, the per-epoch history and the best epoch (atomic)."""
+                      wall_time_s: float, write: bool = True, step: int | None = None) -> dict:
+        """metrics.json: the final value of every metric, the per-epoch history and the best epoch (atomic).
+
+        `step`: where an interrupted or preempted run stopped. A `baseline` (`record_baseline`) is kept."""
         final: dict = {}
         for row in history:
             final.update({k: v for k, v in row.items() if k != "epoch"})
@@ -128,11 +130,23 @@ class RunDir:
             "error": error,
             "wall_time_s": round(wall_time_s, 2),
         }
+        if step is not None:
+            record["step"] = step
+        baseline = self._read_or_empty().get("baseline") if write else None
+        if baseline is not None:
+            record["baseline"] = baseline
         if write:
-            tmp = self.metrics_file.with_name(METRICS + ".tmp")
-            tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-            tmp.replace(self.metrics_file)
+            self._write(record)
         return record
+
+    def record_baseline(self, row: dict) -> None:
+        """The model's scores before its first training step (`eval.before_training`), kept by later writes."""
+        self._write({**self._read_or_empty(), "baseline": row})
+
+    def _write(self, record: dict) -> None:
+        tmp = self.metrics_file.with_name(METRICS + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.metrics_file)
 
     # -- where the run was started and what it resolved -----------------------------------------------------
     def start_dir(self) -> Path | None:

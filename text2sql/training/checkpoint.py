@@ -247,6 +247,22 @@ class ExactResume(pl.Callback):
 
     def __init__(self, seed: int = 0):
         self.seed = seed
+        self._epoch_sums: dict | None = None
+
+    # Lightning keeps the epoch means being accumulated (`train/loss_epoch`) out of its checkpoints, so after a
+    # mid-epoch resume that epoch's mean would cover only the batches after it. The sums go into the checkpoint
+    # and are added back once the first resumed batch has created the metrics again. Private API of lightning
+    # 2.6.6 (`fit_loop.epoch_loop._results`, `_ResultMetric`); pyproject caps lightning below 2.7.
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        if not trainer.training or loop.batch_progress.is_last_batch:  # an epoch end: the next epoch starts at 0
+            return
+        checkpoint["epoch_sums"] = {
+            key: (m.value.detach().cpu(), m.cumulated_batch_size.detach().cpu()) for key, m in loop._results.items()
+            if m.meta.on_epoch and m.is_tensor and m.meta.is_mean_reduction}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._epoch_sums = checkpoint.get("epoch_sums")
 
     def setup(self, trainer, pl_module, stage) -> None:
         dm = trainer.datamodule
@@ -274,3 +290,13 @@ class ExactResume(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         _reseed(_derived_seed(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._epoch_sums:
+            results = trainer.fit_loop.epoch_loop._results
+            for key, (value, count) in self._epoch_sums.items():
+                if key in results:
+                    metric = results[key]
+                    metric.value = metric.value + value.to(metric.value.device)
+                    metric.cumulated_batch_size = metric.cumulated_batch_size + count.to(metric.value.device)
+        self._epoch_sums = None
