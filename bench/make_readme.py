@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-ORDER = ["train_throughput", "eval_cost", "bench_evaluate", "bench_predict", "gpu_acceptance", "gpu_scale"]
+ORDER = ["train_throughput", "eval_cost", "bench_evaluate", "bird_eval", "bench_predict", "gpu_acceptance", "gpu_scale"]
 GOALS = {"train_throughput": ">= 1.2", "bench_evaluate": ">= 3x", "bench_predict": ">= 5x", "eval_cost": "—",
          "gpu_acceptance": "all pass", "gpu_scale": ">= 1.5x, MFU >= 40 % (13B)"}
 

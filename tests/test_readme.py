@@ -115,6 +115,14 @@ EXAMPLES: dict[str, object] = {
     "python train.py dataset=spider dataset.root=DIR": Covered(
         "tests/test_sqlite_schema.py::test_prepared_dir_trains_with_dataset_spider"),
     "python train.py --cfg job": Run(extra=()),
+    # -- datasets (the BIRD sample is written before the commands that read it)
+    "python train.py dataset=bird dataset.root=/data/bird": Run(extra=(), fails=r"BIRD directory not found"),
+    "python -m text2sql.data.bird_sample .cache/text2sql/data/bird-sample": Run(
+        extra=("--n-train", "60", "--n-dev", "16")),
+    "python train.py dataset=bird dataset.root=.cache/text2sql/data/bird-sample": Covered(
+        "tests/test_bird.py::test_train_evaluate_resume_on_bird_layout"),
+    "text2sql evaluate --gold .cache/text2sql/data/bird-sample/dev/dev.sql --pred .cache/text2sql/data/bird-sample/dev/"
+    "dev.sql --db .cache/text2sql/data/bird-sample/dev/dev_databases": Run(extra=("--workers", "0", "--no-progress")),
     # -- GPU box: fails in one line without CUDA
     # -- W&B
     "wandb login": Elsewhere("needs a W&B account and network"),
@@ -181,8 +189,9 @@ EXAMPLES: dict[str, object] = {
     "text2sql predict --run RUN_DIR [--out pred.sql] [--evaluate]": Synopsis("predict"),
     "text2sql ask --run RUN_DIR --db FILE.sqlite [\"question\"] [--json] [--rows N] [--timeout S] "
     "[--model ID_OR_DIR]": Synopsis("ask"),
-    "text2sql evaluate --gold dev_gold.sql --pred pred.sql --db DB_DIR [--etype exec\\|match\\|all] [--plug-value] "
-    "[--keep-distinct] [--test-suite] [--questions dev.json] [--out verdicts.jsonl]": Synopsis("evaluate"),
+    "text2sql evaluate --gold dev_gold.sql --pred pred.sql --db DB_DIR [--etype exec\\|match\\|all] "
+    "[--style spider\\|bird] [--plug-value] [--keep-distinct] [--test-suite] [--questions dev.json] "
+    "[--out verdicts.jsonl]": Synopsis("evaluate"),
     "text2sql predict --checkpoint RUN/checkpoints/last.ckpt": Covered("tests/test_predict.py"),
     "text2sql report DIR --metric val/ex_hrad": Run(extra=(), fails=r"unknown metric", needs=("sweep",)),
     "text2sql VERB: error: ...": Synopsis("prepare"),
@@ -195,6 +204,8 @@ EXAMPLES: dict[str, object] = {
     "python bench/bench_evaluate.py --spider /work/shared/spider --json bench/results/bench_evaluate.json": Covered(
         "tests/test_match.py"),
     "python bench/bench_startup_errors.py": Covered("tests/test_config_schema.py"),
+    "python bench/bird_eval.py --rows 120000 --repeat 2 --json bench/results/bird_eval.json": Run(
+        extra=("--rows", "2000", "--repeat", "1", "--json", "")),  # never over the committed results
     "python bench/eval_cost.py": Covered("tests/test_throughput.py"),
     "python bench/bench_predict.py": Run(extra=("--n", "4", "--json", "")),  # never over the committed results
     "bash bench/gpu_smoke.sh": Run(extra=(), fails=r"needs a CUDA GPU"),

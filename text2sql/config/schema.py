@@ -112,6 +112,11 @@ class SampleDatasetSchema(DatasetSchema):
 
 
 @dataclass
+class BirdDatasetSchema(DatasetSchema):
+    evidence: bool = True
+
+
+@dataclass
 class LoraSchema:
     method: str = "lora"
     r: int = 8
@@ -137,6 +142,7 @@ def register() -> None:
                                                  "trainer": TrainerSchema})
     cs.store(group="schema", name="spider", node=DatasetSchema)
     cs.store(group="schema", name="sample", node=SampleDatasetSchema)
+    cs.store(group="schema", name="bird", node=BirdDatasetSchema)
     cs.store(group="schema", name="lora", node=LoraSchema)
     cs.store(group="schema", name="qlora", node=QLoraSchema)
 

@@ -40,6 +40,7 @@ class EvalItem:
     question: str
     gold: str
     source_ids: list[int]
+    level: str | None = None  # the difficulty the dataset states (BIRD); None: the evaluator derives it
 
 
 class _Encoded(Dataset):
@@ -219,11 +220,12 @@ class TextToSQLDataModule(pl.LightningDataModule):
         """The dev examples to generate SQL for: all, or a fixed-seed subset of `limit` (kept in dev order)."""
         if self.dev_records is None:
             self.setup()
+        levels = self.dataset.levels("dev")
         items = []
         for i in eval_subset(len(self.dev_records), limit, seed):
             r = self.dev_records[i]
             source_ids, _ = encode_source(r, self.tokenizer, self.template, self.max_source_length,
                                           system_prompt=self.system_prompt)
             question = r["input"].split("\n", 1)[1].rsplit("\n\n###Response:", 1)[0] if "\n" in r["input"] else r["input"]
-            items.append(EvalItem(i, r["db_id"], question, r["output"], source_ids))
+            items.append(EvalItem(i, r["db_id"], question, r["output"], source_ids, levels[i]))
         return items

@@ -5,6 +5,7 @@ Dataset configs also carry keys for other stages (name, fingerprint, token budge
 
 from __future__ import annotations
 
+from text2sql.data.bird import BirdDataset
 from text2sql.data.prompt import make_records
 from text2sql.data.sample import ensure_sample
 from text2sql.data.spider import SpiderDataset
@@ -20,6 +21,10 @@ class InstructionDataset(SpiderDataset):
         return make_records(self, split)
 
 
+class BirdInstructionDataset(InstructionDataset, BirdDataset):
+    """A BIRD-layout dir read as DB-GPT-Hub instruction records (with the evidence line unless evidence=false)."""
+
+
 def _nonempty(dataset: InstructionDataset) -> InstructionDataset:
     """An empty split is one line now, not a crash (or an EX of 0/0) after the first epoch."""
     for split in ("train", "dev"):
@@ -32,6 +37,11 @@ def _nonempty(dataset: InstructionDataset) -> InstructionDataset:
 def spider(root: str | None = None, **_ignored) -> InstructionDataset:
     """Real Spider at `root` (default: $SPIDER_DIR, else data/spider); a missing dir is one clear error."""
     return _nonempty(InstructionDataset(root))
+
+
+def bird(root: str | None = None, evidence: bool = True, **_ignored) -> BirdInstructionDataset:
+    """BIRD at `root` (default: $BIRD_DIR, else data/bird); evidence=false gives DB-GPT-Hub's exact records."""
+    return _nonempty(BirdInstructionDataset(root, evidence=evidence))
 
 
 def sample(root: str, seed: int = 0, n_train: int = 3000, n_dev: int = 200, **_ignored) -> InstructionDataset:

@@ -31,6 +31,9 @@ INSTRUCTION = (
     'Write a response that appropriately completes the request.\n"\n##Instruction:\n{}\n'
 )
 INPUT_FORMAT = "###Input:\n{}\n\n###Response:"
+# BIRD's external knowledge, placed as BIRD's baselines place it: its own "-- External Knowledge:" line just
+# before the question (bird-bench gpt_request.generate_comment_prompt); no line when a record has none.
+EVIDENCE_FORMAT = "-- External Knowledge: {}\n{}"
 IGNORE_INDEX = -100
 
 # Llama-2's default system prompt as DB-GPT-Hub's llama2 template writes it (one "\n" between paragraphs,
@@ -48,12 +51,18 @@ LLAMA2_SYSTEM = (
 TRUNCATION_TAGS = ("fk_lines", "columns", "tables", "hard", "target")
 
 
+def question_text(example: SpiderExample) -> str:
+    """The question as the prompt shows it: with BIRD's evidence line before it when the example has one."""
+    evidence = getattr(example, "evidence", "")
+    return EVIDENCE_FORMAT.format(evidence, example.question) if evidence else example.question
+
+
 def make_record(example: SpiderExample, schema: SpiderSchema) -> dict:
     """One DB-GPT-Hub training record; the gold query is kept unchanged."""
     return {
         "db_id": example.db_id,
         "instruction": INSTRUCTION.format(schema_text(schema)),
-        "input": INPUT_FORMAT.format(example.question),
+        "input": INPUT_FORMAT.format(question_text(example)),
         "output": example.query,
         "history": [],
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -143,27 +142,59 @@ def parse_schema(entry: Any, path: Path, index: int) -> SpiderSchema:
     )
 
 
+def read_schemas(path: Path) -> dict[str, SpiderSchema]:
+    """A tables file by db_id; a db_id listed twice is one line naming both entries (which one would win?)."""
+    entries = read_json(path)
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: expected a JSON array of schemas")
+    out: dict[str, SpiderSchema] = {}
+    first: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        schema = parse_schema(entry, path, i)
+        if schema.db_id in out:
+            raise DataError(f"{path}: duplicate db_id {schema.db_id!r} (entries {first[schema.db_id]} and {i}); "
+                                  "each database must be listed once")
+        out[schema.db_id], first[schema.db_id] = schema, i
+    return out
+
+
 class SpiderDataset:
-    """A directory in Spider's layout; files are read lazily and cached."""
+    """A directory in Spider's layout; files are read lazily and cached.
+
+    `eval_style` names the execution-accuracy rule of the dataset (text2sql.eval.style); the split-aware
+    `tables_path` / `db_dir` let a layout with one tables file and one database folder per split (BIRD) subclass.
+    """
+
+    eval_style = "spider"
+    QUERY_KEY = "query"  # the gold SQL's key in a split file
 
     def __init__(self, root: str | os.PathLike | None):
         self.root: Path = resolve_root(root)
         self._examples: dict[str, list[tuple[Path, int, SpiderExample]]] = {}
+        self._schemas: dict[Path, dict[str, SpiderSchema]] = {}
 
     def __repr__(self) -> str:
-        return f"SpiderDataset({str(self.root)!r})"
+        return f"{type(self).__name__}({str(self.root)!r})"
 
-    @cached_property
-    def _schemas(self) -> dict[str, SpiderSchema]:
-        path = self.root / "tables.json"
-        entries = read_json(path)
-        if not isinstance(entries, list):
-            raise DataError(f"{path}: expected a JSON array of schemas")
-        return {s.db_id: s for s in (parse_schema(e, path, i) for i, e in enumerate(entries))}
+    def tables_path(self, split: str = "dev") -> Path:
+        """The tables file describing the split's databases (Spider: one tables.json for both splits)."""
+        return self.root / "tables.json"
 
-    def schemas(self) -> dict[str, SpiderSchema]:
-        """All schemas of tables.json by db_id (validated once, cached)."""
-        return self._schemas
+    def db_dir(self, split: str = "dev") -> Path:
+        """The folder holding the split's `<db_id>/<db_id>.sqlite` files."""
+        return self.root / "database"
+
+    def schemas(self, split: str = "dev") -> dict[str, SpiderSchema]:
+        """The split's schemas by db_id (validated once per tables file, cached)."""
+        path = self.tables_path(split)
+        if path not in self._schemas:
+            self._schemas[path] = read_schemas(path)
+        return self._schemas[path]
+
+    def levels(self, split: str) -> list[str | None]:
+        """Each example's difficulty level as the dataset states it; None: the evaluator derives it (Spider
+        hardness comes from the gold SQL)."""
+        return [None] * len(self._load(split))
 
     def split_files(self, split: str) -> list[Path]:
         """The files of a split that exist (optional ones such as train_others.json may be absent)."""
@@ -180,35 +211,38 @@ class SpiderDataset:
                 if not isinstance(data, list):
                     raise DataError(f"{path}: expected a JSON array of examples")
                 for i, item in enumerate(data):
-                    _require(item, ("db_id", "question", "query"), f"{path} record {i}")
-                    bad = next((k for k in ("db_id", "question", "query") if not isinstance(item[k], str)), None)
+                    keys = ("db_id", "question", self.QUERY_KEY)
+                    _require(item, keys, f"{path} record {i}")
+                    bad = next((k for k in keys if not isinstance(item[k], str)), None)
                     if bad:
                         raise DataError(f"{path} record {i}: {bad} must be a string, got "
                                               f"{type(item[bad]).__name__} {item[bad]!r}")
-                    rows.append((path, i, SpiderExample(item["db_id"], item["question"], item["query"])))
+                    rows.append((path, i, self._example(item, path, i)))
             self._examples[split] = rows
         return self._examples[split]
+
+    def _example(self, item: dict, path: Path, index: int) -> SpiderExample:
+        """One validated split record (its keys checked by `_load`) as an example."""
+        return SpiderExample(item["db_id"], item["question"], item[self.QUERY_KEY])
 
     def examples(self, split: str) -> list[SpiderExample]:
         """Examples in source order; "train" is train_spider.json then train_others.json (when present)."""
         return [ex for _, _, ex in self._load(split)]
 
-    def db_path(self, db_id: str) -> Path:
+    def db_path(self, db_id: str, split: str = "dev") -> Path:
         """Where the SQLite file should be; it may not exist (e.g. wta_1 in the shared copy)."""
-        return self.root / "database" / db_id / f"{db_id}.sqlite"
+        return self.db_dir(split) / db_id / f"{db_id}.sqlite"
 
     def pairs(self, split: str) -> list[tuple[SpiderExample, SpiderSchema]]:
         """Each example with its schema, in source order; a db_id unknown to tables.json is an error.
 
         What a prompt format needs; the format itself lives above this loader (`prompt.make_record`).
         """
-        schemas = self.schemas()
+        schemas = self.schemas(split)
         out = []
         for path, i, ex in self._load(split):
             schema = schemas.get(ex.db_id)
             if schema is None:
-                raise DataError(
-                    f"{path} record {i}: db_id {ex.db_id!r} is not in {self.root / 'tables.json'}"
-                )
+                raise DataError(f"{path} record {i}: db_id {ex.db_id!r} is not in {self.tables_path(split)}")
             out.append((ex, schema))
         return out

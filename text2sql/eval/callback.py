@@ -2,10 +2,11 @@
 
 The callback generates SQL for the dev split (or a fixed-seed subset) with the model being trained, runs
 prediction and gold on the example's SQLite database through the safe evaluator (read-only, timeouts,
-gold results cached for the whole run) and logs `val/execution_accuracy`, per-hardness EX and the share of
-each verdict status. Under several ranks each rank generates its shard (padded so all ranks make the same
-generate calls, in lock-step under ZeRO-3), rank 0 gathers the predictions in dev order, scores, writes and
-broadcasts the metrics, so EX is the one-rank EX of the same weights.
+gold results cached for the whole run) and logs `val/execution_accuracy`, EX per level (Spider hardness, or BIRD
+difficulty with BIRD's rule for a BIRD dataset) and the share of each verdict status. Under several ranks each
+rank generates its shard (padded so all ranks make the same generate calls, in lock-step under ZeRO-3), rank 0
+gathers the predictions in dev order, scores, writes and broadcasts the metrics, so EX is the one-rank EX of the
+same weights.
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ class ExecutionAccuracyCallback(pl.Callback):
         if self._evaluator is None:  # one per run: the gold results it caches never change between epochs
             from text2sql.eval.execute import ExecutionEvaluator
 
-            db_dir = self.db_dir or trainer.datamodule.dataset.root / "database"  # default: the trained dataset's
-            self._evaluator = ExecutionEvaluator(db_dir, timeout=self.timeout, workers=self.workers)
+            dataset = trainer.datamodule.dataset  # default: the trained dataset's dev databases and its EX rule
+            self._evaluator = ExecutionEvaluator(self.db_dir or dataset.db_dir("dev"), timeout=self.timeout,
+                                                 workers=self.workers, style=dataset.eval_style)
         return self._evaluator
 
     # -- the per-epoch work ----------------------------------------------------------------------------------
@@ -176,9 +178,12 @@ class ExecutionAccuracyCallback(pl.Callback):
         epoch = trainer.current_epoch if epoch is None else epoch
         from text2sql.eval.metrics import summarize, summarize_exact
 
-        verdicts = self._evaluator_for_run(trainer).evaluate([(it.db_id, it.gold, p) for it, p in zip(self._items, preds)])
+        verdicts = self._evaluator_for_run(trainer).evaluate(
+            [(it.db_id, it.gold, p) for it, p in zip(self._items, preds)], levels=[it.level for it in self._items])
         summary = summarize(verdicts)
-        matches = self._match(trainer, preds, verdicts) if self.exact_match else None
+        # exact set match is Spider's metric (its parser and tables.json); BIRD reports execution accuracy only
+        spider = trainer.datamodule.dataset.eval_style == "spider"
+        matches = self._match(trainer, preds, verdicts) if self.exact_match and spider else None
         metrics = {f"val/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float)) and k != "count"}
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
         rows = [
@@ -209,8 +214,8 @@ class ExecutionAccuracyCallback(pl.Callback):
         if self._matcher is None:  # gold parses are cached for the run, like gold results
             from text2sql.eval.match import ExactMatcher
 
-            root = trainer.datamodule.dataset.root
-            self._matcher = ExactMatcher(root / "tables.json", self.db_dir or root / "database")
+            dataset = trainer.datamodule.dataset
+            self._matcher = ExactMatcher(dataset.tables_path("dev"), self.db_dir or dataset.db_dir("dev"))
         return self._matcher.match_all([(it.db_id, it.gold, p) for it, p in zip(self._items, preds)])
 
     def _save(self, epoch: int, rows: list[dict]) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "replace_cur_year",
     "order_matters",
     "result_eq",
+    "row_sets_equal",
     "plug_value_variants",
     "MAX_PLUG_VARIANTS",
 ]
@@ -194,6 +195,11 @@ def result_eq(result1: Sequence[tuple], result2: Sequence[tuple], order_matters:
         elif set(permuted) == set1 and Counter(permuted) == bag1:
             return True
     return False
+
+
+def row_sets_equal(result1: Sequence[tuple], result2: Sequence[tuple]) -> bool:
+    """BIRD's rule (``calculate_ex``): the same *set* of rows; order, duplicates and column names ignored."""
+    return set(result1) == set(result2)
 
 
 # --------------------------------------------------------------------------------------------- plug value

@@ -1,9 +1,10 @@
 """``text2sql evaluate``: execution accuracy and/or exact set match of a prediction file against a gold file.
 
-GOLD: one ``SQL<TAB>db_id`` per line (Spider's ``dev_gold.sql``); PRED: one SQL per line, aligned with GOLD
-(DB-GPT-Hub's ``pred.sql``). ``--etype exec|match|all`` as the official tool (default ``exec``). Prints the
-official-style table (count, EX and/or EM per hardness level; "—" for an empty level), the component F1s for
-``match`` and the count of each status; ``--out`` writes one JSON line per example, in order.
+GOLD: one ``SQL<TAB>db_id`` per line (Spider's ``dev_gold.sql``, BIRD's ``dev.sql``); PRED: one SQL per line,
+aligned with GOLD (DB-GPT-Hub's ``pred.sql``). ``--etype exec|match|all`` as the official tool (default ``exec``).
+``--style spider|bird`` picks the dataset's EX rule (text2sql.eval.style), inferred from the files when not given.
+Prints the official-style table (count, EX and/or EM per hardness level, or per BIRD difficulty; "—" for an empty
+level), the component F1s for ``match`` and the count of each status; ``--out`` writes one JSON line per example.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tables", default=None,
                         help="Spider tables.json for --etype match/all (default: beside --db, i.e. <db>/../tables.json)")
     parser.add_argument("--questions", default=None,
-                        help="Spider split JSON (e.g. dev.json) aligned with --gold: --out lines carry the question")
+                        help="split JSON (e.g. dev.json) aligned with --gold: --out lines carry the question; "
+                             "BIRD's gives each example's difficulty (default: a dev.json beside --gold)")
+    parser.add_argument("--style", choices=("spider", "bird"), default=None,
+                        help="whose execution-accuracy rule: spider (bags of rows, column permutations, DISTINCT "
+                             "dropped) or bird (set of rows, queries as written); default: bird when the split "
+                             "JSON holds BIRD's SQL key or --db is a *_databases folder, else spider")
     parser.add_argument("--out", default=None, help="write one JSON verdict per line to this file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -104,7 +110,8 @@ def _tables_path(args: argparse.Namespace, db_dir: Path) -> Path:
     raise UserError(f"--etype {args.etype} needs Spider's tables.json: none beside {db_dir}; pass --tables PATH")
 
 
-def _read_questions(path: str, n: int) -> list[str]:
+def _read_questions(path: str | Path, n: int) -> list[dict]:
+    """The split JSON's records aligned with the gold file (their questions; BIRD's `SQL` and `difficulty`)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -115,23 +122,42 @@ def _read_questions(path: str, n: int) -> list[str]:
         raise UserError(f"{path}: expected a JSON array of examples with a 'question' (e.g. Spider's dev.json)")
     if len(data) != n:
         raise UserError(f"{path} has {len(data)} examples, the gold file has {n}")
-    return [str(d["question"]) for d in data]
+    return data
+
+
+def _split_records(args: argparse.Namespace, n: int) -> list[dict] | None:
+    """--questions, else a dev.json beside the gold file when it aligns with it (BIRD's dev/ folder); None: none."""
+    if args.questions:
+        return _read_questions(args.questions, n)
+    beside = Path(args.gold).parent / "dev.json"
+    try:
+        return _read_questions(beside, n) if beside.is_file() else None
+    except UserError:
+        return None  # not this gold file's split: the style is then inferred from --db
+
+
+def _infer_style(args: argparse.Namespace, records: list[dict] | None, db_dir: Path) -> tuple[str, str]:
+    """(style, why): --style, else BIRD's when the split records hold `SQL` or --db is BIRD's `*_databases`."""
+    if args.style:
+        return args.style, "--style"
+    if records and "SQL" in records[0]:
+        return "bird", "the split JSON holds BIRD's SQL key"
+    if db_dir.name.endswith("_databases"):
+        return "bird", f"--db {db_dir.name} is BIRD's database folder"
+    return "spider", "the default"
 
 
 def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
-def run(args: argparse.Namespace) -> int:
-    from text2sql.eval.execute import STATUSES, ExecutionEvaluator
-    from text2sql.eval.metrics import table_rows
-
+def _check_inputs(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[str], Path]:
+    """Gold (sql, db_id) pairs, aligned predictions and the database dir, or one error line."""
     gold = read_gold(args.gold)
     pred = read_pred(args.pred)
     if not gold:
         raise UserError(f"gold file is empty: {args.gold}")
-    # tolerate only trailing empty lines in the prediction file
-    while len(pred) > len(gold) and pred[-1] == "":
+    while len(pred) > len(gold) and pred[-1] == "":  # tolerate only trailing empty lines in the prediction file
         pred.pop()
     if len(pred) != len(gold):
         raise UserError(f"line count mismatch: {args.gold} has {len(gold)} queries, {args.pred} has {len(pred)} lines")
@@ -142,81 +168,61 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--timeout must be positive, got {args.timeout}")
     if args.out:
         check_writable(Path(args.out))  # before scoring
-    do_exec, do_match = args.etype in ("exec", "all"), args.etype in ("match", "all")
-    questions = _read_questions(args.questions, len(gold)) if args.questions else None
-    tables = _tables_path(args, db_dir) if do_match else None
-    if do_exec:
-        _check_db_dir(db_dir, [db_id for _, db_id in gold], args.test_suite)
+    return gold, pred, db_dir
 
-    items = [(db_id, g, p) for (g, db_id), p in zip(gold, pred)]
-    verdicts = None
-    if do_exec:
-        with ExecutionEvaluator(db_dir, timeout=args.timeout, workers=args.workers, plug_value=args.plug_value,
-                                keep_distinct=args.keep_distinct, test_suite=args.test_suite) as ev:
-            verdicts = ev.evaluate(items, progress=not args.no_progress)
-        levels = [v.hardness for v in verdicts]
-    else:
-        from text2sql.sql.hardness import hardness
 
-        levels = [hardness(g) for _, g, _ in items]
-    matches = None
-    if do_match:
-        from text2sql.eval.match import ExactMatcher, summarize_match
+def _check_style(args: argparse.Namespace, style: str) -> None:
+    if style == "bird" and args.etype != "exec":
+        raise UserError(f"--etype {args.etype}: exact set match is Spider's metric; BIRD is scored by execution "
+                       "(--etype exec)")
+    if style == "bird" and (args.plug_value or args.keep_distinct or args.test_suite):
+        raise UserError("--plug-value / --keep-distinct / --test-suite are Spider's rules; BIRD's runs both queries "
+                       "as written (pass --style spider to use them)")
 
-        matches = ExactMatcher(tables, db_dir).match_all(items)
-        match_summary = summarize_match(matches, levels)
 
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as f:
-            for i, (db_id, g, p) in enumerate(items):
-                row = {"index": i, "db_id": db_id}
-                if questions is not None:
-                    row["question"] = questions[i]
-                row.update(gold=g, prediction=p, hardness=levels[i])
-                if verdicts is not None:
-                    row.update({k: v for k, v in verdicts[i].to_dict().items() if k not in row})
-                if matches is not None:
-                    m = matches[i]
-                    row["exact_match"] = m.exact
-                    row["match_differs"] = m.differing()
-                    if m.error or m.gold_error:
-                        row["match_error"] = m.gold_error and f"gold: {m.gold_error}" or m.error
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+def _write_out(path: str, items, questions, levels, verdicts, matches) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for i, (db_id, g, p) in enumerate(items):
+            row = {"index": i, "db_id": db_id}
+            if questions is not None:
+                row["question"] = questions[i]
+            row.update(gold=g, prediction=p, hardness=levels[i])
+            if verdicts is not None:
+                row.update({k: v for k, v in verdicts[i].to_dict().items() if k not in row})
+            if matches is not None:
+                m = matches[i]
+                row["exact_match"] = m.exact
+                row["match_differs"] = m.differing()
+                if m.error or m.gold_error:
+                    row["match_error"] = m.gold_error and f"gold: {m.gold_error}" or m.error
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-    from rich.console import Console
+
+def _print_tables(console, args, style, levels, verdicts, matches, match_summary) -> None:
     from rich.table import Table
 
-    console = Console()
+    from text2sql.eval.execute import STATUSES
+    from text2sql.eval.metrics import table_rows
+    from text2sql.eval.style import get_style
+
     title = {"exec": "EXECUTION ACCURACY", "match": "EXACT SET MATCH", "all": "EXECUTION ACCURACY AND EXACT SET MATCH"}
-    table = Table(title=title[args.etype] + (" (test suite)" if args.test_suite and do_exec else ""))
+    suffix = " (test suite)" if args.test_suite and verdicts is not None else ""
+    table = Table(title=title[args.etype] + suffix + (" (BIRD's rule)" if style == "bird" else ""))
     table.add_column("")
-    level_names = [level for level, _, _ in table_rows([])]
+    level_names = [level for level, _, _ in table_rows([], get_style(style).levels)]
     for level in level_names:
         table.add_column(level, justify="right")
     counts = Counter(levels)
     table.add_row("count", *[str(len(levels) if lv == "all" else counts.get(lv, 0)) for lv in level_names])
     if verdicts is not None:
-        table.add_row("execution", *[_fmt(ex) for _, _, ex in table_rows(verdicts)])
+        table.add_row("execution", *[_fmt(ex) for _, _, ex in table_rows(verdicts, get_style(style).levels)])
     if matches is not None:
         table.add_row("exact match", *[_fmt(match_summary[lv]["exact"]) for lv in level_names])
     console.print(table)
     if matches is not None:
-        from text2sql.eval.match import PARTIAL_TYPES
-
-        pt = Table(title="partial matching F1 (official components)")
-        pt.add_column("")
-        for level in level_names:
-            pt.add_column(level, justify="right")
-        for t in PARTIAL_TYPES:
-            pt.add_row(t, *[_fmt(match_summary[lv]["partial"][t] and match_summary[lv]["partial"][t]["f1"])
-                            for lv in level_names])
-        console.print(pt)
-        unparsed = sum(not m.parsed and not m.gold_error for m in matches)
-        gold_bad = sum(bool(m.gold_error) for m in matches)
-        console.print(f"predictions the official parser rejects (scored as the empty query): {unparsed}"
-                      + (f"; gold queries it rejects (not exact): {gold_bad}" if gold_bad else ""))
+        _print_partial(console, matches, match_summary, level_names)
     if verdicts is not None:
         vc = Counter(v.status for v in verdicts)
         st = Table(title="status")
@@ -225,6 +231,67 @@ def run(args: argparse.Namespace) -> int:
         for s in STATUSES:
             st.add_row(s, str(vc.get(s, 0)))
         console.print(st)
+
+
+def _print_partial(console, matches, match_summary, level_names) -> None:
+    from rich.table import Table
+
+    from text2sql.eval.match import PARTIAL_TYPES
+
+    pt = Table(title="partial matching F1 (official components)")
+    pt.add_column("")
+    for level in level_names:
+        pt.add_column(level, justify="right")
+    for t in PARTIAL_TYPES:
+        pt.add_row(t, *[_fmt(match_summary[lv]["partial"][t] and match_summary[lv]["partial"][t]["f1"])
+                        for lv in level_names])
+    console.print(pt)
+    unparsed = sum(not m.parsed and not m.gold_error for m in matches)
+    gold_bad = sum(bool(m.gold_error) for m in matches)
+    console.print(f"predictions the official parser rejects (scored as the empty query): {unparsed}"
+                  + (f"; gold queries it rejects (not exact): {gold_bad}" if gold_bad else ""))
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from text2sql.eval.execute import ExecutionEvaluator
+
+    gold, pred, db_dir = _check_inputs(args)
+    do_exec, do_match = args.etype in ("exec", "all"), args.etype in ("match", "all")
+    records = _split_records(args, len(gold))
+    style, why = _infer_style(args, records, db_dir)
+    _check_style(args, style)
+    questions = [str(r["question"]) for r in records] if records is not None and args.questions else None
+    stated = [r.get("difficulty") for r in records] if style == "bird" and records else None
+    tables = _tables_path(args, db_dir) if do_match else None
+    if do_exec:
+        _check_db_dir(db_dir, [db_id for _, db_id in gold], args.test_suite)
+
+    items = [(db_id, g, p) for (g, db_id), p in zip(gold, pred)]
+    verdicts = None
+    if do_exec:
+        with ExecutionEvaluator(db_dir, timeout=args.timeout, workers=args.workers, plug_value=args.plug_value,
+                                keep_distinct=args.keep_distinct, test_suite=args.test_suite, style=style) as ev:
+            verdicts = ev.evaluate(items, progress=not args.no_progress, levels=stated)
+        levels = [v.hardness for v in verdicts]
+    else:
+        from text2sql.sql.hardness import hardness
+
+        levels = [hardness(g) for _, g, _ in items]
+    matches = match_summary = None
+    if do_match:
+        from text2sql.eval.match import ExactMatcher, summarize_match
+
+        matches = ExactMatcher(tables, db_dir).match_all(items)
+        match_summary = summarize_match(matches, levels)
+    if args.out:
+        _write_out(args.out, items, questions, levels, verdicts, matches)
+    console = Console()
+    if style == "bird":
+        console.print(f"BIRD's rule (set of rows) from {why}" + ("" if stated and any(stated) else
+                      "; no difficulty known (pass --questions dev.json): per-level columns are empty"))
+    _print_tables(console, args, style, levels, verdicts, matches, match_summary)
     if args.out:
         console.print(f"verdicts written to {args.out}")
     return 0

@@ -63,7 +63,7 @@ _WATCHDOG_SLACK_S = 5.0
 class Verdict:
     correct: bool
     status: str
-    hardness: str  # easy/medium/hard/extra (from the gold query)
+    hardness: str | None  # the level: Spider's easy/medium/hard/extra (from the gold query) or BIRD's difficulty
     db_id: str
     error: str | None = None
 
@@ -113,7 +113,8 @@ def default_workers() -> int:
 
 
 class ExecutionEvaluator:
-    """Execution accuracy with official Spider semantics; safe, bounded and parallel.
+    """Execution accuracy with official Spider semantics (``style="spider"``) or BIRD's (``style="bird"``, see
+    :mod:`text2sql.eval.style`); safe, bounded and parallel.
 
     ``workers``: number of worker processes (``None``: ``WORKERS_HELP``; ``0``: run in this process, without
     crash isolation or the watchdog).
@@ -122,7 +123,14 @@ class ExecutionEvaluator:
     def __init__(self, db_dir, *, timeout: float = 30.0, workers: int | None = None,
                  plug_value: bool = False, keep_distinct: bool = False, test_suite: bool = False,
                  max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int = DEFAULT_MAX_BYTES,
-                 heap_limit: int | None = DEFAULT_HEAP_LIMIT, max_plug_variants: int = MAX_PLUG_VARIANTS) -> None:
+                 heap_limit: int | None = DEFAULT_HEAP_LIMIT, max_plug_variants: int = MAX_PLUG_VARIANTS,
+                 style: str = "spider") -> None:
+        from text2sql.eval.style import get_style
+
+        self.style = get_style(style)
+        if not self.style.normalise and (plug_value or keep_distinct):
+            raise ValueError(f"plug_value / keep_distinct are Spider's options; the {style} rule runs queries as "
+                             "written")
         self.db_dir = Path(db_dir)
         if not self.db_dir.is_dir():
             raise FileNotFoundError(f"database directory not found: {self.db_dir}")
@@ -193,6 +201,8 @@ class ExecutionEvaluator:
         return hit
 
     def _prepare(self, gold: str, pred: str) -> tuple[str, list[str], bool]:
+        if not self.style.normalise:  # BIRD: both queries run as written
+            return gold.strip(), [pred.strip()], False
         g, ordered = self._prepare_gold(gold)
         p = postprocess(pred.strip().replace(" value ", " 1 "))
         if not self.keep_distinct:  # official: the first statement only; --keep-distinct runs the whole string
@@ -204,13 +214,14 @@ class ExecutionEvaluator:
         return g, candidates, ordered
 
     # -- evaluation
-    def evaluate(self, items: Sequence[tuple[str, str, str]], progress: bool = False) -> list[Verdict]:
-        """Verdicts for ``items`` = (db_id, gold_sql, pred_sql), in order."""
+    def evaluate(self, items: Sequence[tuple[str, str, str]], progress: bool = False,
+                 levels: Sequence[str | None] | None = None) -> list[Verdict]:
+        """Verdicts for ``items`` = (db_id, gold_sql, pred_sql), in order. ``levels``: each item's stated level
+        (BIRD's difficulty); where None, Spider's rule derives it from the gold SQL (hardness), BIRD's leaves it."""
         if self._closed:
             raise RuntimeError("ExecutionEvaluator is closed")
-        from text2sql.sql.hardness import hardness
-
         items = list(items)
+        stated = list(levels) if levels is not None else [None] * len(items)
         results: list[tuple[str, str | None] | None] = [None] * len(items)
         todo: list[tuple[int, dict]] = []
         for i, (db_id, gold, pred) in enumerate(items):
@@ -222,7 +233,8 @@ class ExecutionEvaluator:
                 results[i] = ("empty_prediction", None)
             else:
                 g, candidates, ordered = self._prepare(gold, pred)
-                todo.append((i, {"paths": files, "gold": g, "candidates": candidates, "ordered": ordered}))
+                todo.append((i, {"paths": files, "gold": g, "candidates": candidates, "ordered": ordered,
+                                 "rule": self.style.rule}))
 
         bar = _Progress(len(items), enabled=progress)
         bar.advance(len(items) - len(todo))
@@ -231,13 +243,18 @@ class ExecutionEvaluator:
             results[i] = (res["status"], res.get("error"))
             bar.advance(1)
 
+        def derive() -> list[str | None]:
+            from text2sql.sql.hardness import hardness
+
+            derive_ = self.style.derive_levels
+            return [lv if lv is not None or not derive_ else hardness(gold) for lv, (_, gold, _) in zip(stated, items)]
+
         try:
             if self.workers == 0:
                 self._run_local(todo, finish)
-                levels = [hardness(gold) for _, gold, _ in items]
+                levels = derive()
             else:
-                # hardness (sqlglot parsing) runs here while the workers execute
-                levels = self._run_pool(todo, finish, lambda: [hardness(gold) for _, gold, _ in items])
+                levels = self._run_pool(todo, finish, derive)  # hardness (sqlglot) runs here while workers execute
         finally:
             bar.close()
         out = []
@@ -260,88 +277,13 @@ class ExecutionEvaluator:
         return n * (2 * self.timeout + 0.5) + _WATCHDOG_SLACK_S  # queries + comparisons + slack
 
     def _run_pool(self, todo, finish, meanwhile: Callable[[], Any]) -> Any:
+        """Run `todo` on the worker pool (one feeding thread per worker) while `meanwhile()` runs here."""
         n_workers = max(1, min(self.workers, len(todo)))
         while len(self._pool) < n_workers:
             self._pool.append(None)
-        queue = deque(todo)
-        lock = threading.Lock()
         chunk = max(1, min(self.chunk_size, math.ceil(len(todo) / (n_workers * 4)) if todo else 1))
-        errors: list[BaseException] = []
-
-        def take() -> list[tuple[int, dict]]:
-            with lock:
-                out = []
-                while queue and len(out) < chunk:
-                    out.append(queue.popleft())
-                return out
-
-        def attach_gold(worker: _Worker, item: dict) -> dict:
-            rows = {}
-            for p in item["paths"]:
-                key = (p, item["gold"])
-                if key in worker.known_gold:
-                    continue
-                g = self._gold_cache.get(key)
-                if g is not None:
-                    rows[p] = g
-                    worker.known_gold.add(key)
-            return dict(item, gold_rows=rows) if rows else item
-
-        def loop(slot: int) -> None:
-            try:
-                while True:
-                    batch = take()
-                    if not batch:
-                        return
-                    worker = self._pool[slot]
-                    if worker is None or worker.proc.poll() is not None:
-                        if worker is not None:
-                            worker.kill()
-                        worker = self._pool[slot] = _Worker(self._opts)
-                    with lock:
-                        payload = [(i, attach_gold(worker, item)) for i, item in batch]
-                    worker.send_conn.send(payload)
-                    pending = deque(batch)
-                    while pending:
-                        i, item = pending[0]
-                        budget = self._item_budget(item) + 1.0
-                        answers = None
-                        if worker.recv_conn.poll(budget):
-                            try:
-                                answers = worker.recv_conn.recv()
-                            except (EOFError, OSError):
-                                answers = None
-                            failure = "crash"
-                        else:
-                            failure = "timeout"
-                        if answers is None:  # crashed or stuck on pending[0]: it is lost, the rest goes back
-                            code = worker.proc.poll()
-                            worker.kill()
-                            worker = self._pool[slot] = None
-                            if failure == "timeout":
-                                res = {"status": "timeout",
-                                       "error": f"no answer within {budget:.0f} s: worker killed"}
-                            else:
-                                res = {"status": "exec_error", "error": f"worker crashed (exit code {code})"}
-                            pending.popleft()
-                            finish(i, res)
-                            with lock:
-                                queue.extendleft(reversed(list(pending)))
-                            break
-                        for j, res in answers:
-                            i, item = pending.popleft()
-                            assert j == i, (j, i)
-                            new_gold = res.pop("new_gold", None)
-                            if new_gold:
-                                with lock:
-                                    for p, g in new_gold.items():
-                                        self._gold_cache[(p, item["gold"])] = g
-                                        worker.known_gold.add((p, item["gold"]))
-                            finish(i, res)
-            except BaseException as err:  # noqa: BLE001 - reported in the caller's thread
-                errors.append(err)
-
-        threads = [threading.Thread(target=loop, args=(s,), daemon=True) for s in range(n_workers)]
+        run = _PoolRun(self, deque(todo), chunk, finish)
+        threads = [threading.Thread(target=run.loop, args=(s,), daemon=True) for s in range(n_workers)]
         for t in threads:
             t.start()
         try:
@@ -349,13 +291,101 @@ class ExecutionEvaluator:
         finally:
             for t in threads:
                 t.join()
-        if errors:
-            raise errors[0]
+        if run.errors:
+            raise run.errors[0]
         return value
 
     # -- convenience
     def gold_cache_size(self) -> int:
         return len(self._gold_cache)
+
+
+class _PoolRun:
+    """One `evaluate` call's work queue, shared by the threads that feed the workers (one thread per slot)."""
+
+    def __init__(self, ev: ExecutionEvaluator, queue: deque, chunk: int, finish: Callable[[int, dict], None]):
+        self.ev, self.queue, self.chunk, self.finish = ev, queue, chunk, finish
+        self.lock = threading.Lock()
+        self.errors: list[BaseException] = []
+
+    def take(self) -> list[tuple[int, dict]]:
+        with self.lock:
+            out = []
+            while self.queue and len(out) < self.chunk:
+                out.append(self.queue.popleft())
+            return out
+
+    def attach_gold(self, worker: _Worker, item: dict) -> dict:
+        """The item with the gold results this worker has not seen yet (so it never re-runs a gold query)."""
+        rows = {}
+        for p in item["paths"]:
+            key = (p, item["gold"])
+            if key in worker.known_gold:
+                continue
+            g = self.ev._gold_cache.get(key)
+            if g is not None:
+                rows[p] = g
+                worker.known_gold.add(key)
+        return dict(item, gold_rows=rows) if rows else item
+
+    def worker(self, slot: int) -> _Worker:
+        """The slot's live worker, replacing a dead (or killed) one."""
+        worker = self.ev._pool[slot]
+        if worker is None or worker.proc.poll() is not None:
+            if worker is not None:
+                worker.kill()
+            worker = self.ev._pool[slot] = _Worker(self.ev._opts)
+        return worker
+
+    def loop(self, slot: int) -> None:
+        try:
+            while batch := self.take():
+                worker = self.worker(slot)
+                with self.lock:
+                    payload = [(i, self.attach_gold(worker, item)) for i, item in batch]
+                worker.send_conn.send(payload)
+                self.collect(slot, worker, deque(batch))
+        except BaseException as err:  # noqa: BLE001 - reported in the caller's thread
+            self.errors.append(err)
+
+    def collect(self, slot: int, worker: _Worker, pending: deque) -> None:
+        """Answers for `pending`, in order; a crashed or stuck worker loses its current item, the rest is requeued."""
+        while pending:
+            i, item = pending[0]
+            budget = self.ev._item_budget(item) + 1.0
+            answers, failure = None, "timeout"
+            if worker.recv_conn.poll(budget):
+                try:
+                    answers = worker.recv_conn.recv()
+                except (EOFError, OSError):
+                    answers = None
+                failure = "crash"
+            if answers is None:
+                self.lose(slot, worker, pending, failure, budget)
+                return
+            for j, res in answers:
+                i, item = pending.popleft()
+                assert j == i, (j, i)
+                new_gold = res.pop("new_gold", None)
+                if new_gold:
+                    with self.lock:
+                        for p, g in new_gold.items():
+                            self.ev._gold_cache[(p, item["gold"])] = g
+                            worker.known_gold.add((p, item["gold"]))
+                self.finish(i, res)
+
+    def lose(self, slot: int, worker: _Worker, pending: deque, failure: str, budget: float) -> None:
+        code = worker.proc.poll()
+        worker.kill()
+        self.ev._pool[slot] = None
+        if failure == "timeout":
+            res = {"status": "timeout", "error": f"no answer within {budget:.0f} s: worker killed"}
+        else:
+            res = {"status": "exec_error", "error": f"worker crashed (exit code {code})"}
+        i, _ = pending.popleft()
+        self.finish(i, res)
+        with self.lock:
+            self.queue.extendleft(reversed(list(pending)))
 
 
 class _Progress:

@@ -6,6 +6,7 @@ from typing import Iterable, Mapping
 
 from text2sql.eval.execute import STATUSES
 from text2sql.sql.hardness import HARDNESS_LEVELS
+from text2sql.eval.style import ALL_LEVELS
 
 __all__ = ["summarize", "summarize_exact", "table_rows"]
 
@@ -15,7 +16,8 @@ def _get(v, name):
 
 
 def summarize(verdicts: Iterable) -> dict[str, float]:
-    """Keys: ``execution_accuracy``, ``ex_<level>`` for each hardness level with at least one example,
+    """Keys: ``execution_accuracy``, ``ex_<level>`` for each level (Spider hardness or BIRD difficulty) with at
+    least one example,
     ``status/<status>`` (share of each status, all of them), ``count``.
 
     Accepts :class:`~text2sql.eval.execute.Verdict` objects or dicts with the same fields. With no verdicts,
@@ -26,7 +28,7 @@ def summarize(verdicts: Iterable) -> dict[str, float]:
     out: dict[str, float] = {}
     correct = sum(bool(_get(v, "correct")) for v in verdicts)
     out["execution_accuracy"] = correct / n if n else 0.0
-    for level in HARDNESS_LEVELS:
+    for level in ALL_LEVELS:
         sub = [v for v in verdicts if _get(v, "hardness") == level]
         if sub:
             out[f"ex_{level}"] = sum(bool(_get(v, "correct")) for v in sub) / len(sub)
@@ -37,12 +39,13 @@ def summarize(verdicts: Iterable) -> dict[str, float]:
     return out
 
 
-def table_rows(verdicts: Iterable) -> list[tuple[str, int, float | None]]:
-    """(level, count, EX) for easy/medium/hard/extra/all, as the official table prints them; EX is None for an
-    empty level (printed as "—": an empty level has no accuracy, 0.000 would read as a failure)."""
+def table_rows(verdicts: Iterable, levels: tuple[str, ...] = HARDNESS_LEVELS) -> list[tuple[str, int, float | None]]:
+    """(level, count, EX) for each level (default easy/medium/hard/extra) and all, as the official table prints
+    them; EX is None for an empty level (printed as "—": an empty level has no accuracy, 0.000 would read as a
+    failure)."""
     verdicts = list(verdicts)
     rows = []
-    for level in (*HARDNESS_LEVELS, "all"):
+    for level in (*levels, "all"):
         sub = verdicts if level == "all" else [v for v in verdicts if _get(v, "hardness") == level]
         ex = sum(bool(_get(v, "correct")) for v in sub) / len(sub) if sub else None
         rows.append((level, len(sub), ex))
@@ -54,7 +57,7 @@ def summarize_exact(matches: Iterable, levels: Iterable[str]) -> dict[str, float
     one example; ``matches`` are :class:`~text2sql.eval.match.MatchResult` objects aligned with ``levels``."""
     pairs = list(zip((bool(m.exact) for m in matches), levels))
     out = {"exact_match": sum(e for e, _ in pairs) / len(pairs) if pairs else 0.0}
-    for level in HARDNESS_LEVELS:
+    for level in ALL_LEVELS:
         sub = [e for e, lv in pairs if lv == level]
         if sub:
             out[f"em_{level}"] = sum(sub) / len(sub)

@@ -9,7 +9,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from text2sql.eval.compare import ComparisonTimeout, result_eq
+from text2sql.eval.compare import ComparisonTimeout, result_eq, row_sets_equal
 from text2sql.sql.sqlite_guard import _WRITE_WORDS, DEFAULT_HEAP_LIMIT, _Guard, open_readonly
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ROWS", "QueryResult", "execute_query"]
@@ -158,7 +158,8 @@ def _run(conns: _ConnCache, path: str, sql: str, opts: dict, timeout: float | No
 
 
 def _evaluate_item(item: dict, conns: _ConnCache, gold_cache: dict, opts: dict) -> dict:
-    """Evaluate one example. item: {paths, gold, candidates, ordered, gold_rows: {path: QueryResult}}.
+    """Evaluate one example. item: {paths, gold, candidates, ordered, rule, gold_rows: {path: QueryResult}}
+    (rule: "set" for BIRD's row-set equality, else Spider's denotation equality).
 
     Returns {status, error, new_gold: {path: QueryResult}} where new_gold holds gold results computed here.
     """
@@ -200,7 +201,8 @@ def _evaluate_item(item: dict, conns: _ConnCache, gold_cache: dict, opts: dict) 
                 status, error = p.status, p.error
                 break
             try:
-                same = result_eq(g.rows, p.rows, item["ordered"], deadline=time.monotonic() + qt)
+                same = (row_sets_equal(g.rows, p.rows) if item.get("rule") == "set"
+                        else result_eq(g.rows, p.rows, item["ordered"], deadline=time.monotonic() + qt))
             except ComparisonTimeout as err:
                 status, error = "timeout", str(err)
                 break

@@ -247,8 +247,12 @@ def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Pa
     tmp.write_text("".join(f"{_one_line(r['output'])}\t{r['db_id']}\n" for r in records), encoding="utf-8")
     tmp.replace(gold)
     eval_cfg = _resolve_subtree(cfg, "eval")
-    argv = ["--gold", str(gold), "--pred", str(pred), "--db", str(dataset.root / "database"),
+    db_dir = dataset.db_dir(split)
+    argv = ["--gold", str(gold), "--pred", str(pred), "--db", str(db_dir), "--style", dataset.eval_style,
             "--timeout", str(eval_cfg.timeout)]
+    files = dataset.split_files(split)
+    if dataset.eval_style == "bird" and len(files) == 1 and len(records) == len(dataset.examples(split)):
+        argv += ["--questions", str(files[0])]  # BIRD's difficulty per example
     if eval_cfg.workers is not None:
         argv += ["--workers", str(eval_cfg.workers)]
     if not progress:
@@ -256,5 +260,4 @@ def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Pa
     parser = argparse.ArgumentParser(prog="text2sql evaluate")
     evaluate.add_arguments(parser)
     evaluate.run(parser.parse_args(argv))
-    print(f"gold written to {gold}: rerun with text2sql evaluate --gold {gold} --pred {pred} "
-          f"--db {dataset.root / 'database'}")
+    print(f"gold written to {gold}: rerun with text2sql evaluate --gold {gold} --pred {pred} --db {db_dir}")
