@@ -7,6 +7,7 @@ of a real offline run. Never imports torch.
 
 from __future__ import annotations
 
+from text2sql.data.bird import DIFFICULTY_LEVELS
 from text2sql.eval.execute import STATUSES
 from text2sql.sql.hardness import HARDNESS_LEVELS
 
@@ -19,6 +20,7 @@ EXAMPLES_TABLE = f"{VAL}examples"              # wandb.Table of example predicti
 # Optional: exact-match metrics are logged only by runs whose callback computes them (shown when present).
 EXACT_MATCH = f"{VAL}exact_match"
 EM_BY_HARDNESS = {level: f"{VAL}em_{level}" for level in HARDNESS_LEVELS}
+EX_BY_DIFFICULTY = {level: f"{VAL}ex_{level}" for level in DIFFICULTY_LEVELS}  # BIRD runs, in place of hardness
 
 # Logged by Text2SQLModule and Lightning (named here so the workspace and its test agree with them).
 TRAIN_LOSS = "train/loss"                      # every logged step
@@ -28,7 +30,7 @@ LEARNING_RATE = "lr-AdamW"                     # LearningRateMonitor: "lr-<optim
 EPOCH = "epoch"
 STEP = "trainer/global_step"
 
-OPTIONAL = frozenset({EXACT_MATCH, *EM_BY_HARDNESS.values()})
+OPTIONAL = frozenset({EXACT_MATCH, *EM_BY_HARDNESS.values(), *EX_BY_DIFFICULTY.values()})
 
 
 def val_name(summary_key: str) -> str:

@@ -44,8 +44,9 @@ def build_workspace(entity: str, project: str, sweep_group: str | None = None, s
         ws.Section(name="Execution accuracy", is_open=True, panels=[
             line("EX per epoch (+ exact match if logged)", [names.EX, names.EXACT_MATCH],
                  range_y=(0, 1)),
-            line("EX per hardness (+ EM if logged)",
-                 [*names.EX_BY_HARDNESS.values(), *names.EM_BY_HARDNESS.values()], range_y=(0, 1)),
+            line("EX per hardness (+ EM if logged)",  # a BIRD run plots its difficulty levels here
+                 [*names.EX_BY_HARDNESS.values(), *names.EM_BY_HARDNESS.values(), *names.EX_BY_DIFFICULTY.values()],
+                 range_y=(0, 1)),
         ]),
         ws.Section(name="Verdicts", is_open=True, panels=[
             line(f"share: {status}", [key], range_y=(0, 1)) for status, key in names.STATUS_SHARES.items()
