@@ -50,7 +50,7 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.tracking.logger import make_loggers, wandb_identity
     from text2sql.job.history import EpochHistory
     from text2sql.job.progress import TrainingProgress
-    from text2sql.job.stop import StopOnSignal
+    from text2sql.job.stop_callback import StopOnSignal
 
     quiet_after_imports(local_model=bool(cfg.model.get("build")))
 

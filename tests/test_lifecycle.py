@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 from conftest import REPO_ROOT
 from text2sql.cli import main
 from text2sql.job.progress import TrainingProgress
-from text2sql.job.stop import RunStopped, StopOnSignal, stop_on_signals
+from text2sql.job.stop import RunStopped, stop_on_signals
+from text2sql.job.stop_callback import StopOnSignal
 
 # -- progress lines -------------------------------------------------------------------------------------------
 

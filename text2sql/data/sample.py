@@ -29,7 +29,7 @@ from pathlib import Path
 
 from text2sql.data.cache import atomic_dir
 from text2sql.data.sample_templates import TEMPLATES, Ctx
-from text2sql.sql.hardness import HARDNESS_LEVELS, hardness
+from text2sql.sql.hardness import hardness
 
 SAMPLE_VERSION = 2
 
