@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100, help="the first N dev examples")
     parser.add_argument("--workload", default=None, help="name of this workload in the JSON (default: the dataset's)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--trained", default="?", help="how the run was trained (its train.py command), for the JSON")
     parser.add_argument("--json", default=str(RESULTS / "decoding.json"), help="merge the figures here ('' for none)")
     parser.add_argument("overrides", nargs="*", help="key overrides of the run's config, e.g. eval.decoding.num_beams=4")
     args = parser.parse_args()
@@ -91,7 +92,8 @@ def main() -> None:
               f"{ratio:9.2f}")
     gain = 100 * (rows["execution_guided"]["ex"] - greedy["ex"]) if greedy and "execution_guided" in rows else float("nan")
     if args.json:
-        save(Path(args.json), workload, {"run": str(args.run), "weights": weights[0], "model": cfg.model.name,
+        save(Path(args.json), workload, {"argv": " ".join(["python bench/decoding.py", *sys.argv[1:]]),
+                                         "trained": args.trained, "weights": weights[0], "model": cfg.model.name,
                                          "examples": len(records), "decoding": base, "strategies": rows,
                                          "gain_ex_points": gain, "threads": torch.get_num_threads()})
     print(f"gain execution_guided-greedy: {gain:+.1f}")
@@ -109,7 +111,8 @@ def save(path: Path, workload: str, figures: dict) -> None:
         summary.update(ours=f"EX {eg['ex']:.3f} at {eg['s_per_example']:.3f} s/example",
                        baseline=f"EX {greedy['ex']:.3f} at {greedy['s_per_example']:.3f} s/example",
                        ratio=round(eg["time_vs_greedy"], 2), ratio_label=f"time; EX {100 * (eg['ex'] - greedy['ex']):+.1f} points")
-    write_json(path, {"benchmark": "decoding", "workloads": workloads, "summary": summary})
+    write_json(path, {"benchmark": "decoding", "command": "python bench/decoding.py --run RUN", "workloads": workloads,
+                      "summary": summary})
 
 
 if __name__ == "__main__":

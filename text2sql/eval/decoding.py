@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from text2sql.errors import ConfigError
 
@@ -99,9 +99,10 @@ class Prediction:
 
 @dataclass
 class Timings:
+    """Seconds spent generating and executing, summed over a `decode` call (bench/decoding.py reports them)."""
+
     generate_s: float = 0.0
     execute_s: float = 0.0
-    calls: dict = field(default_factory=dict)
 
 
 # (indices, mode) -> candidates per index; mode is "greedy", "beam" or "sample"
