@@ -24,7 +24,7 @@ from text2sql.data.prompt import encode_source
 from text2sql.eval.decoding import STRATEGIES, Decoding, Timings, decode_local
 from text2sql.eval.execute import ExecutionEvaluator
 from text2sql.eval.match import ExactMatcher
-from text2sql.eval.predict import _resolve_subtree, compose_config, find_weights, load_for_inference
+from text2sql.inference.predict import _resolve_subtree, compose_config, find_weights, load_for_inference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchjson import RESULTS, write_json  # noqa: E402

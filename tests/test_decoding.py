@@ -36,8 +36,8 @@ def shop(tmp_path_factory):
 
 
 def test_decoding_values_are_checked_in_one_line():
-    from text2sql.config_schema import check_config
-    from text2sql.eval.predict import compose_config
+    from text2sql.config.schema import check_config
+    from text2sql.inference.predict import compose_config
 
     with pytest.raises(ConfigError, match="eval.decoding.strategy=nope is not one of greedy, beam"):
         check_config(compose_config(["eval.decoding.strategy=nope"]))
