@@ -132,7 +132,7 @@ def decoding_details(r: dict) -> list[str]:
              "predictions that execute without error; cand/ex: distinct candidates weighed per example.", ""]
     for workload, w in r["workloads"].items():
         d = w["decoding"]
-        lines += [f"**{workload}**: {w['examples']} dev examples, {w['model']} ({w['weights']} of `{w['trained']}`), "
+        lines += [f"**{workload}**: {w['examples']} dev examples, {w['model']} ({w['weights']} of the run trained with: {w['trained']}), "
                   f"torch threads {w['threads']}; num_beams {d['num_beams']}, num_samples {d['num_samples']}, "
                   f"temperature {d['temperature']}, top_p {d['top_p']}, fallback {d['fallback']}. "
                   f"Gain execution_guided-greedy: {w['gain_ex_points']:+.1f} EX points.", "",
