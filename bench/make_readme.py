@@ -15,9 +15,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-ORDER = ["train_throughput", "eval_cost", "bench_evaluate", "bird_eval", "bench_predict", "gpu_acceptance", "gpu_scale"]
+ORDER = ["train_throughput", "eval_cost", "bench_evaluate", "bird_eval", "bench_predict", "decoding", "gpu_acceptance", "gpu_scale"]
 GOALS = {"train_throughput": ">= 1.2", "bench_evaluate": ">= 3x", "bench_predict": ">= 5x", "eval_cost": "—",
-         "gpu_acceptance": "all pass", "gpu_scale": ">= 1.5x, MFU >= 40 % (13B)"}
+         "decoding": "EX >= +2 points at <= 3x time (sample)", "gpu_acceptance": "all pass",
+         "gpu_scale": ">= 1.5x, MFU >= 40 % (13B)"}
 
 INTRO = """# Benchmarks
 
@@ -124,6 +125,27 @@ def eval_cost_details(r: dict) -> list[str]:
     return lines
 
 
+def decoding_details(r: dict) -> list[str]:
+    lines = ["", "## Decoding strategies (`bench/decoding.py`)", "",
+             "One trained adapter per workload, every `eval.decoding` strategy on the same dev examples, one after the "
+             "other in one process (wall clock; candidates execute in the evaluator's worker pool). runs: the share of "
+             "predictions that execute without error; cand/ex: distinct candidates weighed per example.", ""]
+    for workload, w in r["workloads"].items():
+        d = w["decoding"]
+        lines += [f"**{workload}**: {w['examples']} dev examples, {w['model']} ({w['weights']} of the run trained with: {w['trained']}), "
+                  f"torch threads {w['threads']}; num_beams {d['num_beams']}, num_samples {d['num_samples']}, "
+                  f"temperature {d['temperature']}, top_p {d['top_p']}, fallback {d['fallback']}. "
+                  f"Gain execution_guided-greedy: {w['gain_ex_points']:+.1f} EX points.", "",
+                  "| strategy | EX | EM | runs | cand/ex | generate s/ex | execute s/ex | s/ex | time vs greedy |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, x in w["strategies"].items():
+            lines.append(f"| {name} | {x['ex']:.3f} | {x['em']:.3f} | {x['runs']:.3f} | {x['candidates_per_example']:.2f} "
+                         f"| {x['generate_s_per_example']:.4f} | {x['execute_s_per_example']:.4f} | "
+                         f"{x['s_per_example']:.4f} | {x['time_vs_greedy']:.2f}x |")
+        lines.append("")
+    return lines[:-1]
+
+
 def gpu_acceptance_details(r: dict) -> list[str]:
     lines = ["", "## GPU acceptance (`bench/gpu_acceptance.sh`)", "",
              f"{r['gpus']} x {r['gpu']}, torch {r['torch']}; model: {r['model']}; data: {r['data']}; "
@@ -183,6 +205,8 @@ def render(records: dict[str, dict], notes: str = "") -> str:
         lines += throughput_details(records["train_throughput"])
     if "eval_cost" in records:
         lines += eval_cost_details(records["eval_cost"])
+    if "decoding" in records:
+        lines += decoding_details(records["decoding"])
     if "gpu_acceptance" in records:
         lines += gpu_acceptance_details(records["gpu_acceptance"])
     if "gpu_scale" in records:

@@ -12,6 +12,7 @@ from text2sql.data.datamodule import EvalItem
 from text2sql.data.sample import generate_sample
 from text2sql.data.spider import SpiderDataset
 from text2sql.eval.callback import ExecutionAccuracyCallback
+from text2sql.eval.decoding import Prediction
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_callback_logs_exact_match(sample, tmp_path, exact_match):
         preds.append(q if i % 4 < 2 else q.replace("SELECT ", "SELECT DISTINCT ", 1) if i % 4 == 2 else "SELECT 1")
     cb = ExecutionAccuracyCallback(output_dir=str(tmp_path), workers=0, exact_match=exact_match)
     cb._items = items
-    metrics = cb._score(_trainer(sample), preds)
+    metrics = cb._score(_trainer(sample), [Prediction(p, "greedy") for p in preds])
     cb.teardown(None, None, "fit")
     saved = [json.loads(x) for x in (tmp_path / "predictions" / "epoch_0.jsonl").read_text().splitlines()]
     if not exact_match:

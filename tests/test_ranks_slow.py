@@ -97,8 +97,9 @@ def assert_one_run_per_job(run_dir: Path) -> None:
     assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
 
 
-def one_rank_predictions(run_dir: Path, cache: Path, monkeypatch) -> list[str]:
-    """The last epoch's dev examples generated again in this one process with the run's exported adapter."""
+def one_rank_predictions(run_dir: Path, cache: Path, monkeypatch, decoding=None) -> list[str]:
+    """The last epoch's dev examples generated again in this one process with the run's exported adapter (greedy,
+    or with `decoding`: a text2sql.eval.decoding.Decoding, candidates run on the dataset's databases)."""
     from text2sql.data.prompt import encode_source
     from text2sql.eval.generate import generate_sql
     from text2sql.inference.predict import _resolve_subtree, compose_config, load_for_inference
@@ -114,7 +115,15 @@ def one_rank_predictions(run_dir: Path, cache: Path, monkeypatch) -> list[str]:
     records = dataset.records("dev")
     sources = [encode_source(records[r["index"]], tokenizer, data.template, data.max_source_length,
                              system_prompt=data.system_prompt)[0] for r in predictions(run_dir, 1)]
-    return generate_sql(model, tokenizer, sources, batch_size=2, max_new_tokens=16)
+    if decoding is None:
+        return generate_sql(model, tokenizer, sources, batch_size=2, max_new_tokens=16)
+    from text2sql.eval.decoding import decode_local
+    from text2sql.eval.execute import ExecutionEvaluator
+
+    db_ids = [r["db_id"] for r in predictions(run_dir, 1)]
+    with ExecutionEvaluator(dataset.root / "database", workers=1) as evaluator:
+        return [p.sql for p in decode_local(model, tokenizer, sources, [evaluator.db_file(d) for d in db_ids], decoding,
+                                            evaluator=evaluator, batch_size=2, max_new_tokens=16)]
 
 
 def test_lightning_launched_sweep_of_2_rank_zero2_and_zero3_jobs(lightning_sweep, cache, monkeypatch):

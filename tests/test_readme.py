@@ -96,6 +96,7 @@ EXAMPLES: dict[str, object] = {
     "text2sql predict --limit 200 --evaluate": Run(extra=("--limit", "4", "--max-new-tokens", "8", "--no-progress")),
     # -- choosing what to run
     "python train.py optim.lr=1e-3 peft.r=8 trainer.max_epochs=3": Run(),
+    "python train.py eval.decoding.strategy=execution_guided": Run(),
     "python train.py dataset=spider dataset.root=../shared/spider debug=smoke": Run(spider=True),
     "python train.py eval.limit=200 eval.every_n_epochs=2": Run(extra=SMOKE + ("trainer.max_epochs=2",)),
     "python train.py model=codellama13b peft=qlora4 dry_run=true": Run(extra=()),
@@ -211,6 +212,7 @@ EXAMPLES: dict[str, object] = {
     "bash bench/gpu_smoke.sh": Run(extra=(), fails=r"needs a CUDA GPU"),
     "python bench/make_readme.py": Run(extra=("--out", "/dev/null")),
     "python bench/ranks_ex.py RUN": Covered("tests/test_ranks_slow.py"),
+    "python bench/decoding.py --run RUN": Covered("tests/test_decoding_ranks.py"),
     "python bench/train_throughput.py --once hf_default,ours_full_head,ours_packed --steps 12 --warmup 2": Covered(
         "tests/test_throughput.py"),
 }

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from text2sql.errors import ConfigError
+from text2sql.eval.decoding import FALLBACKS, STRATEGIES
 
 # --- schemas -----------------------------------------------------------------------------------------------
 # Fields without a default are MISSING until a YAML sets them; `Any` where Lightning/PEFT accept several types.
@@ -61,6 +62,18 @@ class ProgressSchema:
 
 
 @dataclass
+class DecodingSchema:
+    strategy: str = "greedy"  # one of STRATEGIES (checked in RANGES)
+    num_beams: int = 4
+    num_samples: int = 8
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+    fallback: str = "beam"
+    require_rows: bool = False
+
+
+@dataclass
 class EvalSchema:
     before_training: bool = False
     every_n_epochs: int = 1
@@ -71,6 +84,7 @@ class EvalSchema:
     timeout: float = 30.0
     workers: Optional[int] = None
     exact_match: bool = True
+    decoding: DecodingSchema = field(default_factory=DecodingSchema)
 
 
 @dataclass
@@ -168,6 +182,10 @@ def _fraction(upper_open: bool):
     return check
 
 
+def _one_of(*choices: str):
+    return lambda value: None if value in choices else f"is not one of {', '.join(choices)}"
+
+
 RANGES: dict[str, Any] = {  # dataset budgets first: the key users set (data.* interpolates them)
     "dataset.max_source_length": _at_least(16),
     "dataset.max_target_length": _at_least(2),
@@ -189,6 +207,12 @@ RANGES: dict[str, Any] = {  # dataset budgets first: the key users set (data.* i
     "eval.timeout": _at_least(0, inclusive=False),
     "eval.workers": _at_least(1, allow_none=True),
     "progress.every_s": _at_least(0, inclusive=False, allow_none=True),
+    "eval.decoding.strategy": _one_of(*STRATEGIES),
+    "eval.decoding.num_beams": _at_least(1),
+    "eval.decoding.num_samples": _at_least(1),
+    "eval.decoding.temperature": _at_least(0, inclusive=False),
+    "eval.decoding.top_p": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+    "eval.decoding.fallback": _one_of(*FALLBACKS),
     "trainer.max_epochs": _at_least(1, also=(-1,)),
     "trainer.accumulate_grad_batches": _at_least(1),
     "trainer.log_every_n_steps": _at_least(1),

@@ -17,7 +17,8 @@ import math
 from pathlib import Path
 
 import lightning.pytorch as pl
-from text2sql.eval.generate import generate_sql, generation_progress
+from text2sql.eval.decoding import Decoding, Prediction, decode, executor
+from text2sql.eval.generate import generation_progress
 from text2sql.eval.metric_names import EX as MONITOR
 from text2sql.eval.metric_names import EXAMPLES_TABLE
 
@@ -68,6 +69,7 @@ class ExecutionAccuracyCallback(pl.Callback):
         table_rows: int = 100,
         exact_match: bool = True,
         before_training: bool = False,
+        decoding=None,
     ):
         self.db_dir, self.every_n_epochs, self.limit, self.seed = db_dir, every_n_epochs, limit, seed
         self.batch_size, self.max_new_tokens, self.timeout, self.workers = batch_size, max_new_tokens, timeout, workers
@@ -75,6 +77,7 @@ class ExecutionAccuracyCallback(pl.Callback):
         self.table_rows = table_rows
         self.exact_match = exact_match  # also log val/exact_match (official EM) and val/em_<level>
         self.before_training = before_training  # score the untrained model first (epoch -1, the baseline)
+        self.decoding = Decoding.from_config(decoding)  # eval.decoding: greedy unless asked otherwise
         self._matcher = None
         self._evaluator = None
         self._items = None
@@ -147,37 +150,56 @@ class ExecutionAccuracyCallback(pl.Callback):
         """Generate on every rank, score on rank 0, return the metrics on every rank (epoch -1: before training)."""
         if self._items is None:
             self._items = trainer.datamodule.eval_items(self.limit, self.seed)
-        rank, world = trainer.global_rank, trainer.world_size
-        shard, real = lockstep_shard(self._items, rank, world)
-        preds = self._generate(trainer, pl_module, shard, synced=world > 1 and needs_synced_generation(trainer),
-                               epoch=epoch)
-        mine = list(zip((it.index for it in shard[:real]), preds[:real]))  # the padding copies are dropped
-        gathered = [mine]
-        if world > 1:
-            import torch.distributed as dist
-
-            gathered = [None] * world
-            dist.all_gather_object(gathered, mine)
-        metrics = None
-        if trainer.is_global_zero:
-            by_index = {i: p for part in gathered for i, p in part}
-            metrics = self._score(trainer, [by_index[it.index] for it in self._items], epoch)
+        preds = self._decode(trainer, pl_module, epoch)
+        metrics = self._score(trainer, preds, epoch) if trainer.is_global_zero else None
         return trainer.strategy.broadcast(metrics, src=0)
 
-    def _generate(self, trainer, pl_module, shard, synced: bool = False, epoch: int | None = None) -> list[str]:
-        epoch = trainer.current_epoch if epoch is None else epoch
-        model = pl_module.model
-        tokenizer = trainer.datamodule.tokenizer
-        show = trainer.is_global_zero and trainer.progress_bar_callback is not None
-        with generation_progress(f"generating SQL (epoch {epoch})", len(shard), show,
-                                 transient=True) as progress:
-            return generate_sql(model, tokenizer, [it.source_ids for it in shard], batch_size=self.batch_size,
-                                max_new_tokens=self.max_new_tokens, progress=progress, synced_gpus=synced)
+    def _decode(self, trainer, pl_module, epoch: int) -> list[Prediction]:
+        """Every rank runs the same `decode`: generation is sharded over ranks and gathered in dev order, candidates
+        run on rank 0 (its evaluator) and the results are broadcast, so every rank takes the same branches."""
+        rank, world = trainer.global_rank, trainer.world_size
+        synced = world > 1 and needs_synced_generation(trainer)
 
-    def _score(self, trainer, preds: list[str], epoch: int | None = None) -> dict[str, float]:
-        epoch = trainer.current_epoch if epoch is None else epoch
+        def generate(indices: list[int], mode: str):
+            shard, real = lockstep_shard(indices, rank, world)
+            cands = self._generate(trainer, pl_module, shard, mode, synced, epoch,
+                                   show=mode == self.decoding.first_mode)
+            mine = list(zip(shard[:real], cands[:real]))  # the padding copies are dropped
+            gathered = [mine]
+            if world > 1:
+                import torch.distributed as dist
+
+                gathered = [None] * world
+                dist.all_gather_object(gathered, mine)
+            by_index = {i: c for part in gathered for i, c in part}
+            return [by_index[i] for i in indices]
+
+        def execute(pairs):
+            results = executor(self._evaluator_for_run(trainer))(pairs) if trainer.is_global_zero else None
+            return trainer.strategy.broadcast(results, src=0) if world > 1 else results
+
+        db_files = None
+        if self.decoding.executes:
+            db_files = [self._evaluator_for_run(trainer).db_file(it.db_id) for it in self._items] \
+                if trainer.is_global_zero else None
+            db_files = trainer.strategy.broadcast(db_files, src=0) if world > 1 else db_files
+        return decode(len(self._items), db_files or [], self.decoding, generate, execute)
+
+    def _generate(self, trainer, pl_module, indices, mode, synced, epoch: int, show: bool):
+        from text2sql.eval.candidates import generate_candidates
+
+        tokenizer = trainer.datamodule.tokenizer
+        show = show and trainer.is_global_zero and trainer.progress_bar_callback is not None
+        with generation_progress(f"generating SQL (epoch {epoch})", len(indices), show,
+                                 transient=True) as progress:
+            return generate_candidates(pl_module.model, tokenizer, [self._items[i].source_ids for i in indices], mode,
+                                       self.decoding, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                                       progress=progress, synced_gpus=synced)
+
+    def _score(self, trainer, decoded: list[Prediction], epoch: int) -> dict[str, float]:
         from text2sql.eval.metrics import summarize, summarize_exact
 
+        preds = [d.sql for d in decoded]
         verdicts = self._evaluator_for_run(trainer).evaluate(
             [(it.db_id, it.gold, p) for it, p in zip(self._items, preds)], levels=[it.level for it in self._items])
         summary = summarize(verdicts)
@@ -188,8 +210,9 @@ class ExecutionAccuracyCallback(pl.Callback):
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
         rows = [
             {"index": it.index, "db_id": it.db_id, "question": it.question, "gold": it.gold, "prediction": p,
-             "status": v.status, "hardness": v.hardness, "correct": v.correct, "error": v.error}
-            for it, p, v in zip(self._items, preds, verdicts)
+             "status": v.status, "hardness": v.hardness, "correct": v.correct, "error": v.error,
+             "decoding": d.strategy, "candidates": d.candidates}
+            for it, p, v, d in zip(self._items, preds, verdicts, decoded)
         ]
         if matches is not None:
             for row, m in zip(rows, matches):
@@ -237,7 +260,8 @@ class ExecutionAccuracyCallback(pl.Callback):
                 continue
             import wandb
 
-            columns = ["epoch", "db_id", "question", "gold", "prediction", "status", "hardness"]
+            columns = ["epoch", "db_id", "question", "gold", "prediction", "status", "hardness", "decoding",
+                       "candidates"]
             columns += ["exact_match"] if rows and "exact_match" in rows[0] else []
             table = wandb.Table(columns=columns)
             for r in rows[: self.table_rows]:

@@ -47,7 +47,7 @@ from text2sql.eval.query import (
     DEFAULT_MAX_ROWS,
     QueryResult,
     _ConnCache,
-    _evaluate_item,
+    _answer_item,
 )
 from text2sql.sql.sqlite_guard import DEFAULT_HEAP_LIMIT
 
@@ -200,14 +200,19 @@ class ExecutionEvaluator:
             hit = self._gold_text[gold] = (replace_cur_year(g), order_matters(g))
         return hit
 
+    def _prepare_pred(self, pred: str) -> str:
+        if not self.style.normalise:  # BIRD: run as written
+            return pred.strip()
+        p = postprocess(pred.strip().replace(" value ", " 1 "))
+        if not self.keep_distinct:  # official: the first statement only; --keep-distinct runs the whole string
+            p = remove_distinct(first_statement(p))
+        return replace_cur_year(p)
+
     def _prepare(self, gold: str, pred: str) -> tuple[str, list[str], bool]:
         if not self.style.normalise:  # BIRD: both queries run as written
             return gold.strip(), [pred.strip()], False
         g, ordered = self._prepare_gold(gold)
-        p = postprocess(pred.strip().replace(" value ", " 1 "))
-        if not self.keep_distinct:  # official: the first statement only; --keep-distinct runs the whole string
-            p = remove_distinct(first_statement(p))
-        p = replace_cur_year(p)
+        p = self._prepare_pred(pred)
         candidates = [p]
         if self.plug_value:
             candidates += plug_value_variants(g, p, self.max_plug_variants)
@@ -263,14 +268,46 @@ class ExecutionEvaluator:
             out.append(Verdict(status == "correct", status, level, db_id, error))
         return out
 
+    def db_file(self, db_id: str) -> str:
+        """The main SQLite file of `db_id` ("" when missing): what :meth:`run_sql` takes."""
+        files = self._files(db_id)
+        return files[0] if files else ""
+
+    def run_sql(self, items: Sequence[tuple[str, str]]) -> list[dict]:
+        """Run each (database file, sql) as a prediction is run (same preparation, guard, timeout, worker pool), with
+        no gold: {status ("ok" or a failure status), error, rows (count), key (a result digest)}, in order."""
+        if self._closed:
+            raise RuntimeError("ExecutionEvaluator is closed")
+        results: list[dict | None] = [None] * len(items)
+        todo: list[tuple[int, dict]] = []
+        for i, (path, sql) in enumerate(items):
+            sql = self._prepare_pred(sql or "") if (sql or "").strip().strip(";").strip() else ""
+            if not path or not os.path.isfile(path):
+                results[i] = {"status": "db_missing", "error": f"database not found: {path}", "rows": 0, "key": None}
+            elif not sql:
+                results[i] = {"status": "empty_prediction", "error": None, "rows": 0, "key": None}
+            else:
+                todo.append((i, {"paths": [path], "sql": sql}))
+
+        def finish(i: int, res: dict) -> None:
+            results[i] = {"rows": 0, "key": None, **res}
+
+        if self.workers == 0:
+            self._run_local(todo, finish)
+        else:
+            self._run_pool(todo, finish, lambda: None)
+        return results
+
     def _run_local(self, todo, finish) -> None:
         if self._local_conns is None:
             self._local_conns = _ConnCache(heap_limit=None)  # never cap the caller's own process
         for i, item in todo:
-            res = _evaluate_item(item, self._local_conns, self._gold_cache, self._opts)
+            res = _answer_item(item, self._local_conns, self._gold_cache, self._opts)
             finish(i, res)
 
     def _item_budget(self, item: dict) -> float:
+        if "sql" in item:  # one candidate, no gold (run_sql)
+            return 2 * self.timeout + 0.5 + _WATCHDOG_SLACK_S
         n_paths = len(item["paths"])
         n = n_paths + sum(1 for p in item["paths"] if (p, item["gold"]) not in self._gold_cache)
         n += 1 if len(item["candidates"]) > 1 else 0  # all plug-value variants share one timeout
@@ -318,7 +355,7 @@ class _PoolRun:
     def attach_gold(self, worker: _Worker, item: dict) -> dict:
         """The item with the gold results this worker has not seen yet (so it never re-runs a gold query)."""
         rows = {}
-        for p in item["paths"]:
+        for p in item["paths"] if "gold" in item else ():
             key = (p, item["gold"])
             if key in worker.known_gold:
                 continue

@@ -38,6 +38,17 @@ def generation_progress(description: str, total: int, enabled: bool = True, tran
         yield lambda n: bar.advance(task, n)
 
 
+def left_pad(sources: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with left padding: every prompt ends at the same position."""
+    width = max(len(s) for s in sources)
+    input_ids = torch.full((len(sources), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sources), width), dtype=torch.long)
+    for row, ids in enumerate(sources):
+        input_ids[row, width - len(ids):] = torch.tensor(list(ids))
+        attention[row, width - len(ids):] = 1
+    return input_ids, attention
+
+
 @torch.no_grad()
 def generate_sql(
     model,
@@ -65,13 +76,8 @@ def generate_sql(
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            width = max(len(sources[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):  # left padding: every prompt ends at the same position
-                ids = list(sources[i])
-                input_ids[row, width - len(ids):] = torch.tensor(ids)
-                attention[row, width - len(ids):] = 1
+            input_ids, attention = left_pad([sources[i] for i in idx], pad_id)
+            width = input_ids.shape[1]
             generated = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),

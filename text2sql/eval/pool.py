@@ -18,7 +18,7 @@ import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from text2sql.eval.query import _ConnCache, _evaluate_item
+from text2sql.eval.query import _answer_item, _ConnCache
 
 __all__: list[str] = []
 
@@ -65,7 +65,7 @@ def _worker_main(rfd: int, wfd: int) -> None:
             break
         for index, item in msg:
             try:
-                res = _evaluate_item(item, conns, gold_cache, opts)
+                res = _answer_item(item, conns, gold_cache, opts)
             except Exception as err:  # noqa: BLE001 - keep the worker alive
                 res = {"status": "exec_error", "error": f"evaluator error: {type(err).__name__}: {err}",
                        "new_gold": {}}

@@ -3,6 +3,7 @@ database file), with statuses instead of exceptions. Runs in the worker processe
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sqlite3
@@ -220,3 +221,27 @@ def _evaluate_item(item: dict, conns: _ConnCache, gold_cache: dict, opts: dict) 
                 break
     assert first is not None
     return {"status": first[0], "error": first[1], "new_gold": new_gold}
+
+
+def result_key(rows: list) -> str:
+    """A digest equal for results that are the same bag of rows up to column order (how Spider compares results;
+    coarser only in that each row's values are compared as a bag)."""
+    def norm(v):
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+
+    canon = sorted(repr(sorted(repr(norm(v)) for v in row)) for row in rows)
+    return hashlib.sha1("\n".join(canon).encode("utf-8", "replace")).hexdigest()
+
+
+def _execute_item(item: dict, conns: _ConnCache, opts: dict) -> dict:
+    """Run one candidate, no gold. item: {paths: [file], sql}. Returns {status, error, rows, key}: the row count and
+    a result digest (not the rows: decoding only counts and compares them)."""
+    res = _run(conns, item["paths"][0], item["sql"], opts)
+    if res.status != "ok":
+        return {"status": res.status, "error": res.error, "rows": 0, "key": None}
+    return {"status": "ok", "error": None, "rows": len(res.rows), "key": result_key(res.rows)}
+
+
+def _answer_item(item: dict, conns: _ConnCache, gold_cache: dict, opts: dict) -> dict:
+    """A worker's answer: one candidate run (`sql` items, decoding) or one example scored against its gold."""
+    return _execute_item(item, conns, opts) if "sql" in item else _evaluate_item(item, conns, gold_cache, opts)

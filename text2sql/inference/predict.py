@@ -4,7 +4,7 @@ The model is described by the same Hydra config as training (model, peft, datase
 composed from `conf/` with overrides or taken from a finished run dir (`--run`). Weights come from an
 adapter dir (`--adapter`, what `PeftModel.from_pretrained` reads), a Lightning checkpoint (`--checkpoint`)
 or, with `--run`, the run's saved adapter/model or its last checkpoint. Generation is the callback's:
-batched greedy decoding with left padding and the KV cache.
+batched decoding with left padding and the KV cache, with the strategy of `eval.decoding` (greedy by default).
 
 A checkpoint or adapter inside a run dir brings that run's config along (no overrides to repeat), and the run's
 relative paths (cache, dataset, model) are read from the directory training started in, so predict works from
@@ -170,7 +170,8 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
 
     from text2sql.data.datamodule import eval_subset
     from text2sql.data.prompt import encode_source
-    from text2sql.eval.generate import generate_sql, generation_progress
+    from text2sql.eval.decoding import Decoding, decode_local
+    from text2sql.eval.generate import generation_progress
 
     dataset = instantiate(_resolve_subtree(cfg, "dataset"))
     model, tokenizer = load_for_inference(cfg, dataset, weights)
@@ -180,9 +181,22 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
     records = [records[i] for i in eval_subset(len(records), limit, eval_cfg.seed)]  # = eval.limit's subset
     sources = [encode_source(r, tokenizer, data_cfg.template, data_cfg.max_source_length,
                              system_prompt=data_cfg.system_prompt)[0] for r in records]
-    with generation_progress("predicting", len(sources), progress) as advance:
-        preds = generate_sql(model, tokenizer, sources, batch_size=batch_size or eval_cfg.batch_size,
-                             max_new_tokens=max_new_tokens or eval_cfg.max_new_tokens, progress=advance)
+    decoding = Decoding.from_config(eval_cfg.get("decoding"))
+    evaluator, db_files = None, []
+    if decoding.executes:  # candidates run on the example's database, as the evaluator runs predictions
+        from text2sql.eval.execute import ExecutionEvaluator
+
+        evaluator = ExecutionEvaluator(dataset.root / "database", timeout=eval_cfg.timeout, workers=eval_cfg.workers)
+        db_files = [evaluator.db_file(r["db_id"]) for r in records]
+    try:
+        with generation_progress("predicting", len(sources), progress) as advance:
+            decoded = decode_local(model, tokenizer, sources, db_files, decoding, evaluator=evaluator,
+                                   batch_size=batch_size or eval_cfg.batch_size,
+                                   max_new_tokens=max_new_tokens or eval_cfg.max_new_tokens, progress=advance)
+    finally:
+        if evaluator is not None:
+            evaluator.close()
+    preds = [d.sql for d in decoded]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text("".join(p + "\n" for p in preds), encoding="utf-8")
@@ -226,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable(out)  # before the model loads
     dataset, records, preds = predict(cfg, weights, out, args.split, args.limit, args.batch_size,
                                       args.max_new_tokens, progress=not args.no_progress)
-    print(f"wrote {len(preds)} predictions to {out}")
+    print(f"wrote {len(preds)} predictions to {out} (decoding: {OmegaConf.select(cfg, 'eval.decoding.strategy')})")
     if args.evaluate:
         evaluate_predictions(cfg, dataset, records, out, args.split, progress=not args.no_progress)
     return 0

@@ -1,0 +1,129 @@
+"""Candidate SQL from the model: greedy (the exact `generate_sql` path), beam search, or per-example seeded sampling.
+
+Sampling does not use `generate(do_sample=True)`: its draws come from one global random stream shared by the
+whole batch, so an example's samples would change with the batch it lands in (batch size, ranks, failing
+subsets). :class:`RowSampler` draws each row's tokens from that row's own pre-drawn uniforms instead (inverse CDF
+of the temperature / top-p distribution) and hands generate a one-hot choice, decoded greedily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+
+from text2sql.eval.decoding import Candidate, Decoding
+from text2sql.eval.generate import extract_sql, generate_sql, left_pad
+
+
+def row_seed(seed: int, source: Sequence[int], sample: int) -> int:
+    """A 63-bit seed from (seed, prompt token ids, sample number): the same wherever the prompt is batched."""
+    digest = hashlib.sha1(f"{seed}:{sample}:{','.join(map(str, source))}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class RowSampler:
+    """A logits processor that samples every row from its own stream and records the raw token log-probs."""
+
+    def __init__(self, uniforms: torch.Tensor, temperature: float, top_p: float, prompt_width: int):
+        self.uniforms, self.temperature, self.top_p, self.width = uniforms, temperature, top_p, prompt_width
+        self.logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        step = input_ids.shape[1] - self.width
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        sorted_probs = sorted_probs.masked_fill(before >= self.top_p, 0.0)  # the nucleus; the top token always stays
+        cdf = sorted_probs.cumsum(dim=-1)
+        u = self.uniforms[:, step].to(cdf.device).unsqueeze(1) * cdf[:, -1:]
+        pick = torch.searchsorted(cdf, u).clamp(max=cdf.shape[1] - 1)
+        tokens = order.gather(1, pick).squeeze(1)
+        self.logprobs.append(torch.log_softmax(scores.float(), dim=-1).gather(1, tokens[:, None]).squeeze(1).cpu())
+        chosen = torch.full_like(scores, float("-inf"))
+        chosen.scatter_(1, tokens[:, None], 0.0)
+        return chosen
+
+
+def _mean_logprob(logprobs: list[torch.Tensor], new_tokens: torch.Tensor, eos_id: int) -> list[float]:
+    """Per row: the mean log-prob of the generated tokens up to and including the first EOS."""
+    if not logprobs:
+        return [0.0] * new_tokens.shape[0]
+    lp = torch.stack(logprobs, dim=1)[:, : new_tokens.shape[1]]
+    is_eos = new_tokens[:, : lp.shape[1]] == eos_id
+    steps = torch.arange(lp.shape[1])[None, :]
+    first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full((lp.shape[0],), lp.shape[1] - 1))
+    mask = steps <= first_eos[:, None]
+    return ((lp * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
+
+
+def _distinct(cands: list[Candidate]) -> list[Candidate]:
+    seen, out = set(), []
+    for c in cands:
+        if c.sql not in seen:
+            seen.add(c.sql)
+            out.append(c)
+    return out
+
+
+@torch.no_grad()
+def generate_candidates(model, tokenizer, sources: Sequence[Sequence[int]], mode: str, decoding: Decoding, *,
+                        batch_size: int = 16, max_new_tokens: int = 128, progress=None,
+                        synced_gpus: bool = False) -> list[list[Candidate]]:
+    """Per source: its distinct candidate SQL, best first (beam rank; samples by mean log-prob)."""
+    if mode == "greedy":
+        sqls = generate_sql(model, tokenizer, sources, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                            progress=progress, synced_gpus=synced_gpus)
+        return [[Candidate(s)] for s in sqls]
+    n = decoding.num_beams if mode == "beam" else decoding.num_samples
+    per_call = max(1, batch_size // n)  # prompts per generate call: about batch_size rows, as greedy
+    was_training = model.training
+    model.eval()
+    device = next(p for p in model.parameters()).device
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
+    out: list[list[Candidate]] = [[] for _ in sources]
+    try:
+        for start in range(0, len(order), per_call):
+            idx = order[start: start + per_call]
+            input_ids, attention = left_pad([sources[i] for i in idx], tokenizer.pad_token_id)
+            rows = _generate_rows(model, tokenizer, input_ids.to(device), attention.to(device), mode, n, decoding,
+                                  [sources[i] for i in idx], max_new_tokens, synced_gpus)
+            for k, i in enumerate(idx):
+                cands = rows[k * n: (k + 1) * n]
+                if mode == "sample":
+                    cands = sorted(cands, key=lambda c: -c.score)
+                out[i] = _distinct(cands)
+            if progress is not None:
+                progress(len(idx))
+    finally:
+        if was_training:
+            model.train()
+    return out
+
+
+def _generate_rows(model, tokenizer, input_ids, attention, mode, n, decoding, sources, max_new_tokens,
+                   synced_gpus) -> list[Candidate]:
+    """n candidates per prompt, rows grouped by prompt (prompt 0's n rows first)."""
+    width = input_ids.shape[1]
+    common = dict(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, use_cache=True,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, synced_gpus=synced_gpus,
+                  do_sample=False, return_dict_in_generate=True)
+    if mode == "beam":
+        out = model.generate(**common, num_beams=n, num_return_sequences=n, output_scores=True)
+        scores = out.sequences_scores.tolist() if n > 1 else [0.0] * out.sequences.shape[0]
+    elif mode == "sample":
+        from transformers import LogitsProcessorList
+
+        uniforms = torch.stack([
+            torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(row_seed(decoding.seed, src, j)))
+            for src in sources for j in range(n)])
+        sampler = RowSampler(uniforms, decoding.temperature, decoding.top_p, width)
+        common.update(input_ids=input_ids.repeat_interleave(n, 0), attention_mask=attention.repeat_interleave(n, 0))
+        out = model.generate(**common, num_beams=1, logits_processor=LogitsProcessorList([sampler]))
+        scores = _mean_logprob(sampler.logprobs, out.sequences[:, width:].cpu(), tokenizer.eos_token_id)
+    else:
+        raise ValueError(f"unknown generation mode {mode!r}")
+    new_tokens = out.sequences[:, width:]
+    return [Candidate(extract_sql(tokenizer.decode(new_tokens[r], skip_special_tokens=True)), float(scores[r]))
+            for r in range(new_tokens.shape[0])]
