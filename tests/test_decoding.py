@@ -173,7 +173,7 @@ def test_predictions_record_the_strategy_and_candidates(tiny, tmp_path):
     cb._items = [EvalItem(i, d["db_id"], d["question"], d["query"], []) for i, d in enumerate(dev)]
     trainer = SimpleNamespace(datamodule=SimpleNamespace(dataset=SpiderDataset(root)), loggers=[], current_epoch=0,
                               global_step=0)
-    cb._score(trainer, [Prediction(d["query"], "execution_guided", i + 1) for i, d in enumerate(dev)])
+    cb._score(trainer, [Prediction(d["query"], "execution_guided", i + 1) for i, d in enumerate(dev)], epoch=0)
     cb.teardown(None, None, "fit")
     rows = [json.loads(x) for x in (tmp_path / "predictions" / "epoch_0.jsonl").read_text().splitlines()]
     assert [(r["decoding"], r["candidates"]) for r in rows] == [("execution_guided", n) for n in (1, 2, 3)]

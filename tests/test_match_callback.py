@@ -36,7 +36,7 @@ def test_callback_logs_exact_match(sample, tmp_path, exact_match):
         preds.append(q if i % 4 < 2 else q.replace("SELECT ", "SELECT DISTINCT ", 1) if i % 4 == 2 else "SELECT 1")
     cb = ExecutionAccuracyCallback(output_dir=str(tmp_path), workers=0, exact_match=exact_match)
     cb._items = items
-    metrics = cb._score(_trainer(sample), [Prediction(p, "greedy") for p in preds])
+    metrics = cb._score(_trainer(sample), [Prediction(p, "greedy") for p in preds], epoch=0)
     cb.teardown(None, None, "fit")
     saved = [json.loads(x) for x in (tmp_path / "predictions" / "epoch_0.jsonl").read_text().splitlines()]
     if not exact_match:
