@@ -146,6 +146,8 @@ def parse_schema(entry: Any, path: Path, index: int) -> SpiderSchema:
 class SpiderDataset:
     """A directory in Spider's layout; files are read lazily and cached."""
 
+    tables_file = "tables.json"  # relative to the root (Chase names its own)
+
     def __init__(self, root: str | os.PathLike | None):
         self.root: Path = resolve_root(root)
         self._examples: dict[str, list[tuple[Path, int, SpiderExample]]] = {}
@@ -155,7 +157,7 @@ class SpiderDataset:
 
     @cached_property
     def _schemas(self) -> dict[str, SpiderSchema]:
-        path = self.root / "tables.json"
+        path = self.root / self.tables_file
         entries = read_json(path)
         if not isinstance(entries, list):
             raise DataError(f"{path}: expected a JSON array of schemas")
@@ -208,7 +210,7 @@ class SpiderDataset:
             schema = schemas.get(ex.db_id)
             if schema is None:
                 raise DataError(
-                    f"{path} record {i}: db_id {ex.db_id!r} is not in {self.root / 'tables.json'}"
+                    f"{path} record {i}: db_id {ex.db_id!r} is not in {self.root / self.tables_file}"
                 )
             out.append((ex, schema))
         return out
