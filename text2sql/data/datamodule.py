@@ -31,6 +31,7 @@ class EvalItem:
     question: str
     gold: str
     source_ids: list[int]
+    interaction: int | None = None  # multi-turn datasets: the interaction the turn belongs to
 
 
 class _Encoded(Dataset):
@@ -210,14 +211,34 @@ class TextToSQLDataModule(pl.LightningDataModule):
         """The dev examples to generate SQL for: all, or a fixed-seed subset of `limit` (kept in dev order)."""
         if self.dev_records is None:
             self.setup()
+        ids_of = getattr(self.dataset, "interaction_ids", None)
+        interactions = ids_of("dev") if ids_of else None
         indices = list(range(len(self.dev_records)))
         if limit and limit < len(indices):
-            indices = sorted(random.Random(seed).sample(indices, limit))
+            indices = (whole_interactions(interactions, limit, seed) if interactions
+                       else sorted(random.Random(seed).sample(indices, limit)))
         items = []
         for i in indices:
             r = self.dev_records[i]
             source_ids, _ = encode_source(r, self.tokenizer, self.template, self.max_source_length,
                                           system_prompt=self.system_prompt)
             question = r["input"].split("\n", 1)[1].rsplit("\n\n###Response:", 1)[0] if "\n" in r["input"] else r["input"]
-            items.append(EvalItem(i, r["db_id"], question, r["output"], source_ids))
+            items.append(EvalItem(i, r["db_id"], question, r["output"], source_ids,
+                                  interactions[i] if interactions else None))
         return items
+
+
+def whole_interactions(interactions: list[int], limit: int, seed: int) -> list[int]:
+    """Indices of fixed-seed random interactions, whole, until they hold at least `limit` turns (dev order):
+    interaction match needs every turn of an interaction."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(interactions):
+        groups.setdefault(n, []).append(i)
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    chosen: list[int] = []
+    for n in order:
+        if len(chosen) >= limit:
+            break
+        chosen += groups[n]
+    return sorted(chosen)

@@ -145,6 +145,8 @@ class ExecutionAccuracyCallback(pl.Callback):
             for row, m in zip(rows, matches):
                 row["exact_match"] = m.exact
             metrics.update({f"val/{k}": v for k, v in summarize_exact(matches, [v.hardness for v in verdicts]).items()})
+        if self._items and self._items[0].interaction is not None:  # multi-turn: interaction match, per turn
+            metrics.update(self._interaction_metrics(rows, verdicts, matches))
         self._save(epoch, rows)
         self._log_table(trainer, epoch, rows)
         ex, prev = metrics.get(MONITOR, 0.0), (self.history[-1].get(MONITOR) if self.history else None)
@@ -154,12 +156,24 @@ class ExecutionAccuracyCallback(pl.Callback):
         self.history.append({"epoch": epoch, **metrics})
         return metrics
 
+    def _interaction_metrics(self, rows: list[dict], verdicts, matches) -> dict[str, float]:
+        from text2sql.eval.interaction import interaction_scores, turn_positions
+
+        ids = [it.interaction for it in self._items]
+        for row, n, turn in zip(rows, ids, turn_positions(ids)):
+            row.update(interaction=n, turn=turn)
+        out = interaction_scores([v.correct for v in verdicts], ids, "ex")
+        if matches is not None:
+            out.update(interaction_scores([m.exact for m in matches], ids, "em"))
+        return out
+
     def _match(self, trainer, preds: list[str], verdicts) -> list:
         if self._matcher is None:  # gold parses are cached for the run, like gold results
             from text2sql.eval.match import ExactMatcher
 
             root = trainer.datamodule.dataset.root
-            self._matcher = ExactMatcher(root / "tables.json", self.db_dir or root / "database")
+            tables = root / getattr(trainer.datamodule.dataset, "tables_file", "tables.json")
+            self._matcher = ExactMatcher(tables, self.db_dir or root / "database")
         return self._matcher.match_all([(it.db_id, it.gold, p) for it, p in zip(self._items, preds)])
 
     def _save(self, epoch: int, rows: list[dict]) -> None:
@@ -170,7 +184,13 @@ class ExecutionAccuracyCallback(pl.Callback):
         with open(out / f"epoch_{epoch}.jsonl", "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        (out / f"epoch_{epoch}_pred.sql").write_text("".join(r["prediction"] + "\n" for r in rows), encoding="utf-8")
+        if rows and "interaction" in rows[0]:  # the official multi-turn layout: a blank line after each interaction
+            from text2sql.eval.interaction import pred_lines
+
+            text = pred_lines([r["prediction"] for r in rows], [r["interaction"] for r in rows])
+        else:
+            text = "".join(r["prediction"] + "\n" for r in rows)
+        (out / f"epoch_{epoch}_pred.sql").write_text(text, encoding="utf-8")
 
     def _log_table(self, trainer, epoch: int, rows: list[dict]) -> None:
         for logger in trainer.loggers:

@@ -1,7 +1,8 @@
 """``text2sql evaluate``: execution accuracy and/or exact set match of a prediction file against a gold file.
 
 GOLD: one ``SQL<TAB>db_id`` per line (Spider's ``dev_gold.sql``); PRED: one SQL per line, aligned with GOLD
-(DB-GPT-Hub's ``pred.sql``). ``--etype exec|match|all`` as the official tool (default ``exec``). Prints the
+(DB-GPT-Hub's ``pred.sql``). A multi-turn gold file (SParC's / CoSQL's ``dev_gold.txt``) separates interactions
+with blank lines and so must PRED; then question and interaction match are printed too (eval/interaction.py). ``--etype exec|match|all`` as the official tool (default ``exec``). Prints the
 official-style table (count, EX and/or EM per hardness level; "—" for an empty level), the component F1s for
 ``match`` and the count of each status; ``--out`` writes one JSON line per example, in order.
 """
@@ -125,10 +126,16 @@ def run(args: argparse.Namespace) -> int:
     from text2sql.eval.execute import STATUSES, ExecutionEvaluator
     from text2sql.eval.metrics import table_rows
 
+    from text2sql.eval.interaction import align_sessions, interaction_table, is_multi_turn, turn_positions
+
     gold = read_gold(args.gold)
-    pred = read_pred(args.pred)
     if not gold:
         raise UserError(f"gold file is empty: {args.gold}")
+    interactions = None  # multi-turn (SParC/CoSQL): blank lines separate interactions in both files
+    if is_multi_turn(args.gold):
+        pred, interactions = align_sessions(args.gold, args.pred)
+    else:
+        pred = read_pred(args.pred)
     # tolerate only trailing empty lines in the prediction file
     while len(pred) > len(gold) and pred[-1] == "":
         pred.pop()
@@ -163,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         matches = ExactMatcher(tables, db_dir).match_all(items)
         match_summary = summarize_match(matches, levels)
 
+    positions = turn_positions(interactions) if interactions is not None else None
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
                 if questions is not None:
                     row["question"] = questions[i]
                 row.update(gold=g, prediction=p, hardness=levels[i])
+                if interactions is not None:
+                    row.update(interaction=interactions[i], turn=positions[i])
                 if verdicts is not None:
                     row.update({k: v for k, v in verdicts[i].to_dict().items() if k not in row})
                 if matches is not None:
@@ -199,6 +209,9 @@ def run(args: argparse.Namespace) -> int:
     if matches is not None:
         table.add_row("exact match", *[_fmt(match_summary[lv]["exact"]) for lv in level_names])
     console.print(table)
+    if interactions is not None:
+        console.print(interaction_table(interactions, verdicts and [v.correct for v in verdicts],
+                                        matches and [m.exact for m in matches]))
     if matches is not None:
         from text2sql.eval.match import PARTIAL_TYPES
 
