@@ -169,6 +169,18 @@ def test_generated_sample_in_each_multi_turn_layout_has_follow_ups(tmp_path, lay
     assert not train_firsts & dev_firsts  # no dev interaction is a train one
 
 
+def test_sample_verb_writes_a_layout_once(tmp_path):
+    out = tmp_path / "cosql-sample"
+    argv = [sys.executable, "-m", "text2sql", "sample", "--layout", "cosql", "--out", str(out), "--n-train", "5",
+            "--n-dev", "2"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"python train.py dataset=cosql dataset.root={out}" in proc.stdout
+    assert len(set(MultiTurnDataset(out, "cosql").interaction_ids("train"))) == 5
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and again.stderr.strip().endswith("already exists; pick a new directory")
+
+
 def test_evaluate_scores_a_multi_turn_gold_file(tmp_path):
     root = generate_multiturn_sample(tmp_path / "sparc", "sparc", seed=1, n_train=4, n_dev=5)
     gold = read_sessions(root / "dev_gold.txt")

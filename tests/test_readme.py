@@ -189,6 +189,23 @@ EXAMPLES: dict[str, object] = {
     # -- multirun/README.md prose
     "python train.py -m ...": Synopsis("train"),
     "python train.py ...": Synopsis("train"),
+    # -- datasets
+    "text2sql sample --layout sparc --out data/sparc-sample": Covered(
+        "tests/test_multiturn.py::test_sample_verb_writes_a_layout_once"),
+    "python train.py dataset=sparc dataset.root=DIR": Covered(
+        "tests/test_multiturn.py::test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end"),
+    "python train.py dataset=cosql dataset.root=DIR": Covered(
+        "tests/test_multiturn.py::test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end"),
+    "python train.py dataset=chase dataset.root=DIR": Synopsis("train"),
+    "python train.py dataset=sparc dataset.root=data/sparc-sample": Covered(
+        "tests/test_multiturn.py::test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end"),
+    "text2sql evaluate --gold data/sparc-sample/dev_gold.txt --pred outputs/<date>/<time>/predictions/epoch_1_pred.sql "
+    "--db data/sparc-sample/database --etype all": Covered(
+        "tests/test_multiturn.py::test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end"),
+    "python train.py dataset.prompt=one_shot": Run(),
+    "python bench/prompt_forms.py --spider /work/shared/spider": Run(extra=("--limit", "40", "--json", ""),
+                                                                     spider=True),
+    "text2sql sample --layout sparc --out DIR [--seed N] [--n-train N] [--n-dev N]": Synopsis("sample"),
     # -- bench/README.md
     "python bench/bench_evaluate.py --spider /work/shared/spider --json bench/results/bench_evaluate.json": Covered(
         "tests/test_match.py"),
