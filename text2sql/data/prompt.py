@@ -50,7 +50,7 @@ LLAMA2_SYSTEM = (
     "If you don't know the answer to a question, please don't share false information."
 )
 
-TRUNCATION_TAGS = ("history", "fk_lines", "columns", "tables", "hard", "target")
+TRUNCATION_TAGS = ("fk_lines", "columns", "tables", "hard", "target", "history")  # history: cut first
 # The instruction of each prompt form (text2sql.data.forms); `code` puts CREATE statements where the schema goes.
 INSTRUCTIONS = {"zero_shot": INSTRUCTION, "one_shot": ONE_SHOT_INSTRUCTION, "code": INSTRUCTION}
 
