@@ -252,3 +252,11 @@ def test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end(tmp_path, la
     assert proc.returncode == 0, proc.stderr
     verdicts = [json.loads(x) for x in out.read_text().splitlines()]
     assert [v["correct"] for v in verdicts] == [r["correct"] for r in rows]
+    if layout == "sparc":  # `text2sql predict` writes and scores the same layout
+        proc = subprocess.run([sys.executable, "-m", "text2sql", "predict", "--run", str(run), "--evaluate",
+                               "--no-progress", "--max-new-tokens", "24"], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "MULTI-TURN" in proc.stdout
+        assert len(read_sessions(run / "pred.sql")) == len(set(dataset.interaction_ids("dev")))
+        assert (run / "dev_gold.sql").read_text() == dataset.dev_gold().read_text()

@@ -92,10 +92,15 @@ def align_sessions(gold_path: str | Path, pred_path: str | Path) -> tuple[list[s
 def pred_lines(preds: Sequence[str], interactions: Sequence[int]) -> str:
     """A prediction file in the multi-turn layout: one SQL per line, a blank line after each interaction (an
     empty prediction is written as "SELECT", which fails like the empty query, so the layout survives)."""
+    return sessions_text([" ".join(p.split()) or "SELECT" for p in preds], interactions)
+
+
+def sessions_text(lines: Sequence[str], interactions: Sequence[int]) -> str:
+    """One line each, a blank line after each interaction's last (the official multi-turn file layout)."""
     out = []
-    for k, (p, n) in enumerate(zip(preds, interactions, strict=True)):
-        out.append((" ".join(p.split()) or "SELECT") + "\n")
-        if k + 1 == len(preds) or interactions[k + 1] != n:
+    for k, (line, n) in enumerate(zip(lines, interactions, strict=True)):
+        out.append(line + "\n")
+        if k + 1 == len(lines) or interactions[k + 1] != n:
             out.append("\n")
     return "".join(out)
 

@@ -169,6 +169,7 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
 
     from text2sql.data.prompt import encode_source
     from text2sql.eval.generate import generate_sql, generation_progress
+    from text2sql.eval.interaction import pred_lines
 
     dataset = instantiate(_resolve_subtree(cfg, "dataset"))
     model, tokenizer = load_for_inference(cfg, dataset, weights)
@@ -182,9 +183,17 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
                              max_new_tokens=max_new_tokens or eval_cfg.max_new_tokens, progress=advance)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(p + "\n" for p in preds), encoding="utf-8")
+    ids = _interaction_ids(dataset, split, len(preds))
+    tmp.write_text(pred_lines(preds, ids) if ids else "".join(p + "\n" for p in preds), encoding="utf-8")
     tmp.replace(out)
     return dataset, records, preds
+
+
+def _interaction_ids(dataset, split: str, n: int) -> list[int] | None:
+    """Multi-turn datasets (SParC, CoSQL): each of the first n examples' interaction, for the blank-line layout
+    of gold and prediction files that `text2sql evaluate` scores per interaction."""
+    ids_of = getattr(dataset, "interaction_ids", None)
+    return ids_of(split)[:n] if ids_of else None
 
 
 def resolve_source(args: argparse.Namespace, overrides: list[str], verb: str = "predict"):
@@ -237,10 +246,13 @@ def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Pa
     """Score `pred` with `text2sql evaluate` itself: the same tables (per hardness, per status), and a gold
     file (`<split>_gold.sql`, Spider's `SQL<TAB>db_id`) beside it to rerun the evaluation later."""
     from text2sql.eval import evaluate
+    from text2sql.eval.interaction import sessions_text
 
     gold = pred.with_name(f"{split}_gold.sql")
     tmp = gold.with_name(gold.name + ".tmp")
-    tmp.write_text("".join(f"{_one_line(r['output'])}\t{r['db_id']}\n" for r in records), encoding="utf-8")
+    lines = [f"{_one_line(r['output'])}\t{r['db_id']}" for r in records]
+    ids = _interaction_ids(dataset, split, len(records))
+    tmp.write_text(sessions_text(lines, ids) if ids else "".join(f"{line}\n" for line in lines), encoding="utf-8")
     tmp.replace(gold)
     eval_cfg = _resolve_subtree(cfg, "eval")
     argv = ["--gold", str(gold), "--pred", str(pred), "--db", str(dataset.root / "database"),
