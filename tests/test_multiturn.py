@@ -260,3 +260,15 @@ def test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end(tmp_path, la
         assert "MULTI-TURN" in proc.stdout
         assert len(read_sessions(run / "pred.sql")) == len(set(dataset.interaction_ids("dev")))
         assert (run / "dev_gold.sql").read_text() == dataset.dev_gold().read_text()
+
+
+def test_an_eval_limit_takes_whole_interactions():
+    from text2sql.data.datamodule import whole_interactions
+
+    ids = [0, 0, 1, 1, 1, 2, 3, 3]
+    for seed in range(5):
+        chosen = whole_interactions(ids, 3, seed)
+        assert chosen == sorted(chosen) and len(chosen) >= 3
+        picked = {ids[i] for i in chosen}
+        assert sorted(chosen) == [i for i, n in enumerate(ids) if n in picked]  # every turn of each one
+    assert whole_interactions(ids, 3, 0) == whole_interactions(ids, 3, 0)
