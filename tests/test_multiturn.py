@@ -14,7 +14,7 @@ from text2sql.data.datasets import multiturn
 from text2sql.data.multiturn import MultiTurnDataset
 from text2sql.data.prompt import encode_record, get_template
 from text2sql.data.sample_multiturn import generate_multiturn_sample
-from text2sql.data.spider import SpiderDataError
+from text2sql.errors import DataError
 from text2sql.eval.interaction import align_sessions, interaction_scores, pred_lines, read_sessions, turn_positions
 from text2sql.errors import UserError
 
@@ -97,7 +97,7 @@ def test_one_shot_records_carry_dbgpt_hubs_one_shot_instruction(tmp_path):
 ])
 def test_bad_interactions_are_one_line(tmp_path, bad, message):
     root = write_sparc(tmp_path / "sparc", dev=[bad])
-    with pytest.raises(SpiderDataError, match=message) as err:
+    with pytest.raises(DataError, match=message) as err:
         multiturn(str(root), "sparc").records("dev")
     assert "\n" not in str(err.value)
 
@@ -222,7 +222,7 @@ def _train(tmp_path, *args):
 def test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end(tmp_path, layout):
     """`dataset=<layout> dataset.root=DIR` on the generated sample: interaction metrics in metrics.json and W&B,
     a resumed run continues it, and `text2sql evaluate` scores the saved predictions against the gold file."""
-    from text2sql.wandb_offline import read_run
+    from text2sql.tracking.offline import read_run
 
     root = generate_multiturn_sample(tmp_path / layout, layout, seed=0, n_train=64, n_dev=5)
     run = tmp_path / "run"

@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from text2sql.data.spider import SpiderDataError, SpiderDataset, SpiderExample, read_json
+from text2sql.data.spider import SpiderDataset, SpiderExample, read_json
+from text2sql.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,9 @@ class MultiTurnDataset(SpiderDataset):
 
     def __init__(self, root: str | os.PathLike | None, layout: str = "sparc"):
         if layout not in LAYOUTS:
-            raise SpiderDataError(f"unknown multi-turn layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+            raise DataError(f"unknown multi-turn layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
         if root in (None, "") or not Path(root).expanduser().is_dir():
-            raise SpiderDataError(f"{layout} directory not found: {root!r}; point at it with dataset.root=DIR "
+            raise DataError(f"{layout} directory not found: {root!r}; point at it with dataset.root=DIR "
                                   f"(it holds {LAYOUTS[layout].tables}, {', '.join(LAYOUTS[layout].train)}, ...)")
         super().__init__(root)
         self.layout_name, self.layout = layout, LAYOUTS[layout]
@@ -52,7 +53,7 @@ class MultiTurnDataset(SpiderDataset):
 
     def split_files(self, split: str) -> list[Path]:
         if split not in ("train", "dev"):
-            raise SpiderDataError(f"unknown split {split!r}; expected train or dev")
+            raise DataError(f"unknown split {split!r}; expected train or dev")
         return [self.root / name for name in getattr(self.layout, split)]
 
     def _load(self, split: str) -> list[tuple[Path, int, SpiderExample]]:
@@ -61,7 +62,7 @@ class MultiTurnDataset(SpiderDataset):
             for path in self.split_files(split):
                 data = read_json(path)
                 if not isinstance(data, list):
-                    raise SpiderDataError(f"{path}: expected a JSON array of interactions")
+                    raise DataError(f"{path}: expected a JSON array of interactions")
                 for i, item in enumerate(data):
                     turns = parse_interaction(item, f"{path} interaction {i}")
                     number = ids[-1] + 1 if ids else 0
@@ -82,16 +83,16 @@ class MultiTurnDataset(SpiderDataset):
 def parse_interaction(item: object, where: str) -> list[SpiderExample]:
     """The turns of one interaction; an interaction without turns, or a turn without text, is one line."""
     if not isinstance(item, dict) or DB_ID_KEY not in item or "interaction" not in item:
-        raise SpiderDataError(f"{where}: expected an object with {DB_ID_KEY!r} and 'interaction'")
+        raise DataError(f"{where}: expected an object with {DB_ID_KEY!r} and 'interaction'")
     db_id, turns = item[DB_ID_KEY], item["interaction"]
     if not isinstance(db_id, str) or not db_id:
-        raise SpiderDataError(f"{where}: {DB_ID_KEY} must be a non-empty string, got {db_id!r}")
+        raise DataError(f"{where}: {DB_ID_KEY} must be a non-empty string, got {db_id!r}")
     if not isinstance(turns, list) or not turns:
-        raise SpiderDataError(f"{where} ({db_id}): the interaction has no turns (an empty 'interaction' list)")
+        raise DataError(f"{where} ({db_id}): the interaction has no turns (an empty 'interaction' list)")
     out = []
     for t, turn in enumerate(turns):
         if not isinstance(turn, dict) or not all(isinstance(turn.get(k), str) for k in ("utterance", "query")):
-            raise SpiderDataError(f"{where} turn {t}: expected string 'utterance' and 'query'")
+            raise DataError(f"{where} turn {t}: expected string 'utterance' and 'query'")
         out.append(SpiderExample(db_id, turn["utterance"], turn["query"]))
     return out
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from text2sql.data.multiturn import LAYOUTS, MultiTurnDataset, write_gold
 from text2sql.data.sample import generate_sample
-from text2sql.fsutil import atomic_dir
+from text2sql.data.cache import atomic_dir
 
 
 def _columns(entry: dict) -> dict[str, dict[str, list[str]]]:
