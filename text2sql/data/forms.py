@@ -60,6 +60,11 @@ def create_statements(db_dir: Path, db_id: str) -> str:
     if not path.is_file():
         raise UserError(f"dataset.prompt=code needs the database of {db_id!r}: neither a *.sql file nor {path} "
                         "exists (use dataset.prompt=zero_shot, or add the database)")
+    return sqlite_create_statements(path)
+
+
+def sqlite_create_statements(path: Path) -> str:
+    """The CREATE TABLE statements a SQLite file's sqlite_master holds, newline-joined, each ending with ';'."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         rows = conn.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND type = 'table' "
