@@ -165,7 +165,7 @@ def test_stats_and_counts() -> None:
         EncodedExample([1] * 4, [-100] * 2 + [1] * 2, 2, "target", 2, 9),
     ]
     assert truncation_counts(encoded) == {
-        "examples": 3, "truncated": 2, "fk_lines": 1, "columns": 1, "tables": 0, "hard": 0, "target": 1,
+        "examples": 3, "truncated": 2, "history": 0, "fk_lines": 1, "columns": 1, "tables": 0, "hard": 0, "target": 1,
     }
     stats = length_stats(encoded)
     assert stats == {"count": 3, "source_p50": 10, "source_p95": 30, "source_max": 30,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class Run:
     needs: tuple[str, ...] = ()        # placeholders filled from earlier examples' dirs
     spider: bool = False               # needs ../shared/spider (or SPIDER_DIR)
     timeout: int = 600
+    fresh: tuple[str, ...] = ()        # repo-relative output dirs removed first (commands that refuse to overwrite)
 
 
 @dataclass(frozen=True)
@@ -118,12 +120,12 @@ EXAMPLES: dict[str, object] = {
     "python train.py --cfg job": Run(extra=()),
     # -- datasets (the BIRD sample is written before the commands that read it)
     "python train.py dataset=bird dataset.root=/data/bird": Run(extra=(), fails=r"BIRD directory not found"),
-    "python -m text2sql.data.bird_sample .cache/text2sql/data/bird-sample": Run(
-        extra=("--n-train", "60", "--n-dev", "16")),
-    "python train.py dataset=bird dataset.root=.cache/text2sql/data/bird-sample": Covered(
+    "text2sql sample --layout bird --out data/bird-sample": Run(extra=("--n-train", "60", "--n-dev", "16"),
+                                                                fresh=("data/bird-sample",)),
+    "python train.py dataset=bird dataset.root=data/bird-sample": Covered(
         "tests/test_bird.py::test_train_evaluate_resume_on_bird_layout"),
-    "text2sql evaluate --gold .cache/text2sql/data/bird-sample/dev/dev.sql --pred .cache/text2sql/data/bird-sample/dev/"
-    "dev.sql --db .cache/text2sql/data/bird-sample/dev/dev_databases": Run(extra=("--workers", "0", "--no-progress")),
+    "text2sql evaluate --gold data/bird-sample/dev/dev.sql --pred data/bird-sample/dev/dev.sql --db "
+    "data/bird-sample/dev/dev_databases": Run(extra=("--workers", "0", "--no-progress")),
     # -- GPU box: fails in one line without CUDA
     # -- W&B
     "wandb login": Elsewhere("needs a W&B account and network"),
@@ -201,6 +203,23 @@ EXAMPLES: dict[str, object] = {
     # -- multirun/README.md prose
     "python train.py -m ...": Synopsis("train"),
     "python train.py ...": Synopsis("train"),
+    # -- datasets
+    "text2sql sample --layout sparc --out data/sparc-sample": Covered(
+        "tests/test_multiturn.py::test_sample_verb_writes_a_layout_once"),
+    "python train.py dataset=sparc dataset.root=DIR": Covered(
+        "tests/test_multiturn.py::test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end"),
+    "python train.py dataset=cosql dataset.root=DIR": Covered(
+        "tests/test_multiturn.py::test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end"),
+    "python train.py dataset=chase dataset.root=DIR": Synopsis("train"),
+    "python train.py dataset=sparc dataset.root=data/sparc-sample": Covered(
+        "tests/test_multiturn.py::test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end"),
+    "text2sql evaluate --gold data/sparc-sample/dev_gold.txt --pred outputs/<date>/<time>/predictions/epoch_1_pred.sql "
+    "--db data/sparc-sample/database --etype all": Covered(
+        "tests/test_multiturn.py::test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end"),
+    "python train.py dataset.prompt=one_shot": Run(),
+    "python bench/prompt_forms.py --spider ../shared/spider": Run(extra=("--limit", "40", "--json", ""),
+                                                                     spider=True),
+    "text2sql sample --layout sparc --out DIR [--seed N] [--n-train N] [--n-dev N]": Synopsis("sample"),
     # -- bench/README.md
     "python bench/bench_evaluate.py --spider /work/shared/spider --json bench/results/bench_evaluate.json": Covered(
         "tests/test_match.py"),
@@ -377,6 +396,8 @@ def test_readme_example(command: str, provided: dict[str, Path]):
     if how.spider and _spider_dir() is None:
         pytest.skip("real Spider not found (SPIDER_DIR or ../shared/spider)")
     argv, env = _argv(command, how, provided)
+    for path in how.fresh:
+        shutil.rmtree(REPO / path, ignore_errors=True)
     roots = [REPO / "outputs", REPO / "multirun"]
     before = {p for root in roots for p in root.glob("*/*") if p.is_dir()}
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=how.timeout)

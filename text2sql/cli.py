@@ -16,6 +16,7 @@ from text2sql.errors import UserError
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "prepare": ("text2sql.data.prepare", "write Spider as DB-GPT-Hub instruction records (example_text2sql_*.json)"),
+    "sample": ("text2sql.data.sample_layouts", "write the generated sample in BIRD's, SParC's, CoSQL's or Chase's layout"),
     "predict": ("text2sql.inference.predict", "generate SQL for the dev split with a trained model -> pred.sql"),
     "ask": ("text2sql.inference.ask", "answer a question on any SQLite database with a trained model: SQL and result rows"),
     "evaluate": ("text2sql.eval.evaluate", "execution accuracy and exact set match of pred.sql against gold, official semantics, safe"),

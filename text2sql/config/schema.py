@@ -116,6 +116,12 @@ class DatasetSchema:
     fingerprint: str = "spider"
     max_source_length: int = 2048
     max_target_length: int = 512
+    prompt: str = "zero_shot"  # text2sql.data.forms.PROMPT_FORMS
+
+
+@dataclass
+class MultiTurnDatasetSchema(DatasetSchema):
+    layout: str = "sparc"  # text2sql.data.multiturn.LAYOUTS
 
 
 @dataclass
@@ -157,6 +163,7 @@ def register() -> None:
     cs.store(group="schema", name="spider", node=DatasetSchema)
     cs.store(group="schema", name="sample", node=SampleDatasetSchema)
     cs.store(group="schema", name="bird", node=BirdDatasetSchema)
+    cs.store(group="schema", name="multiturn", node=MultiTurnDatasetSchema)
     cs.store(group="schema", name="lora", node=LoraSchema)
     cs.store(group="schema", name="qlora", node=QLoraSchema)
 

@@ -1,7 +1,7 @@
 """The generated sample (text2sql.data.sample, Spider's layout) rewritten in BIRD's layout, so `dataset=bird`
 trains, evaluates and resumes in CI without BIRD's 33 GB download.
 
-`python -m text2sql.data.bird_sample OUT [--seed N --n-train N --n-dev N]` writes::
+`text2sql sample --layout bird --out OUT [--seed N --n-train N --n-dev N]` writes::
 
     OUT/train/train.json  train_tables.json  train_databases/<db>/<db>.sqlite
     OUT/dev/dev.json      dev_tables.json    dev_databases/<db>/<db>.sqlite    dev.sql
@@ -20,10 +20,8 @@ The sample's four databases serve both splits (BIRD's splits have disjoint datab
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -94,20 +92,3 @@ def write_bird_sample(out_dir: str | Path, seed: int = 0, n_train: int = 3000, n
     """Generate the sample (seeded, as dataset=sample does) and write it in BIRD's layout at `out_dir`."""
     with tempfile.TemporaryDirectory(prefix="bird-sample-") as tmp:
         return write_bird_layout(ensure_sample(Path(tmp) / "spider", seed, n_train, n_dev), out_dir)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m text2sql.data.bird_sample",
-                                     description="Write the generated sample in BIRD's layout.")
-    parser.add_argument("out", help="directory to write (replaced when it exists)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=3000)
-    parser.add_argument("--n-dev", type=int, default=200)
-    args = parser.parse_args(argv)
-    out = write_bird_sample(args.out, args.seed, args.n_train, args.n_dev)
-    print(f"BIRD-layout sample written to {out}: python train.py dataset=bird dataset.root={out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

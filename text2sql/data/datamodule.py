@@ -22,12 +22,14 @@ from text2sql.data.spider import SpiderDataset
 log = logging.getLogger(__name__)
 
 
-def eval_subset(n: int, limit: int | None, seed: int) -> list[int]:
-    """The indices of the dev examples scored: all of `n`, or a fixed-seed subset of `limit` in dev order.
-    One rule for the training callback (`eval.limit`) and `text2sql predict --limit`, so their numbers compare."""
+def eval_subset(n: int, limit: int | None, seed: int, interactions: list[int] | None = None) -> list[int]:
+    """The indices of the dev examples scored: all of `n`, or a fixed-seed subset of `limit` in dev order (whole
+    interactions for multi-turn data). One rule for the training callback (`eval.limit`) and `text2sql predict
+    --limit`, so their numbers compare."""
     indices = list(range(n))
     if limit and limit < n:
-        indices = sorted(random.Random(seed).sample(indices, limit))
+        indices = (whole_interactions(interactions, limit, seed) if interactions
+                   else sorted(random.Random(seed).sample(indices, limit)))
     return indices
 
 
@@ -41,6 +43,7 @@ class EvalItem:
     gold: str
     source_ids: list[int]
     level: str | None = None  # the difficulty the dataset states (BIRD); None: the evaluator derives it
+    interaction: int | None = None  # multi-turn datasets: the interaction the turn belongs to
 
 
 class _Encoded(Dataset):
@@ -221,11 +224,31 @@ class TextToSQLDataModule(pl.LightningDataModule):
         if self.dev_records is None:
             self.setup()
         levels = self.dataset.levels("dev")
+        ids_of = getattr(self.dataset, "interaction_ids", None)
+        interactions = ids_of("dev") if ids_of else None
+        indices = eval_subset(len(self.dev_records), limit, seed, interactions)
         items = []
-        for i in eval_subset(len(self.dev_records), limit, seed):
+        for i in indices:
             r = self.dev_records[i]
             source_ids, _ = encode_source(r, self.tokenizer, self.template, self.max_source_length,
                                           system_prompt=self.system_prompt)
             question = r["input"].split("\n", 1)[1].rsplit("\n\n###Response:", 1)[0] if "\n" in r["input"] else r["input"]
-            items.append(EvalItem(i, r["db_id"], question, r["output"], source_ids, levels[i]))
+            items.append(EvalItem(i, r["db_id"], question, r["output"], source_ids, levels[i],
+                                  interactions[i] if interactions else None))
         return items
+
+
+def whole_interactions(interactions: list[int], limit: int, seed: int) -> list[int]:
+    """Indices of fixed-seed random interactions, whole, until they hold at least `limit` turns (dev order):
+    interaction match needs every turn of an interaction."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(interactions):
+        groups.setdefault(n, []).append(i)
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    chosen: list[int] = []
+    for n in order:
+        if len(chosen) >= limit:
+            break
+        chosen += groups[n]
+    return sorted(chosen)

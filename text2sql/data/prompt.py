@@ -4,8 +4,12 @@ A record is ``{"db_id", "instruction", "input", "output", "history": []}`` exact
 so adapters trained there and here see the same prompt. The prompt is ``instruction + "\\n" + input``
 wrapped by a template; source and target are tokenised separately so the label boundary is exact.
 
-When a source is longer than ``max_source_length`` we cut the *schema text*, never the question or the
-``###Response:`` cue (DB-GPT-Hub cuts the tail and so loses the question). Cuts, in order, until it fits:
+A multi-turn record (SParC, CoSQL) carries the earlier turns of its interaction in ``history``, as
+``[input, output]`` pairs; the template renders them as earlier chat turns.
+
+When a source is longer than ``max_source_length`` we cut the oldest history turns first (``history``), then
+the *schema text*, never the question or the
+``###Response:`` cue (DB-GPT-Hub cuts the tail and so loses the question). Schema cuts, in order, until it fits:
 trailing foreign-key lines (``fk_lines``), non-key columns of the table with most of them (``columns``),
 whole table sentences from the last (``tables``); if the question alone is still too long, the middle of the
 token sequence goes (``hard``). A target longer than ``max_target_length`` keeps its eos (``target``).
@@ -21,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from text2sql.data.forms import ONE_SHOT_INSTRUCTION, check_form, create_statements
 from text2sql.data.schema import SchemaParts, parse_schema_text, schema_text
 from text2sql.data.spider import SpiderDataset, SpiderExample, SpiderSchema
 
@@ -48,7 +53,9 @@ LLAMA2_SYSTEM = (
     "If you don't know the answer to a question, please don't share false information."
 )
 
-TRUNCATION_TAGS = ("fk_lines", "columns", "tables", "hard", "target")
+TRUNCATION_TAGS = ("fk_lines", "columns", "tables", "hard", "target", "history")  # history: cut first
+# The instruction of each prompt form (text2sql.data.forms); `code` puts CREATE statements where the schema goes.
+INSTRUCTIONS = {"zero_shot": INSTRUCTION, "one_shot": ONE_SHOT_INSTRUCTION, "code": INSTRUCTION}
 
 
 def question_text(example: SpiderExample) -> str:
@@ -57,20 +64,51 @@ def question_text(example: SpiderExample) -> str:
     return EVIDENCE_FORMAT.format(evidence, example.question) if evidence else example.question
 
 
-def make_record(example: SpiderExample, schema: SpiderSchema) -> dict:
-    """One DB-GPT-Hub training record; the gold query is kept unchanged."""
+def make_record(example: SpiderExample, schema: SpiderSchema, form: str = "zero_shot",
+                schema_source: str | None = None) -> dict:
+    """One DB-GPT-Hub training record; the gold query is kept unchanged. `schema_source` replaces the schema
+    sentences (the `code` form's CREATE statements)."""
     return {
         "db_id": example.db_id,
-        "instruction": INSTRUCTION.format(schema_text(schema)),
+        "instruction": INSTRUCTIONS[form].format(schema_text(schema) if schema_source is None else schema_source),
         "input": INPUT_FORMAT.format(question_text(example)),
         "output": example.query,
         "history": [],
     }
 
 
-def make_records(dataset: SpiderDataset, split: str) -> list[dict]:
-    """The records of one split, in source order (the loader knows no prompt format; this module does)."""
-    return [make_record(example, schema) for example, schema in dataset.pairs(split)]
+def add_history(records: list[dict], interactions: Sequence[int]) -> list[dict]:
+    """Give each record the (input, output) pairs of the earlier turns of its interaction, as DB-GPT-Hub's
+    `is_multiple_turn` branch builds them (records of one interaction are consecutive, in turn order).
+
+    DB-GPT-Hub passes one list object to every turn and appends to it afterwards, so its JSON gives each turn
+    the *whole* interaction, its own answer included; each record here holds the turns before it (its intent).
+    """
+    earlier: dict[int, list[list[str]]] = {}
+    for record, interaction in zip(records, interactions, strict=True):
+        turns = earlier.setdefault(interaction, [])
+        record["history"] = [list(pair) for pair in turns]
+        turns.append([record["input"], record["output"]])
+    return records
+
+
+def make_records(dataset: SpiderDataset, split: str, form: str = "zero_shot") -> list[dict]:
+    """The records of one split, in source order (the loader knows no prompt format; this module does).
+
+    A dataset with `interaction_ids` (SParC, CoSQL) gets each turn's history."""
+    check_form(form)
+    codes: dict[str, str] = {}
+
+    def source(db_id: str) -> str | None:
+        if form != "code":
+            return None
+        if db_id not in codes:
+            codes[db_id] = create_statements(dataset.db_dir(split), db_id)
+        return codes[db_id]
+
+    records = [make_record(ex, schema, form, source(ex.db_id)) for ex, schema in dataset.pairs(split)]
+    interaction_ids = getattr(dataset, "interaction_ids", None)
+    return add_history(records, interaction_ids(split)) if interaction_ids else records
 
 
 @dataclass(frozen=True)
@@ -81,15 +119,27 @@ class Template:
     source: str  # format string with {system} and {prompt}
     default_system: str = ""
     add_bos: bool = True  # prepend the tokenizer's bos id when it has one
+    turn: str = "{prompt}"  # a turn after the first (the system prompt sits in the first only)
+    answer: str = "{response}\n"  # an earlier turn's answer, up to the next turn
 
-    def render(self, instruction: str, input_text: str, system_prompt: str | None = None) -> str:
+    def render(self, instruction: str, input_text: str, system_prompt: str | None = None,
+               history: Sequence[Sequence[str]] = ()) -> str:
+        """The source text; `history` (earlier (input, output) turns) comes first, as DB-GPT-Hub's templates
+        encode it: the system prompt in the first turn, the instruction (schema) in the last one only."""
         system = self.default_system if system_prompt is None else system_prompt
-        return self.source.format(system=system, prompt=f"{instruction}\n{input_text}")
+        prompts = [query for query, _ in history] + [f"{instruction}\n{input_text}"]
+        text = self.source.format(system=system, prompt=prompts[0])
+        for (_, response), prompt in zip(history, prompts[1:]):
+            text += self.answer.format(response=response) + self.turn.format(prompt=prompt)
+        return text
 
 
 TEMPLATES: dict[str, Template] = {
     # CodeLlama-Instruct / DB-GPT-Hub's llama2: the system prompt sits inside the first [INST].
-    "llama2": Template("llama2", "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{prompt} [/INST] ", LLAMA2_SYSTEM),
+    # An earlier turn's answer ends with eos, the next turn starts with bos (written as text: the tokenizer
+    # maps "</s>" / "<s>" to its special ids).
+    "llama2": Template("llama2", "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{prompt} [/INST] ", LLAMA2_SYSTEM,
+                       turn="[INST] {prompt} [/INST] ", answer="{response} </s><s>"),
     "vanilla": Template("vanilla", "{prompt}"),
 }
 
@@ -169,22 +219,38 @@ def _smallest(n: int, fits: Callable[[int], bool], guess: int | None = None) -> 
 def _fit_source(
     record: dict, tokenizer: Any, template: Template, max_len: int, system_prompt: str | None
 ) -> tuple[list[int], str | None, int]:
-    """Source ids within max_len, the truncation tag, and the untruncated length."""
+    """Source ids within max_len, the truncation tag, and the untruncated length: the oldest history turns go
+    first, then schema pieces (`_cut_schema`)."""
     bos = [tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else []
+    history = list(record.get("history") or [])
 
     def encode(instruction: str) -> list[int]:
-        return bos + _ids(tokenizer, template.render(instruction, record["input"], system_prompt))
+        return bos + _ids(tokenizer, template.render(instruction, record["input"], system_prompt, history))
 
     ids = encode(record["instruction"])
     full = len(ids)
     if full <= max_len:
         return ids, None, full
+    tags: list[str] = []
+    while history and len(ids) > max_len:
+        del history[0]
+        ids, tags = encode(record["instruction"]), ["history"]
+    if len(ids) > max_len:
+        ids, more = _cut_schema(record, ids, encode, tokenizer, template, max_len, system_prompt, len(bos))
+        tags += more
+    return ids, "+".join(tags), full
 
-    head, tail = INSTRUCTION.split("{}")
-    instruction = record["instruction"]
-    parts = None
-    if instruction.startswith(head) and instruction.endswith(tail):
-        parts = parse_schema_text(instruction[len(head) : len(instruction) - len(tail)])
+
+def _cut_schema(record: dict, ids: list[int], encode: Callable[[str], list[int]], tokenizer: Any, template: Template,
+                max_len: int, system_prompt: str | None, n_bos: int) -> tuple[list[int], list[str]]:
+    """Cut schema pieces (then, if need be, the middle) of a source without history until it fits."""
+    full, instruction = len(ids), record["instruction"]
+    parts, form = None, INSTRUCTION
+    for form in dict.fromkeys(INSTRUCTIONS.values()):
+        head, tail = form.split("{}")
+        if instruction.startswith(head) and instruction.endswith(tail):
+            parts = parse_schema_text(instruction[len(head) : len(instruction) - len(tail)])
+            break
     tags: list[str] = []
     if parts is not None and (plan := _cut_plan(parts)):
         schema_chars = len(parts.render())
@@ -192,21 +258,21 @@ def _fit_source(
 
         def source_after(k: int) -> list[int]:
             if k not in encoded:
-                encoded[k] = encode(INSTRUCTION.format(_apply(parts, plan[:k]).render()))
+                encoded[k] = encode(form.format(_apply(parts, plan[:k]).render()))
             return encoded[k]
 
         # guess from characters (tokens per char of this source), then settle with a few exact encodings
-        per_char = full / (len(template.render(instruction, record["input"], system_prompt)) + len(bos))
+        per_char = full / (len(template.render(instruction, record["input"], system_prompt)) + n_bos)
         guess = _smallest(len(plan), lambda k: (
             full - (schema_chars - len(_apply(parts, plan[:k]).render())) * per_char <= max_len))
         k = _smallest(len(plan), lambda k: len(source_after(k)) <= max_len, guess)
         ids, tags = source_after(k), _tags(plan[:k])
     if len(ids) > max_len:  # the question (or a foreign instruction) alone is too long: keep both ends
         suffix = template.source.split("{prompt}", 1)[1]
-        keep_end = min(len(_ids(tokenizer, f"\n{record['input']}{suffix}")) + 1, max_len - len(bos))
+        keep_end = min(len(_ids(tokenizer, f"\n{record['input']}{suffix}")) + 1, max_len - n_bos)
         ids = ids[: max_len - keep_end] + ids[len(ids) - keep_end :]
         tags.append("hard")
-    return ids, "+".join(tags), full
+    return ids, tags
 
 
 def encode_source(

@@ -168,6 +168,8 @@ class SpiderDataset:
     eval_style = "spider"
     QUERY_KEY = "query"  # the gold SQL's key in a split file
 
+    tables_file = "tables.json"  # relative to the root (Chase names its own)
+
     def __init__(self, root: str | os.PathLike | None):
         self.root: Path = resolve_root(root)
         self._examples: dict[str, list[tuple[Path, int, SpiderExample]]] = {}
@@ -178,7 +180,7 @@ class SpiderDataset:
 
     def tables_path(self, split: str = "dev") -> Path:
         """The tables file describing the split's databases (Spider: one tables.json for both splits)."""
-        return self.root / "tables.json"
+        return self.root / self.tables_file
 
     def db_dir(self, split: str = "dev") -> Path:
         """The folder holding the split's `<db_id>/<db_id>.sqlite` files."""

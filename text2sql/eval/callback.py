@@ -218,6 +218,8 @@ class ExecutionAccuracyCallback(pl.Callback):
             for row, m in zip(rows, matches):
                 row["exact_match"] = m.exact
             metrics.update({f"val/{k}": v for k, v in summarize_exact(matches, [v.hardness for v in verdicts]).items()})
+        if self._items and self._items[0].interaction is not None:  # multi-turn: interaction match, per turn
+            metrics.update(self._interaction_metrics(rows, verdicts, matches))
         self._save(epoch, rows)
         self._log_table(trainer, epoch, rows)
         ex, prev = metrics.get(MONITOR, 0.0), (self.history[-1].get(MONITOR) if self.history else None)
@@ -232,6 +234,17 @@ class ExecutionAccuracyCallback(pl.Callback):
                  len(rows), f"; {levels}" if levels else "")
         self.history.append({"epoch": epoch, **metrics})
         return metrics
+
+    def _interaction_metrics(self, rows: list[dict], verdicts, matches) -> dict[str, float]:
+        from text2sql.eval.interaction import interaction_scores, turn_positions
+
+        ids = [it.interaction for it in self._items]
+        for row, n, turn in zip(rows, ids, turn_positions(ids)):
+            row.update(interaction=n, turn=turn)
+        out = interaction_scores([v.correct for v in verdicts], ids, "ex")
+        if matches is not None:
+            out.update(interaction_scores([m.exact for m in matches], ids, "em"))
+        return out
 
     def _match(self, trainer, preds: list[str], verdicts) -> list:
         if self._matcher is None:  # gold parses are cached for the run, like gold results
@@ -249,10 +262,19 @@ class ExecutionAccuracyCallback(pl.Callback):
         with open(out / f"epoch_{epoch}.jsonl", "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        (out / f"epoch_{epoch}_pred.sql").write_text("".join(r["prediction"] + "\n" for r in rows), encoding="utf-8")
-        # the gold of the same examples, in Spider's `SQL<TAB>db_id` format: `text2sql evaluate` re-scores the epoch
-        (out / f"epoch_{epoch}_gold.sql").write_text("".join(f"{_one_line(r['gold'])}\t{r['db_id']}\n" for r in rows),
-                                                     encoding="utf-8")
+        # predictions and the gold of the same examples (Spider's `SQL<TAB>db_id`): `text2sql evaluate` re-scores the
+        # epoch; multi-turn data in the official layout, a blank line after each interaction
+        preds = [r["prediction"] for r in rows]
+        golds = [f"{_one_line(r['gold'])}\t{r['db_id']}" for r in rows]
+        if rows and "interaction" in rows[0]:
+            from text2sql.eval.interaction import pred_lines, sessions_text
+
+            ids = [r["interaction"] for r in rows]
+            text, gold_text = pred_lines(preds, ids), sessions_text(golds, ids)
+        else:
+            text, gold_text = ("".join(line + "\n" for line in lines) for lines in (preds, golds))
+        (out / f"epoch_{epoch}_pred.sql").write_text(text, encoding="utf-8")
+        (out / f"epoch_{epoch}_gold.sql").write_text(gold_text, encoding="utf-8")
 
     def _log_table(self, trainer, epoch: int, rows: list[dict]) -> None:
         for logger in trainer.loggers:

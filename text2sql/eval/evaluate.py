@@ -3,6 +3,8 @@
 GOLD: one ``SQL<TAB>db_id`` per line (Spider's ``dev_gold.sql``, BIRD's ``dev.sql``); PRED: one SQL per line,
 aligned with GOLD (DB-GPT-Hub's ``pred.sql``). ``--etype exec|match|all`` as the official tool (default ``exec``).
 ``--style spider|bird`` picks the dataset's EX rule (text2sql.eval.style), inferred from the files when not given.
+A multi-turn gold file (SParC's / CoSQL's ``dev_gold.txt``) separates interactions with blank lines and so must
+PRED; then question and interaction match are printed too (text2sql.eval.interaction).
 Prints the official-style table (count, EX and/or EM per hardness level, or per BIRD difficulty; "—" for an empty
 level), the component F1s for ``match`` and the count of each status; ``--out`` writes one JSON line per example.
 """
@@ -151,12 +153,19 @@ def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
-def _check_inputs(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[str], Path]:
-    """Gold (sql, db_id) pairs, aligned predictions and the database dir, or one error line."""
+def _check_inputs(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[str], Path, list[int] | None]:
+    """Gold (sql, db_id) pairs, aligned predictions, the database dir and (multi-turn gold files: blank lines
+    separate interactions in both files) each line's interaction, or one error line."""
+    from text2sql.eval.interaction import align_sessions, is_multi_turn
+
     gold = read_gold(args.gold)
-    pred = read_pred(args.pred)
     if not gold:
         raise UserError(f"gold file is empty: {args.gold}")
+    interactions = None
+    if is_multi_turn(args.gold):
+        pred, interactions = align_sessions(args.gold, args.pred)
+    else:
+        pred = read_pred(args.pred)
     while len(pred) > len(gold) and pred[-1] == "":  # tolerate only trailing empty lines in the prediction file
         pred.pop()
     if len(pred) != len(gold):
@@ -168,7 +177,7 @@ def _check_inputs(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list
         raise UserError(f"--timeout must be positive, got {args.timeout}")
     if args.out:
         check_writable(Path(args.out))  # before scoring
-    return gold, pred, db_dir
+    return gold, pred, db_dir, interactions
 
 
 def _check_style(args: argparse.Namespace, style: str) -> None:
@@ -180,7 +189,10 @@ def _check_style(args: argparse.Namespace, style: str) -> None:
                        "as written (pass --style spider to use them)")
 
 
-def _write_out(path: str, items, questions, levels, verdicts, matches) -> None:
+def _write_out(path: str, items, questions, levels, verdicts, matches, interactions=None) -> None:
+    from text2sql.eval.interaction import turn_positions
+
+    positions = turn_positions(interactions) if interactions is not None else None
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
@@ -189,6 +201,8 @@ def _write_out(path: str, items, questions, levels, verdicts, matches) -> None:
             if questions is not None:
                 row["question"] = questions[i]
             row.update(gold=g, prediction=p, hardness=levels[i])
+            if interactions is not None:
+                row.update(interaction=interactions[i], turn=positions[i])
             if verdicts is not None:
                 row.update({k: v for k, v in verdicts[i].to_dict().items() if k not in row})
             if matches is not None:
@@ -257,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
 
     from text2sql.eval.execute import ExecutionEvaluator
 
-    gold, pred, db_dir = _check_inputs(args)
+    gold, pred, db_dir, interactions = _check_inputs(args)
     do_exec, do_match = args.etype in ("exec", "all"), args.etype in ("match", "all")
     records = _split_records(args, len(gold))
     style, why = _infer_style(args, records, db_dir)
@@ -286,12 +300,17 @@ def run(args: argparse.Namespace) -> int:
         matches = ExactMatcher(tables, db_dir).match_all(items)
         match_summary = summarize_match(matches, levels)
     if args.out:
-        _write_out(args.out, items, questions, levels, verdicts, matches)
+        _write_out(args.out, items, questions, levels, verdicts, matches, interactions)
     console = Console()
     if style == "bird":
         console.print(f"BIRD's rule (set of rows) from {why}" + ("" if stated and any(stated) else
                       "; no difficulty known (pass --questions dev.json): per-level columns are empty"))
     _print_tables(console, args, style, levels, verdicts, matches, match_summary)
+    if interactions is not None:
+        from text2sql.eval.interaction import interaction_table
+
+        console.print(interaction_table(interactions, verdicts and [v.correct for v in verdicts],
+                                        matches and [m.exact for m in matches]))
     if args.out:
         console.print(f"verdicts written to {args.out}")
     return 0

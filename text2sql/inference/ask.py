@@ -84,6 +84,7 @@ class Asker:
         cfg, weights, _ = resolve_source(args, overrides, verb="ask")
         self.schema, self.db = schema, args.db
         self.data_cfg, eval_cfg = _resolve_subtree(cfg, "data"), _resolve_subtree(cfg, "eval")
+        self.prompt_form = str(cfg.dataset.get("prompt", "zero_shot"))  # the run's prompt form (data/forms.py)
         self.timeout = args.timeout if args.timeout is not None else float(eval_cfg.timeout)
         self.max_new_tokens = args.max_new_tokens or int(eval_cfg.max_new_tokens)
         start = time.perf_counter()
@@ -105,12 +106,15 @@ class Asker:
                 f"loaded in {self.load_s:.1f} s")
 
     def answer(self, question: str, decoding: str = "greedy") -> Answer:
+        from text2sql.data.forms import sqlite_create_statements
         from text2sql.data.prompt import encode_source, make_record
         from text2sql.data.spider import SpiderExample
         from text2sql.eval.generate import generate_sql
         from text2sql.eval.query import execute_query
 
-        record = make_record(SpiderExample(self.schema.db_id, question, ""), self.schema)
+        form = self.prompt_form
+        code = sqlite_create_statements(Path(self.db)) if form == "code" else None
+        record = make_record(SpiderExample(self.schema.db_id, question, ""), self.schema, form, code)
         ids, _ = encode_source(record, self.tokenizer, self.data_cfg.template, self.data_cfg.max_source_length,
                                system_prompt=self.data_cfg.system_prompt)
         start = time.perf_counter()

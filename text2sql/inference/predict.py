@@ -165,20 +165,24 @@ def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | Non
 
 def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int | None = None,
             batch_size: int | None = None, max_new_tokens: int | None = None, progress: bool = True):
-    """Write `out` (one SQL per line, split order) and return (items, predictions)."""
+    """Write `out` (one SQL per line, split order) and return (dataset, records, predictions, interaction ids)."""
     from hydra.utils import instantiate
 
     from text2sql.data.datamodule import eval_subset
     from text2sql.data.prompt import encode_source
     from text2sql.eval.decoding import Decoding, decode_local
     from text2sql.eval.generate import generation_progress
+    from text2sql.eval.interaction import pred_lines
 
     dataset = instantiate(_resolve_subtree(cfg, "dataset"))
     model, tokenizer = load_for_inference(cfg, dataset, weights)
     data_cfg = _resolve_subtree(cfg, "data")
     eval_cfg = _resolve_subtree(cfg, "eval")
     records = dataset.records(split)
-    records = [records[i] for i in eval_subset(len(records), limit, eval_cfg.seed)]  # = eval.limit's subset
+    all_ids = _interaction_ids(dataset, split)
+    subset = eval_subset(len(records), limit, eval_cfg.seed, all_ids)  # = eval.limit's subset (whole interactions)
+    records = [records[i] for i in subset]
+    ids = [all_ids[i] for i in subset] if all_ids else None
     sources = [encode_source(r, tokenizer, data_cfg.template, data_cfg.max_source_length,
                              system_prompt=data_cfg.system_prompt)[0] for r in records]
     decoding = Decoding.from_config(eval_cfg.get("decoding"))
@@ -186,7 +190,8 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
     if decoding.executes:  # candidates run on the example's database, as the evaluator runs predictions
         from text2sql.eval.execute import ExecutionEvaluator
 
-        evaluator = ExecutionEvaluator(dataset.root / "database", timeout=eval_cfg.timeout, workers=eval_cfg.workers)
+        evaluator = ExecutionEvaluator(dataset.db_dir(split), timeout=eval_cfg.timeout, workers=eval_cfg.workers,
+                                       style=dataset.eval_style)
         db_files = [evaluator.db_file(r["db_id"]) for r in records]
     try:
         with generation_progress("predicting", len(sources), progress) as advance:
@@ -199,9 +204,16 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
     preds = [d.sql for d in decoded]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(p + "\n" for p in preds), encoding="utf-8")
+    tmp.write_text(pred_lines(preds, ids) if ids else "".join(p + "\n" for p in preds), encoding="utf-8")
     tmp.replace(out)
-    return dataset, records, preds
+    return dataset, records, preds, ids
+
+
+def _interaction_ids(dataset, split: str) -> list[int] | None:
+    """Multi-turn datasets (SParC, CoSQL): each example's interaction, for whole-interaction subsets and the
+    blank-line layout of gold and prediction files that `text2sql evaluate` scores per interaction."""
+    ids_of = getattr(dataset, "interaction_ids", None)
+    return ids_of(split) if ids_of else None
 
 
 def resolve_source(args: argparse.Namespace, overrides: list[str], verb: str = "predict"):
@@ -238,11 +250,11 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     out = args.out if args.out is not None else (run_dir / "pred.sql" if run_dir is not None else Path("pred.sql"))
     check_writable(out)  # before the model loads
-    dataset, records, preds = predict(cfg, weights, out, args.split, args.limit, args.batch_size,
+    dataset, records, preds, ids = predict(cfg, weights, out, args.split, args.limit, args.batch_size,
                                       args.max_new_tokens, progress=not args.no_progress)
     print(f"wrote {len(preds)} predictions to {out} (decoding: {OmegaConf.select(cfg, 'eval.decoding.strategy')})")
     if args.evaluate:
-        evaluate_predictions(cfg, dataset, records, out, args.split, progress=not args.no_progress)
+        evaluate_predictions(cfg, dataset, records, out, args.split, ids, progress=not args.no_progress)
     return 0
 
 
@@ -251,14 +263,16 @@ def _one_line(sql: str) -> str:
 
 
 def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Path, split: str,
-                         progress: bool = True) -> None:
+                         ids: list[int] | None = None, progress: bool = True) -> None:
     """Score `pred` with `text2sql evaluate` itself: the same tables (per hardness, per status), and a gold
     file (`<split>_gold.sql`, Spider's `SQL<TAB>db_id`) beside it to rerun the evaluation later."""
     from text2sql.eval import evaluate
+    from text2sql.eval.interaction import sessions_text
 
     gold = pred.with_name(f"{split}_gold.sql")
     tmp = gold.with_name(gold.name + ".tmp")
-    tmp.write_text("".join(f"{_one_line(r['output'])}\t{r['db_id']}\n" for r in records), encoding="utf-8")
+    lines = [f"{_one_line(r['output'])}\t{r['db_id']}" for r in records]
+    tmp.write_text(sessions_text(lines, ids) if ids else "".join(f"{line}\n" for line in lines), encoding="utf-8")
     tmp.replace(gold)
     eval_cfg = _resolve_subtree(cfg, "eval")
     db_dir = dataset.db_dir(split)
