@@ -192,7 +192,7 @@ def test_peft_method_keys_compose_and_are_typed():
 
     with pytest.raises(ConfigCompositionException):  # typed: a wrong type fails while composing
         compose_cfg(["peft=freeze", "peft.trainable_layers=many"])
-    from text2sql.config_schema import check_config
+    from text2sql.config.schema import check_config
     from text2sql.errors import ConfigError
 
     with pytest.raises(ConfigError, match="peft.num_virtual_tokens=0"):

@@ -18,7 +18,7 @@ from text2sql.cli import main as cli
 from text2sql.data.datasets import corpus
 from text2sql.data.prompt import encode_record
 from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
-from text2sql.model.module import Text2SQLModule
+from text2sql.training.module import Text2SQLModule
 from text2sql.model.peft import apply_peft, count_parameters
 
 CONF = REPO_ROOT / "conf"
