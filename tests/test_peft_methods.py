@@ -164,8 +164,14 @@ SMALL = ["model=tiny_qwen", "debug=smoke", "logger=none", "seed=3", "optim.sched
          "data.train_limit=64", "dataset.n_train=64", "dataset.n_dev=8", "eval.limit=4", "eval.max_new_tokens=12"]
 
 
+ALL_METHODS = pytest.mark.skipif(not os.environ.get("TEXT2SQL_ALL_METHODS"), reason=(
+    "3-4 min each on 2 shared cores; ptuning (its own forward and generation path) runs in CI, "
+    "TEXT2SQL_ALL_METHODS=1 runs freeze and dora too"))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("peft,export", [("freeze", "model"), ("ptuning", "adapter"), ("dora", "adapter")])
+@pytest.mark.parametrize("peft,export", [pytest.param("freeze", "model", marks=ALL_METHODS), ("ptuning", "adapter"),
+                                         pytest.param("dora", "adapter", marks=ALL_METHODS)])
 def test_each_method_trains_resumes_exactly_and_predicts_through_train_py(tmp_path, peft, export):
     whole, split = tmp_path / "whole", tmp_path / "split"
     _train(tmp_path, *SMALL, f"peft={peft}", "trainer.max_epochs=2", f"hydra.run.dir={whole}")
