@@ -8,6 +8,9 @@ callback, checkpoints, export), and one `text2sql merge`:
   ex64                        generation + the EX callback on 64 Spider dev examples
   resume                      a second epoch from the lora run's checkpoints/last.ckpt
   merge                       the lora run's adapter merged into its base
+  qwen2 / llama3 / mistral    LoRA + EX on a random LAYERS-layer model of Qwen2.5-Coder-7B / Llama-3.1-8B /
+                              Mistral-7B shape (q/k/v biases, grouped-query attention) with a locally learned
+                              tokenizer carrying the family's specials and chat template (template=chat)
 
 The model is a random CodeLlama-7B-shaped Llama with LAYERS decoder layers (no download) and a CodeLlama-style
 tokenizer learned from the dataset (text2sql.model.llama_tokenizer), or the real weights with MODEL_PATH. It prints
@@ -30,7 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from benchjson import write_json  # noqa: E402
-CHECKS = ("lora", "qlora4", "qlora8", "zero2", "zero3", "ex64", "resume", "merge")
+# the chat-model families: a random few-layer model of each flagship preset's shape, trained through train.py
+FAMILIES = {"qwen2": "qwen25_coder_7b", "llama3": "llama31_8b", "mistral": "mistral_7b"}
+CHECKS = ("lora", "qlora4", "qlora8", "zero2", "zero3", "ex64", "resume", "merge", *FAMILIES)
 
 
 # ---- the callback each train.py run carries (+callbacks.acceptance._target_=gpu_acceptance.stats_callback) ----
@@ -100,6 +105,13 @@ def plan(args, model_dir: str, gpus: int, out: Path) -> list[tuple[str, list[str
         return [*base, f"hydra.run.dir={out / name}", f"+callbacks.acceptance.out={out / name / 'stats.json'}",
                 *extra]
 
+    def family(name):
+        preset = FAMILIES[name]
+        cmd = [*base, f"hydra.run.dir={out / name}", f"+callbacks.acceptance.out={out / name / 'stats.json'}",
+               "peft=lora", "hardware=gpu"]
+        cmd[2:4] = [f"model={preset}", f"model.path={family_dir(out, preset, args.layers)}"]
+        return cmd
+
     every = f"hardware.devices={max(gpus, 1)}"
     lora_ckpt = out / "lora" / "checkpoints" / "last.ckpt"
     return [
@@ -112,7 +124,55 @@ def plan(args, model_dir: str, gpus: int, out: Path) -> list[tuple[str, list[str
         ("resume", run("resume", "peft=lora", "hardware=gpu", "trainer.max_epochs=2", f"ckpt_path={lora_ckpt}")),
         ("merge", [sys.executable, "-m", "text2sql", "merge", "--adapter", str(out / "lora"), "--base", model_dir,
                    "--out", str(out / "merged"), "--overwrite"]),
+        *((name, family(name)) for name in FAMILIES),
     ]
+
+
+def family_dir(out: Path, preset: str, layers: int) -> Path:
+    return out / f"random-{preset}-{layers}layers"
+
+
+def build_random_family(out_dir: Path, layers: int, preset: str) -> str:
+    """A random bf16 model of the chat preset's architecture (`model_type`, biases, grouped-query attention) with
+    `layers` layers and a byte-level BPE tokenizer learned from the dataset with the family's specials and chat
+    template (Qwen: ChatML, Llama 3: its headers; Mistral: a SentencePiece-style one with [INST] turns). The
+    vocabulary is the learned tokenizer's (every generated id decodes), not the preset's 32k-152k."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from tokenizers import pre_tokenizers
+    from transformers import AutoModelForCausalLM
+
+    from text2sql.data.datasets import InstructionDataset, corpus
+    from text2sql.data.sample import ensure_sample
+    from text2sql.model.chat_tokenizers import train_chat_tokenizer
+    from text2sql.model.llama_tokenizer import train_llama_tokenizer
+    from text2sql.model.load import architecture_config
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={preset}", f"model.architecture.num_hidden_layers={layers}"])
+    arch = OmegaConf.to_container(cfg.model.architecture, resolve=True)
+    spider = spider_root()
+    dataset = InstructionDataset(spider or ensure_sample(str(out_dir.parent / "sample"), seed=0, n_train=3000, n_dev=200))
+    if arch["model_type"] == "mistral":
+        tokenizer = train_llama_tokenizer(corpus(dataset, "train"), 4096)
+        tokenizer.chat_template = MISTRAL_TEMPLATE
+    else:
+        style = "qwen" if arch["model_type"] == "qwen2" else "llama3"
+        tokenizer = train_chat_tokenizer(style, corpus(dataset, "train"), 4096, pre_tokenizers.ByteLevel(add_prefix_space=False))
+    config = architecture_config({**arch, "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+                                  "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.to(torch.bfloat16).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+# Mistral-Instruct's turn framing (v0.3 folds a system prompt into the last user turn; the stand-in drops it)
+MISTRAL_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
+                    "'[/INST]' }}{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] + eos_token }}{% endif %}"
+                    "{% endfor %}")
 
 
 def build_random_model(out_dir: Path, layers: int, preset: str) -> str:
@@ -237,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model_path and not (Path(model_dir) / "config.json").is_file():
         print(f"building {model_dir} ...", flush=True)
         build_random_model(Path(model_dir), args.layers, args.preset)
+    for name in (n for n, _ in steps if n in FAMILIES):
+        family = family_dir(out, FAMILIES[name], args.layers)
+        if not (family / "config.json").is_file():
+            print(f"building {family} ...", flush=True)
+            build_random_family(family, args.layers, FAMILIES[name])
     path = os.pathsep.join([str(REPO / "bench"), str(REPO), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path,
            "WANDB_MODE": "offline", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU acceptance in one command: lora / qlora4 / qlora8 on one GPU, DeepSpeed ZeRO-2 and ZeRO-3 over all visible
 # GPUs, generation + the EX callback on 64 Spider dev examples, resume from a checkpoint, merge -- each through
-# train.py, the production path. Prints one table (check, pass/fail, step time, tokens/s, peak memory, EX) and
+# train.py, the production path, then LoRA + EX on a random LAYERS-layer model of each chat family's shape (qwen2:
+# Qwen2.5-Coder-7B, llama3: Llama-3.1-8B, mistral: Mistral-7B; template=chat). Prints one table (check, pass/fail, step time, tokens/s, peak memory, EX) and
 # writes $OUT/gpu_acceptance.json. Exit 0 when every check passed. Without CUDA: prints the plan, exits 0.
 #
 # Usage (any CUDA box; Spider from $SPIDER_DIR or ../shared/spider, else the generated sample):

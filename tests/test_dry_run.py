@@ -78,3 +78,47 @@ def test_zero_sharding_divides_by_world_size(tmp_path):
     assert z3["assumptions"]["world_size"] == 8 and z3["assumptions"]["zero_stage"] == 3
     assert z3["terms_gib"]["weights"] == pytest.approx(one["terms_gib"]["weights"] / 8, rel=1e-3)
     assert z3["per_device_gib"] < one["per_device_gib"] / 2
+
+
+# Totals as the published config.json files give them (the model cards' parameter counts).
+PUBLISHED = {
+    "qwen25_coder_1_5b": 1_543_714_304,  # tied embeddings: the head is not counted twice
+    "qwen25_coder_7b": 7_615_616_512,
+    "qwen25_coder_14b": 14_770_033_664,
+    "qwen25_coder_32b": 32_763_876_352,
+    "llama31_8b": 8_030_261_248,
+    "deepseek_coder_6_7b": 6_740_512_768,
+    "mistral_7b": 7_248_023_552,
+}
+
+
+def expected_trainable(arch: dict, peft: dict) -> int:
+    """What each method trains, from the architecture by hand (independent of PEFT's bookkeeping)."""
+    h, inter, layers = arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"]
+    kv = arch["num_key_value_heads"] * h // arch["num_attention_heads"]
+    bias = arch["model_type"] == "qwen2"  # Qwen2: q/k/v projections have biases
+    r = peft.get("r")
+    if peft["method"] in ("lora", "dora"):  # q_proj h->h and v_proj h->kv
+        lora = r * (h + h) + r * (h + kv)
+        return layers * (lora + ((h + kv) if peft["method"] == "dora" else 0))  # DoRA: a magnitude per output
+    if peft["method"] == "ptuning":  # a key and a value prefix per layer (kv wide under grouped-query attention)
+        return peft["num_virtual_tokens"] * layers * 2 * kv
+    if peft["method"] == "freeze":
+        layer = 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h + ((h + 2 * kv) if bias else 0)
+        return peft["trainable_layers"] * layer
+    raise AssertionError(peft["method"])
+
+
+@pytest.mark.parametrize("model", sorted(PUBLISHED))
+def test_new_presets_count_exactly_for_every_method(tmp_path, model):
+    from omegaconf import OmegaConf
+
+    pinned = model in ("qwen25_coder_7b", "llama31_8b")  # every method; the others two (each costs seconds)
+    for peft in ("lora", "dora", "ptuning", "freeze", "full", "qlora4") if pinned else ("dora", "freeze"):
+        cfg = compose_cfg([f"model={model}", f"peft={peft}"] + (["peft.use_rslora=true"] if peft == "lora" else []))
+        record = dry_run(cfg, tmp_path / peft)
+        assert record["total_params"] == PUBLISHED[model], peft
+        p = OmegaConf.to_container(cfg.peft, resolve=True)
+        want = record["total_params"] if peft == "full" else expected_trainable(
+            OmegaConf.to_container(cfg.model.architecture), p)
+        assert record["trainable_params"] == want, peft

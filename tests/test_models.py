@@ -34,7 +34,9 @@ def resolved(overrides) -> dict:
 
 def test_groups_have_the_presets():
     assert {"tiny", "codellama7b", "codellama13b", "codellama34b"} <= set(MODELS)
-    assert {"lora", "qlora4", "qlora8", "full"} <= set(PEFTS)
+    assert {"lora", "qlora4", "qlora8", "full", "dora", "ptuning", "freeze"} <= set(PEFTS)
+    assert {"qwen25_coder_1_5b", "qwen25_coder_7b", "qwen25_coder_14b", "qwen25_coder_32b", "llama31_8b",
+            "deepseek_coder_6_7b", "mistral_7b", "tiny_qwen", "tiny_llama3"} <= set(MODELS)
     assert {"dbgpt_hub_codellama13b_lora", "dbgpt_hub_codellama13b_qlora4"} <= set(EXPERIMENTS)
 
 
@@ -42,8 +44,8 @@ def test_groups_have_the_presets():
 def test_every_model_x_peft_composes(model):
     for peft in PEFTS:
         cfg = resolved([f"model={model}", f"peft={peft}"])
-        assert cfg["peft"]["method"] in ("lora", "full")
-        if cfg["peft"]["method"] == "lora":
+        assert cfg["peft"]["method"] in ("lora", "dora", "ptuning", "freeze", "full")
+        if cfg["peft"]["method"] in ("lora", "dora"):
             assert cfg["peft"]["r"] == cfg["model"]["lora"]["r"]
             assert cfg["peft"]["target_modules"] == cfg["model"]["lora"]["target_modules"]
         assert cfg["optim"]["lr"] == cfg["model"]["recommended"]["lr"]
@@ -154,3 +156,44 @@ def test_checkpoint_config_wins_with_a_warning(caplog):
     with caplog.at_level("WARNING"):
         assert check_architecture(cfg, real) == ["num_key_value_heads: yaml 8 != checkpoint 64"]
     assert "checkpoint's config wins" in caplog.text
+
+
+CHAT_PRESETS = {  # hub id, model_type: every new preset renders through the tokenizer's chat template
+    "qwen25_coder_1_5b": ("Qwen/Qwen2.5-Coder-1.5B-Instruct", "qwen2"),
+    "qwen25_coder_7b": ("Qwen/Qwen2.5-Coder-7B-Instruct", "qwen2"),
+    "qwen25_coder_14b": ("Qwen/Qwen2.5-Coder-14B-Instruct", "qwen2"),
+    "qwen25_coder_32b": ("Qwen/Qwen2.5-Coder-32B-Instruct", "qwen2"),
+    "llama31_8b": ("meta-llama/Llama-3.1-8B-Instruct", "llama"),
+    "deepseek_coder_6_7b": ("deepseek-ai/deepseek-coder-6.7b-instruct", "llama"),
+    "mistral_7b": ("mistralai/Mistral-7B-Instruct-v0.3", "mistral"),
+}
+
+
+@pytest.mark.parametrize("model", sorted(CHAT_PRESETS))
+def test_chat_model_presets(model):
+    cfg = resolved([f"model={model}"])
+    path, model_type = CHAT_PRESETS[model]
+    m = cfg["model"]
+    assert (m["path"], m["architecture"]["model_type"], m["template"], m["dtype"]) == (path, model_type, "chat",
+                                                                                       "bfloat16")
+    assert cfg["data"]["template"] == "chat" and cfg["dataset"]["name"] == "spider"
+    assert m["source"] and m["lora"]["target_modules"] and set(m["recommended"]) == {"lr", "batch_size",
+                                                                                      "grad_accum", "epochs"}
+
+
+def test_peft_method_keys_compose_and_are_typed():
+    cfg = resolved(["model=qwen25_coder_7b", "peft=ptuning", "peft.num_virtual_tokens=16"])["peft"]
+    assert (cfg["method"], cfg["num_virtual_tokens"]) == ("ptuning", 16)
+    cfg = resolved(["model=qwen25_coder_7b", "peft=freeze", "peft.trainable_layers=4"])["peft"]
+    assert (cfg["method"], cfg["trainable_layers"]) == ("freeze", 4)
+    assert resolved(["peft=lora", "peft.use_rslora=true"])["peft"]["use_rslora"] is True
+    assert resolved(["peft=dora"])["peft"]["method"] == "dora"
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):  # typed: a wrong type fails while composing
+        compose_cfg(["peft=freeze", "peft.trainable_layers=many"])
+    from text2sql.config.schema import check_config
+    from text2sql.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="peft.num_virtual_tokens=0"):
+        check_config(compose_cfg(["peft=ptuning", "peft.num_virtual_tokens=0", "logger=none"]))

@@ -103,12 +103,18 @@ def test_bad_interactions_are_one_line(tmp_path, bad, message):
 
 
 def test_llama2_renders_history_as_earlier_turns_with_the_system_prompt_in_the_first():
+    """Earlier turns come first, each answer closed by eos and the next turn opened by bos (token ids, as
+    DB-GPT-Hub's llama2 template encodes them); the schema sits in the last turn only."""
+    from types import SimpleNamespace
+
+    tok = SimpleNamespace(bos_token_id=1, eos_token_id=2)
     t = get_template("llama2")
-    got = t.render("INSTR", "###Input:\nq3", "SYS", history=[["q1", "a1"], ["q2", "a2"]])
-    assert got == ("[INST] <<SYS>>\nSYS\n<</SYS>>\n\nq1 [/INST] a1 </s><s>[INST] q2 [/INST] a2 </s><s>"
-                   "[INST] INSTR\n###Input:\nq3 [/INST] ")
-    assert t.render("INSTR", "in", "SYS") == "[INST] <<SYS>>\nSYS\n<</SYS>>\n\nINSTR\nin [/INST] "  # as before
-    assert get_template("vanilla").render("I", "in", history=[["q1", "a1"]]) == "q1a1\nI\nin"
+    record = {"input": "###Input:\nq3", "history": [["q1", "a1"], ["q2", "a2"]]}
+    assert t.pieces(tok, record, "INSTR", "SYS") == [
+        1, "[INST] <<SYS>>\nSYS\n<</SYS>>\n\nq1 [/INST] ", "a1", 2,
+        1, "[INST] q2 [/INST] ", "a2", 2,
+        1, "[INST] INSTR\n###Input:\nq3 [/INST] "]
+    assert t.pieces(tok, {"input": "in"}, "INSTR", "SYS") == [1, "[INST] <<SYS>>\nSYS\n<</SYS>>\n\nINSTR\nin [/INST] "]
 
 
 def test_the_oldest_history_turns_go_before_any_schema_cut(tmp_path):

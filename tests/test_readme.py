@@ -102,6 +102,8 @@ EXAMPLES: dict[str, object] = {
     "python train.py dataset=spider dataset.root=../shared/spider debug=smoke": Run(spider=True),
     "python train.py eval.limit=200 eval.every_n_epochs=2": Run(extra=SMOKE + ("trainer.max_epochs=2",)),
     "python train.py model=codellama13b peft=qlora4 dry_run=true": Run(extra=()),
+    "python train.py model=qwen25_coder_7b peft=dora dry_run=true": Run(extra=()),
+    "python train.py model=tiny_qwen": Run(),
     "python train.py experiment=dbgpt_hub_codellama13b_lora dataset.root=/data/spider": Run(
         extra=(), fails=r"(spider|Spider|/data/spider|model|weights|CUDA|GPU)"),
     "python train.py ckpt_path=outputs/<date>/<time>": Run(extra=SMOKE + ("trainer.max_epochs=2",), needs=("run",)),

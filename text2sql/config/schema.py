@@ -144,6 +144,22 @@ class LoraSchema:
     dropout: float = 0.0
     target_modules: Any = None  # a list, "all-linear" or "q_proj,v_proj"
     modules_to_save: Any = None
+    use_rslora: bool = False
+
+
+@dataclass
+class PtuningSchema:
+    method: str = "ptuning"
+    num_virtual_tokens: int = 32
+    prefix_projection: bool = False
+    encoder_hidden_size: Optional[int] = None
+
+
+@dataclass
+class FreezeSchema:
+    method: str = "freeze"
+    trainable_layers: int = 2
+    trainable_modules: Any = None
 
 
 @dataclass
@@ -166,6 +182,8 @@ def register() -> None:
     cs.store(group="schema", name="multiturn", node=MultiTurnDatasetSchema)
     cs.store(group="schema", name="lora", node=LoraSchema)
     cs.store(group="schema", name="qlora", node=QLoraSchema)
+    cs.store(group="schema", name="ptuning", node=PtuningSchema)
+    cs.store(group="schema", name="freeze", node=FreezeSchema)
 
 
 # --- range checks ------------------------------------------------------------------------------------------
@@ -226,6 +244,8 @@ RANGES: dict[str, Any] = {  # dataset budgets first: the key users set (data.* i
     "peft.r": _at_least(1),
     "peft.alpha": _at_least(0, inclusive=False),
     "peft.dropout": _fraction(upper_open=True),
+    "peft.num_virtual_tokens": _at_least(1),
+    "peft.trainable_layers": _at_least(1),
 }
 
 

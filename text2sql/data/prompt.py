@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from text2sql.data.forms import ONE_SHOT_INSTRUCTION, check_form, create_statements
+from text2sql.data import chat
 from text2sql.data.schema import SchemaParts, parse_schema_text, schema_text
 from text2sql.data.spider import SpiderDataset, SpiderExample, SpiderSchema
 
@@ -113,34 +114,53 @@ def make_records(dataset: SpiderDataset, split: str, form: str = "zero_shot") ->
 
 @dataclass(frozen=True)
 class Template:
-    """How a prompt (instruction + "\\n" + input) becomes the source text; add one to TEMPLATES for a new model."""
+    """How a prompt (instruction + "\\n" + input) becomes the source text; add one to TEMPLATES for a new model.
+
+    A record's `history` ([query, answer] pairs, earlier turns) renders as DB-GPT-Hub's templates encode it: the
+    first turn with the system prompt (`source`), later ones as `turn`, each answer followed by eos and the next
+    turn by bos. `chat` templates defer to the tokenizer's own chat template (text2sql.data.chat).
+    """
 
     name: str
-    source: str  # format string with {system} and {prompt}
+    source: str  # format string with {system} and {prompt}: the first turn
     default_system: str = ""
     add_bos: bool = True  # prepend the tokenizer's bos id when it has one
-    turn: str = "{prompt}"  # a turn after the first (the system prompt sits in the first only)
-    answer: str = "{response}\n"  # an earlier turn's answer, up to the next turn
+    turn: str = "{prompt}"  # a later turn of a multi-turn conversation
+    chat: bool = False  # rendered by tokenizer.apply_chat_template
 
-    def render(self, instruction: str, input_text: str, system_prompt: str | None = None,
-               history: Sequence[Sequence[str]] = ()) -> str:
-        """The source text; `history` (earlier (input, output) turns) comes first, as DB-GPT-Hub's templates
-        encode it: the system prompt in the first turn, the instruction (schema) in the last one only."""
+    def render(self, instruction: str, input_text: str, system_prompt: str | None = None) -> str:
+        """The first turn's text (no history): what a single-turn source reads as."""
         system = self.default_system if system_prompt is None else system_prompt
-        prompts = [query for query, _ in history] + [f"{instruction}\n{input_text}"]
-        text = self.source.format(system=system, prompt=prompts[0])
-        for (_, response), prompt in zip(history, prompts[1:]):
-            text += self.answer.format(response=response) + self.turn.format(prompt=prompt)
-        return text
+        return self.source.format(system=system, prompt=f"{instruction}\n{input_text}")
+
+    def pieces(self, tokenizer: Any, record: dict, instruction: str, system_prompt: str | None) -> list:
+        """The source as text pieces and special token ids (bos / eos between turns), in order."""
+        history = record.get("history") or ()
+        if self.chat:
+            return [chat.source_text(tokenizer, instruction, record["input"], system_prompt, history)]
+        bos = [tokenizer.bos_token_id] if self.add_bos and tokenizer.bos_token_id is not None else []
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        system = self.default_system if system_prompt is None else system_prompt
+        out: list = []
+        for i, (query, answer) in enumerate((t["input"], t["output"]) if isinstance(t, dict) else t for t in history):
+            out += [*bos, (self.turn if i else self.source).format(system=system, prompt=query), answer, *eos]
+        prompt = f"{instruction}\n{record['input']}"
+        return [*out, *bos, (self.turn if history else self.source).format(system=system, prompt=prompt)]
+
+    def target(self, tokenizer: Any, output: str) -> tuple[list[int], list[int]]:
+        """(answer ids, the ids that end the labels: eos, or for chat the template's text up to its end-of-turn)."""
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        tail = chat.target_tail(tokenizer) if self.chat else ""
+        return _ids(tokenizer, output), (_ids(tokenizer, tail) if tail else eos)
 
 
 TEMPLATES: dict[str, Template] = {
     # CodeLlama-Instruct / DB-GPT-Hub's llama2: the system prompt sits inside the first [INST].
-    # An earlier turn's answer ends with eos, the next turn starts with bos (written as text: the tokenizer
-    # maps "</s>" / "<s>" to its special ids).
     "llama2": Template("llama2", "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{prompt} [/INST] ", LLAMA2_SYSTEM,
-                       turn="[INST] {prompt} [/INST] ", answer="{response} </s><s>"),
+                       turn="[INST] {prompt} [/INST] "),
     "vanilla": Template("vanilla", "{prompt}"),
+    # the tokenizer's own chat template (Qwen's ChatML, Llama 3, Mistral, DeepSeek): bos is the template's business
+    "chat": Template("chat", "{prompt}", add_bos=False, chat=True),
 }
 
 
@@ -221,11 +241,12 @@ def _fit_source(
 ) -> tuple[list[int], str | None, int]:
     """Source ids within max_len, the truncation tag, and the untruncated length: the oldest history turns go
     first, then schema pieces (`_cut_schema`)."""
-    bos = [tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else []
+    n_bos = int(template.add_bos and tokenizer.bos_token_id is not None)
     history = list(record.get("history") or [])
 
     def encode(instruction: str) -> list[int]:
-        return bos + _ids(tokenizer, template.render(instruction, record["input"], system_prompt, history))
+        pieces = template.pieces(tokenizer, dict(record, history=history), instruction, system_prompt)
+        return [i for p in pieces for i in (_ids(tokenizer, p) if isinstance(p, str) else [p])]
 
     ids = encode(record["instruction"])
     full = len(ids)
@@ -236,7 +257,7 @@ def _fit_source(
         del history[0]
         ids, tags = encode(record["instruction"]), ["history"]
     if len(ids) > max_len:
-        ids, more = _cut_schema(record, ids, encode, tokenizer, template, max_len, system_prompt, len(bos))
+        ids, more = _cut_schema(record, ids, encode, tokenizer, template, max_len, system_prompt, n_bos)
         tags += more
     return ids, "+".join(tags), full
 
@@ -262,13 +283,15 @@ def _cut_schema(record: dict, ids: list[int], encode: Callable[[str], list[int]]
             return encoded[k]
 
         # guess from characters (tokens per char of this source), then settle with a few exact encodings
-        per_char = full / (len(template.render(instruction, record["input"], system_prompt)) + n_bos)
+        text = template.pieces(tokenizer, dict(record, history=[]), instruction, system_prompt)
+        per_char = full / sum(len(p) if isinstance(p, str) else 1 for p in text)
         guess = _smallest(len(plan), lambda k: (
             full - (schema_chars - len(_apply(parts, plan[:k]).render())) * per_char <= max_len))
         k = _smallest(len(plan), lambda k: len(source_after(k)) <= max_len, guess)
         ids, tags = source_after(k), _tags(plan[:k])
     if len(ids) > max_len:  # the question (or a foreign instruction) alone is too long: keep both ends
-        suffix = template.source.split("{prompt}", 1)[1]
+        last = template.pieces(tokenizer, dict(record, history=[]), "", system_prompt)[-1]
+        suffix = last.rsplit(record["input"], 1)[1] if record["input"] in last else ""
         keep_end = min(len(_ids(tokenizer, f"\n{record['input']}{suffix}")) + 1, max_len - n_bos)
         ids = ids[: max_len - keep_end] + ids[len(ids) - keep_end :]
         tags.append("hard")
@@ -291,12 +314,11 @@ def encode_record(
     max_target_length: int,
     system_prompt: str | None = None,
 ) -> EncodedExample:
-    """Token ids and labels (loss on the target and its eos only)."""
+    """Token ids and labels (loss on the target and its eos / end-of-turn only; history answers are context)."""
     source, tag, full_source = _fit_source(
         record, tokenizer, get_template(template), max_source_length, system_prompt
     )
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    target = _ids(tokenizer, record["output"])
+    target, eos = get_template(template).target(tokenizer, record["output"])
     full_target = len(target) + len(eos)
     if full_target > max_target_length:
         target = target[: max(max_target_length - len(eos), 0)]

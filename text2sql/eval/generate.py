@@ -49,6 +49,29 @@ def left_pad(sources: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return input_ids, attention
 
 
+def _prefix_length(model) -> int:
+    """Virtual tokens of a PEFT prompt-learning model (peft=ptuning), else 0."""
+    config = getattr(model, "active_peft_config", None)
+    return int(config.num_virtual_tokens) if getattr(config, "is_prompt_learning", False) else 0
+
+
+def _greedy_with_prefix(model, input_ids, attention, max_new_tokens: int, eos_id, pad_id):
+    """Greedy decoding through the PEFT forward, which applies the trained prefixes. Needed because PEFT 0.21's
+    `generate` under transformers 5 drops them (measured: the output equals the base model's). No KV cache: one
+    forward per new token; positions count from the first real token, as the training forward counts them."""
+    done = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+    for _ in range(max_new_tokens):
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
+        nxt = torch.where(done, torch.full_like(done, pad_id, dtype=torch.long), logits[:, -1].argmax(-1))
+        input_ids = torch.cat([input_ids, nxt[:, None]], 1)
+        attention = torch.cat([attention, (~done).long()[:, None]], 1)
+        done |= nxt == eos_id
+        if bool(done.all()):
+            break
+    return input_ids
+
+
 @torch.no_grad()
 def generate_sql(
     model,
@@ -66,6 +89,9 @@ def generate_sql(
     running forward passes until every rank's batch is done (weights sharded over ranks: ZeRO-3); then every rank
     must call this with the same number of batches.
     """
+    if synced_gpus and _prefix_length(model):
+        raise ValueError("peft=ptuning generates without model.generate, which ZeRO-3's lock-step needs; "
+                         "use hardware=gpu or deepspeed_zero2")
     was_training = model.training
     model.eval()
     device = next(p for p in model.parameters()).device
@@ -78,17 +104,21 @@ def generate_sql(
             idx = order[start : start + batch_size]
             input_ids, attention = left_pad([sources[i] for i in idx], pad_id)
             width = input_ids.shape[1]
-            generated = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                use_cache=True,
-                eos_token_id=eos_id,
-                pad_token_id=pad_id,
-                synced_gpus=synced_gpus,
-            )
+            if _prefix_length(model):
+                generated = _greedy_with_prefix(model, input_ids.to(device), attention.to(device), max_new_tokens,
+                                                eos_id, pad_id)
+            else:
+                generated = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention.to(device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    use_cache=True,
+                    eos_token_id=eos_id,
+                    pad_token_id=pad_id,
+                    synced_gpus=synced_gpus,
+                )
             new_tokens = generated[:, width:]
             for row, i in enumerate(idx):
                 out[i] = extract_sql(tokenizer.decode(new_tokens[row], skip_special_tokens=True))

@@ -36,14 +36,31 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
+# PEFT adapter types that are not weight deltas: one line each on why `merge` cannot fold them into the base
+NOT_MERGEABLE = {
+    "PREFIX_TUNING": "a peft=ptuning adapter is trained key/value prefixes (virtual tokens), not a weight delta",
+    "P_TUNING": "a P-tuning adapter is a trained prompt encoder (virtual tokens), not a weight delta",
+    "PROMPT_TUNING": "a prompt-tuning adapter is trained virtual-token embeddings, not a weight delta",
+}
+
+
 def adapter_dir(path: Path) -> Path:
-    """The adapter dir itself, or `<run dir>/adapter`; a one-line error otherwise."""
+    """The adapter dir itself, or `<run dir>/adapter`; a one-line error otherwise (also for a run that saved a
+    whole model, peft=freeze or full, and for adapters that are not weight deltas, peft=ptuning)."""
     path = Path(path).expanduser()
     for candidate in (path, path / "adapter"):
         if (candidate / "adapter_config.json").is_file():
+            kind = json.loads((candidate / "adapter_config.json").read_text()).get("peft_type")
+            if kind in NOT_MERGEABLE:
+                raise UserError(f"cannot merge {candidate}: {NOT_MERGEABLE[kind]}; load it as it is with "
+                                "PeftModel.from_pretrained (text2sql predict does)")
             return candidate
     if not path.exists():
         raise FileNotFoundError(f"adapter dir not found: {path}")
+    for candidate in (path, path / "model"):
+        if (candidate / "config.json").is_file() and path.name != "adapter":
+            raise UserError(f"nothing to merge: {candidate} is a whole model (peft=freeze or full saves no adapter); "
+                            "load it with AutoModelForCausalLM.from_pretrained")
     raise UserError(f"{path} holds no adapter_config.json (not a PEFT adapter dir, nor a run dir with adapter/)")
 
 

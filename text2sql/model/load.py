@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from text2sql.data.cache import atomic_dir, build_lock
+from text2sql.model.chat_tokenizers import STYLES, train_chat_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,19 @@ _WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)
 _PREAMBLE = r"""I want you to act as a SQL terminal[\s\S]*?(?=\n###Input:|\n*\z)"""
 
 
+def architecture_config(arch: dict):
+    """A transformers config for a preset's `architecture` block; `model_type` (default llama) picks the family."""
+    from transformers import AutoConfig
+
+    arch = dict(arch)
+    return AutoConfig.for_model(str(arch.pop("model_type", None) or "llama"), **arch)
+
+
 def build_tiny_model(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size: int, seed: int,
                      merge_preamble: bool = True, tokenizer_kind: str = "bpe") -> Path:
-    """Train a BPE tokenizer on `texts`, build a random-init Llama of `arch`, save both (atomically).
+    """Train a BPE tokenizer on `texts`, build a random-init model of `arch` (its `model_type`: Llama by default,
+    Qwen2 for tiny_qwen), save both (atomically). `tokenizer_kind`: bpe (plain), qwen / llama3 (a chat model's
+    specials and chat template, text2sql.model.chat_tokenizers), llama (CodeLlama-style, `build_tiny_codellama`).
 
     Questions and SQL are split into words as GPT-2 does, and numbers into digits as Llama does, so the
     model sees `minimum`, `Japan` or `FROM` as the same tokens wherever they occur and copies numbers digit
@@ -47,42 +58,43 @@ def build_tiny_model(out_dir: Path, arch: dict, texts: Iterable[str], vocab_size
     """
     import torch
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     if tokenizer_kind == "llama":
         return build_tiny_codellama(out_dir, arch, texts, vocab_size, seed)
+    if merge_preamble:
+        pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(f"{_PREAMBLE}|{_WORDS}"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     with atomic_dir(out_dir) as tmp:
-        bpe = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
-        if merge_preamble:
-            bpe.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(f"{_PREAMBLE}|{_WORDS}"), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ])
+        if tokenizer_kind in STYLES:  # a chat model's specials and chat template (text2sql.model.chat_tokenizers)
+            tokenizer = train_chat_tokenizer(tokenizer_kind, texts, vocab_size, pre_tokenizer)
         else:
-            bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        bpe.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=list(SPECIAL_TOKENS.values()),
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
-        bpe.train_from_iterator(texts, trainer=trainer)
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, **SPECIAL_TOKENS)
+            bpe = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+            bpe.pre_tokenizer = pre_tokenizer
+            bpe.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(
+                vocab_size=vocab_size,
+                special_tokens=list(SPECIAL_TOKENS.values()),
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                show_progress=False,
+            )
+            bpe.train_from_iterator(texts, trainer=trainer)
+            tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, **SPECIAL_TOKENS)
         tokenizer.save_pretrained(tmp)
 
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **arch,
-        )
+        config = architecture_config({
+            **arch, "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(config)
         model.save_pretrained(tmp)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("built tiny Llama (%s params, vocab %d) at %s", f"{n_params:,}", len(tokenizer), out_dir)
+    log.info("built tiny %s (%s params, vocab %d) at %s", type(model).__name__, f"{n_params:,}", len(tokenizer),
+             out_dir)
     return out_dir
 
 

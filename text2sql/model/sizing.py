@@ -42,16 +42,18 @@ def _sel(cfg, key, default=None):
 
 
 def meta_model(cfg: DictConfig):
-    """The base model of `cfg.model.architecture` on the meta device (no weights, no download)."""
+    """The base model of `cfg.model.architecture` (its `model_type`: llama, qwen2, mistral) on the meta device."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from text2sql.model.load import architecture_config
 
     arch = OmegaConf.to_container(cfg.model.architecture, resolve=True)
     if "vocab_size" not in arch:  # the tiny model's vocab comes from its tokenizer build
         arch["vocab_size"] = int(_sel(cfg, "model.build.vocab_size", 32000))
-    config = LlamaConfig(**arch)
+    config = architecture_config(arch)
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(config)
     return model, config
 
 

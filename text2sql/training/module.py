@@ -68,7 +68,9 @@ class Text2SQLModule(pl.LightningModule):
                 decoder, head = base.get_decoder(), base.get_output_embeddings()
             except (AttributeError, ValueError, NotImplementedError):
                 decoder, head = None, None
-            ok = decoder is not None and head is not None and decoder is not base
+            # prompt learning (peft=ptuning) injects its prefixes in the PEFT model's forward: no decoder shortcut
+            prefix = getattr(getattr(self.model, "active_peft_config", None), "is_prompt_learning", False)
+            ok = not prefix and decoder is not None and head is not None and decoder is not base
             self._parts = (decoder, head) if ok else False
         return self._parts or None
 
