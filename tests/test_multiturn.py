@@ -122,8 +122,8 @@ def test_the_oldest_history_turns_go_before_any_schema_cut(tmp_path):
     last, tok = {**records[2], "input": "###Input:\nHow many?\n\n###Response:"}, char_tokenizer()  # ASCII only
     full = encode_record(last, tok, "vanilla", 100_000, 200)
     no_history = encode_record({**last, "history": []}, tok, "vanilla", 100_000, 200)
-    newest = len(last["history"][-1][0]) + len(last["history"][-1][1]) + 1  # "q" + "a" + "\n"
-    kept_one = encode_record(last, tok, "vanilla", no_history.source_len + newest, 200)
+    newest_only = encode_record({**last, "history": last["history"][-1:]}, tok, "vanilla", 100_000, 200)
+    kept_one = encode_record(last, tok, "vanilla", newest_only.source_len, 200)
     assert full.truncation is None and kept_one.truncation == "history"
     source = text(kept_one.input_ids[1 : kept_one.source_len])
     assert source.startswith("###Input:\nand only those older than 30?") and "List the names" not in source
