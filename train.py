@@ -19,7 +19,7 @@ log = logging.getLogger("text2sql.train")
 
 def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.config.schema import check_config, check_source_budget
-    from text2sql.job.console import quiet_after_imports, quiet_before_imports
+    from text2sql.job.console import quiet_after_imports, quiet_before_imports, quiet_resume
     from text2sql.data.datasets import corpus
     from text2sql.training.strategy import check_hardware
     from text2sql.job.lifecycle import job_dir
@@ -51,6 +51,8 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.job.history import EpochHistory
 
     quiet_after_imports(local_model=bool(cfg.model.get("build")))
+    if ckpt_path is not None:
+        quiet_resume()
 
     model_path = resolve_model_path(cfg.model, corpus=lambda: corpus(dataset, "train"))
     RunDir(job_dir()).record_resolved_paths({"paths.cache_dir": cfg.paths.cache_dir, "dataset.root": str(dataset.root),
