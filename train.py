@@ -25,6 +25,7 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.job.lifecycle import job_dir
     from text2sql.job.resume import RunFinished, check_not_finished, checkpoint_to_resume
     from text2sql.job.run_dir import RunDir
+    from text2sql.config.threads import set_torch_threads
 
     check_config(cfg)  # types and ranges, before the heavy imports: a bad value fails in about a second
     check_hardware(cfg.hardware)  # GPU presets without a GPU: one line before any data loads (torch only then)
@@ -39,6 +40,7 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use); bad paths fail here
 
     quiet_before_imports(cfg.hardware.get("accelerator"))
+    log.info("%s", set_torch_threads(cfg.hardware))  # at most the CPUs this process may use
     import lightning.pytorch as pl
 
     from text2sql.training.checkpoint import AtomicCheckpointIO
@@ -85,7 +87,9 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
 def main(cfg: DictConfig) -> float | None:
     from text2sql.config.hardware import resolve_hardware
     from text2sql.job.lifecycle import job_dir, run_job
+    from text2sql.config.threads import set_wait_policy
 
+    set_wait_policy(cfg.hardware)  # before torch loads OpenMP, which reads it once: shared cores stay usable
     resolve_hardware(cfg)  # hardware=auto -> the preset this machine (and its launcher) calls for; logs why
     if cfg.dry_run:  # size the run from the YAML's architecture: no data, no weights, no download
         from text2sql.config.schema import check_config
