@@ -15,8 +15,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-ORDER = ["train_throughput", "eval_cost", "bench_evaluate", "bench_predict", "gpu_acceptance"]
-GOALS = {"train_throughput": ">= 1.2", "bench_evaluate": ">= 3x", "bench_predict": ">= 5x", "eval_cost": "—",
+ORDER = ["train_throughput", "eval_cost", "cpu_share", "bench_evaluate", "bench_predict", "gpu_acceptance"]
+GOALS = {"train_throughput": ">= 1.2", "cpu_share": "after <= fair share; idle no slower", "bench_evaluate": ">= 3x", "bench_predict": ">= 5x", "eval_cost": "—",
          "gpu_acceptance": "all pass"}
 
 INTRO = """# Benchmarks
@@ -117,6 +117,26 @@ def eval_cost_details(r: dict) -> list[str]:
     return lines
 
 
+def cpu_share_details(r: dict) -> list[str]:
+    sides = r["sides"]
+    lines = ["", "## CPU runs beside busy processes (`bench/cpu_share.py`)", "",
+             f"`python train.py` (model=tiny on the sample, the first {r['steps']} steps of an epoch, EX on 32 dev "
+             "examples) beside 0, 1 and 2 single-threaded busy processes, on a machine other jobs share too (load "
+             "average before each run listed). before: libgomp's default wait policy (`hardware.wait_policy=null`); "
+             "after: the defaults (OMP_WAIT_POLICY=PASSIVE, torch threads = usable CPUs); one_thread: the defaults "
+             "with OMP_NUM_THREADS=1. Run s from metrics.json (best of the repeats), s/step = run s / steps.", "",
+             "| busy processes | " + " | ".join(sides) + " | load before (1 min) |", "|---|" + "---|" * (len(sides) + 1)]
+    for hogs, by_side in sorted(r["results"].items(), key=lambda kv: int(kv[0])):
+        cells = []
+        for side in sides:
+            runs = by_side.get(side, [])
+            best = min(runs, key=lambda x: x["run_s"]) if runs else None
+            cells.append(f"{best['run_s']:.0f} s ({best['s_per_step']:.2f} s/step)" if best else "—")
+        loads = ", ".join(f"{x['load_before']:.1f}" for side in sides for x in by_side.get(side, []))
+        lines.append(f"| {hogs} | " + " | ".join(cells) + f" | {loads} |")
+    return lines
+
+
 def gpu_acceptance_details(r: dict) -> list[str]:
     lines = ["", "## GPU acceptance (`bench/gpu_acceptance.sh`)", "",
              f"{r['gpus']} x {r['gpu']}, torch {r['torch']}; model: {r['model']}; data: {r['data']}; "
@@ -136,6 +156,8 @@ def render(records: dict[str, dict], notes: str = "") -> str:
         lines += throughput_details(records["train_throughput"])
     if "eval_cost" in records:
         lines += eval_cost_details(records["eval_cost"])
+    if "cpu_share" in records:
+        lines += cpu_share_details(records["cpu_share"])
     if "gpu_acceptance" in records:
         lines += gpu_acceptance_details(records["gpu_acceptance"])
     if notes:

@@ -92,6 +92,7 @@ EXAMPLES: dict[str, object] = {
         "installs a CUDA build of torch from another index; CPU CI pins the CPU wheel instead"),
     "python train.py": Run(provides="run"),
     "python train.py debug=smoke": Run(),
+    "python train.py --help": Run(extra=()),
     # -- choosing what to run
     "python train.py optim.lr=1e-3 peft.r=8 trainer.max_epochs=3": Run(),
     "python train.py dataset=spider dataset.root=../shared/spider debug=smoke": Run(spider=True),
@@ -161,6 +162,7 @@ EXAMPLES: dict[str, object] = {
     "text2sql report multirun/2026-11-25/14-03-12 --metric val/ex_hard --top 5": Run(extra=(), needs=("sweep",)),
     "python train.py -m peft.r=4,16 optim.lr=5e-4,2e-3 trainer.max_epochs=3": Run(extra=SWEEP_SMOKE),
     "text2sql report": Run(extra=("--help",)),
+    "text2sql predict": Run(extra=("--help",)),
     # -- verbs
     "text2sql --help": Run(extra=()),
     "python -m text2sql --help": Run(extra=()),
@@ -181,6 +183,7 @@ EXAMPLES: dict[str, object] = {
         "tests/test_match.py"),
     "python bench/bench_startup_errors.py": Covered("tests/test_config_schema.py"),
     "python bench/eval_cost.py": Covered("tests/test_throughput.py"),
+    "python bench/cpu_share.py --steps 32": Run(extra=("--hogs", "0", "--sides", "after", "--steps", "2", "--json", "")),
     "python bench/bench_predict.py": Run(extra=("--n", "4", "--json", "")),  # never over the committed results
     "bash bench/gpu_smoke.sh": Run(extra=(), fails=r"needs a CUDA GPU"),
     "python bench/make_readme.py": Run(extra=("--out", "/dev/null")),
