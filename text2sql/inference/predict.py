@@ -123,7 +123,7 @@ def find_weights(run_dir: Path) -> tuple[str, Path]:
 
 def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | None):
     """(model, tokenizer) ready for generation, through the training code's loaders."""
-    from text2sql.console import quiet_libraries
+    from text2sql.job.console import quiet_libraries
 
     quiet_libraries()  # before the imports: bitsandbytes logs its CPU kernel hint at import
     import torch
