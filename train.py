@@ -19,12 +19,13 @@ log = logging.getLogger("text2sql.train")
 
 def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.config.schema import check_config, check_source_budget
-    from text2sql.job.console import quiet_after_imports, quiet_before_imports
+    from text2sql.job.console import quiet_after_imports, quiet_before_imports, quiet_resume
     from text2sql.data.datasets import corpus
     from text2sql.training.strategy import check_hardware
     from text2sql.job.lifecycle import job_dir
     from text2sql.job.resume import RunFinished, check_not_finished, checkpoint_to_resume
     from text2sql.job.run_dir import RunDir
+    from text2sql.config.threads import set_torch_threads
 
     check_config(cfg)  # types and ranges, before the heavy imports: a bad value fails in about a second
     check_hardware(cfg.hardware)  # GPU presets without a GPU: one line before any data loads (torch only then)
@@ -39,6 +40,7 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use); bad paths fail here
 
     quiet_before_imports(cfg.hardware.get("accelerator"))
+    log.info("%s", set_torch_threads(cfg.hardware))  # at most the CPUs this process may use
     import lightning.pytorch as pl
 
     from text2sql.training.checkpoint import AtomicCheckpointIO
@@ -53,6 +55,8 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.job.stop_callback import StopOnSignal
 
     quiet_after_imports(local_model=bool(cfg.model.get("build")))
+    if ckpt_path is not None:
+        quiet_resume()
 
     model_path = resolve_model_path(cfg.model, corpus=lambda: corpus(dataset, "train"))
     RunDir(job_dir()).record_resolved_paths({"paths.cache_dir": cfg.paths.cache_dir, "dataset.root": str(dataset.root),
@@ -88,7 +92,9 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
 def main(cfg: DictConfig) -> float | None:
     from text2sql.config.hardware import resolve_hardware
     from text2sql.job.lifecycle import job_dir, run_job
+    from text2sql.config.threads import set_wait_policy
 
+    set_wait_policy(cfg.hardware)  # before torch loads OpenMP, which reads it once: shared cores stay usable
     resolve_hardware(cfg)  # hardware=auto -> the preset this machine (and its launcher) calls for; logs why
     if cfg.dry_run:  # size the run from the YAML's architecture: no data, no weights, no download
         from text2sql.config.schema import check_config

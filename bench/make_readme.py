@@ -15,8 +15,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-ORDER = ["train_throughput", "eval_cost", "bench_evaluate", "bird_eval", "bench_predict", "decoding", "gpu_acceptance", "gpu_scale"]
-GOALS = {"train_throughput": ">= 1.2", "bench_evaluate": ">= 3x", "bench_predict": ">= 5x", "eval_cost": "—",
+ORDER = ["train_throughput", "eval_cost", "cpu_share", "bench_evaluate", "bird_eval", "bench_predict", "decoding",
+         "gpu_acceptance", "gpu_scale"]
+GOALS = {"train_throughput": ">= 1.2", "cpu_share": "after < before at every load; idle no slower",
+         "bench_evaluate": ">= 3x", "bench_predict": ">= 5x", "eval_cost": "—",
          "decoding": "EX >= +2 points at <= 3x time (sample)", "gpu_acceptance": "all pass",
          "gpu_scale": ">= 1.5x, MFU >= 40 % (13B)"}
 
@@ -146,6 +148,26 @@ def decoding_details(r: dict) -> list[str]:
     return lines[:-1]
 
 
+def cpu_share_details(r: dict) -> list[str]:
+    sides = r["sides"]
+    lines = ["", "## CPU runs beside busy processes (`bench/cpu_share.py`)", "",
+             f"`python train.py` (model=tiny on the sample, the first {r['steps']} steps of an epoch, EX on 32 dev "
+             "examples) beside 0, 1 and 2 single-threaded busy processes, on a machine other jobs share too (load "
+             "average before each run listed). before: libgomp's default wait policy (`hardware.wait_policy=null`); "
+             "after: the defaults (OMP_WAIT_POLICY=PASSIVE, torch threads = usable CPUs); one_thread: the defaults "
+             "with OMP_NUM_THREADS=1. Run s from metrics.json (best of the repeats), s/step = run s / steps.", "",
+             "| busy processes | " + " | ".join(sides) + " | load before (1 min) |", "|---|" + "---|" * (len(sides) + 1)]
+    for hogs, by_side in sorted(r["results"].items(), key=lambda kv: int(kv[0])):
+        cells = []
+        for side in sides:
+            runs = by_side.get(side, [])
+            best = min(runs, key=lambda x: x["run_s"]) if runs else None
+            cells.append(f"{best['run_s']:.0f} s ({best['s_per_step']:.2f} s/step)" if best else "—")
+        loads = ", ".join(f"{x['load_before']:.1f}" for side in sides for x in by_side.get(side, []))
+        lines.append(f"| {hogs} | " + " | ".join(cells) + f" | {loads} |")
+    return lines
+
+
 def gpu_acceptance_details(r: dict) -> list[str]:
     lines = ["", "## GPU acceptance (`bench/gpu_acceptance.sh`)", "",
              f"{r['gpus']} x {r['gpu']}, torch {r['torch']}; model: {r['model']}; data: {r['data']}; "
@@ -207,6 +229,8 @@ def render(records: dict[str, dict], notes: str = "") -> str:
         lines += eval_cost_details(records["eval_cost"])
     if "decoding" in records:
         lines += decoding_details(records["decoding"])
+    if "cpu_share" in records:
+        lines += cpu_share_details(records["cpu_share"])
     if "gpu_acceptance" in records:
         lines += gpu_acceptance_details(records["gpu_acceptance"])
     if "gpu_scale" in records:

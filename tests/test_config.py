@@ -80,3 +80,28 @@ def test_missing_dataset_dir_is_one_line(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert str(missing) in lines[0] and "dataset.root" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_train_help_is_written_for_people():
+    """`python train.py --help` (conf/hydra/help/text2sql.yaml): every config group under conf/ with all of
+    its options, resume, sweeps, every verb and the README, within 80 columns; not the internal `schema` group
+    nor the config dump (that is `--cfg job`)."""
+    import re
+
+    from text2sql.cli import VERBS
+
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "schema" not in text and "_target_" not in text and "powered by Hydra" not in text
+    groups = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+    for group in groups:
+        line = re.search(rf"^  {group} +(.*(?:\n {{14}}.*)*)", text, re.M)
+        assert line, f"group {group} missing from --help"
+        listed = set(re.findall(r"[a-z0-9_]+", line.group(1).split(":")[0].split("(")[0]))
+        assert listed >= set(group_options(group)), (group, listed)
+    for word in ("ckpt_path=", "resume=auto", "-m sweep=", "text2sql report", "README.md", "--cfg job"):
+        assert word in text
+    assert all(re.search(rf"\b{verb}\b", text) for verb in VERBS)

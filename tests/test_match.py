@@ -91,6 +91,22 @@ CASES = [
      False, ["order", "keywords"]),
     ("LIMIT values are ignored", "SELECT name FROM singer ORDER BY age DESC LIMIT 1",
      "SELECT name FROM singer ORDER BY age DESC LIMIT 3", True, []),
+    # parse_limit tests the (string) token for int and returns 1 for every one: a LIMIT value counts nowhere,
+    # not even inside a sub-query used as a WHERE value (there the whole sub-query is compared as a structure)
+    ("LIMIT values inside a WHERE sub-query are ignored",
+     "SELECT name FROM stadium WHERE capacity = (SELECT capacity FROM stadium ORDER BY capacity DESC LIMIT 1)",
+     "SELECT name FROM stadium WHERE capacity = (SELECT capacity FROM stadium ORDER BY capacity DESC LIMIT 2)",
+     True, []),
+    ("LIMIT values inside a set-operation operand are ignored",
+     "SELECT name FROM singer UNION SELECT name FROM singer ORDER BY age LIMIT 1",
+     "SELECT name FROM singer UNION SELECT name FROM singer ORDER BY age LIMIT 5", True, []),
+    ("a LIMIT missing inside a WHERE sub-query",
+     "SELECT name FROM stadium WHERE capacity = (SELECT capacity FROM stadium ORDER BY capacity DESC LIMIT 1)",
+     "SELECT name FROM stadium WHERE capacity = (SELECT capacity FROM stadium ORDER BY capacity DESC)",
+     False, ["where"]),
+    # any token after LIMIT reads as 1 (a placeholder the " value " replacement missed at the end of a query)
+    ("a non-numeric LIMIT token", "SELECT name FROM singer ORDER BY age DESC LIMIT 1",
+     "SELECT name FROM singer ORDER BY age DESC LIMIT value", True, []),
     ("a missing LIMIT", "SELECT name FROM singer ORDER BY age DESC LIMIT 1",
      "SELECT name FROM singer ORDER BY age DESC", False, ["order", "keywords"]),
     # parse_order_by keeps one direction for the whole clause: the last ASC/DESC written wins

@@ -141,3 +141,18 @@ def test_an_installed_wheel_predicts_and_evaluates_from_anywhere(trained_run, tm
     proc = text2sql("evaluate", "--gold", str(elsewhere / "dev_gold.sql"), "--pred", str(pred), "--db",
                     str(Path(RunDir(run_dir).resolved_paths()["dataset.root"]) / "database"), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_predict_prints_no_third_party_noise(trained_run, tmp_path):
+    """bitsandbytes' "Failed to load CPU gemm_4bit_forward" hint (CPUs with AVX512-BF16) and transformers'
+    `is_gradient_checkpointing` FutureWarning (called by PEFT) are filtered as in training; our lines stay."""
+    run_dir, _ = trained_run
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "text2sql", "predict", "--run", str(run_dir), "--limit", "2",
+                           "--out", str(tmp_path / "p.sql"), "--no-progress", "eval.max_new_tokens=8"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    assert "wrote 2 predictions" in output
+    assert "gemm_4bit_forward" not in output and "Warning" not in output, output

@@ -96,6 +96,7 @@ EXAMPLES: dict[str, object] = {
     "python train.py debug=smoke": Run(),
     "python train.py eval.before_training=true": Run(),
     "text2sql predict --limit 200 --evaluate": Run(extra=("--limit", "4", "--max-new-tokens", "8", "--no-progress")),
+    "python train.py --help": Run(extra=()),
     # -- choosing what to run
     "python train.py optim.lr=1e-3 peft.r=8 trainer.max_epochs=3": Run(),
     "python train.py eval.decoding.strategy=execution_guided": Run(),
@@ -187,6 +188,7 @@ EXAMPLES: dict[str, object] = {
     "text2sql report multirun/2026-11-25/14-03-12 --metric val/ex_hard --top 5": Run(extra=(), needs=("sweep",)),
     "python train.py -m peft.r=4,16 optim.lr=5e-4,2e-3 trainer.max_epochs=3": Run(extra=SWEEP_SMOKE),
     "text2sql report": Run(extra=("--help",)),
+    "text2sql predict": Run(extra=("--help",)),
     # -- verbs
     "text2sql --help": Run(extra=()),
     "python -m text2sql --help": Run(extra=()),
@@ -229,6 +231,7 @@ EXAMPLES: dict[str, object] = {
     "python bench/bird_eval.py --rows 120000 --repeat 2 --json bench/results/bird_eval.json": Run(
         extra=("--rows", "2000", "--repeat", "1", "--json", "")),  # never over the committed results
     "python bench/eval_cost.py": Covered("tests/test_throughput.py"),
+    "python bench/cpu_share.py --steps 32": Run(extra=("--hogs", "0", "--sides", "after", "--steps", "2", "--json", "")),
     "python bench/bench_predict.py": Run(extra=("--n", "4", "--json", "")),  # never over the committed results
     "bash bench/gpu_smoke.sh": Run(extra=(), fails=r"needs a CUDA GPU"),
     "python bench/make_readme.py": Run(extra=("--out", "/dev/null")),

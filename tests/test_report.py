@@ -12,6 +12,8 @@ import yaml
 from text2sql.cli import main
 from text2sql.errors import UserError
 from text2sql.sweep import report
+from text2sql.sweep.jobs import read_job
+from text2sql.sweep.plot import plot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -214,5 +216,84 @@ def test_picture_of_jobs_without_the_metric_does_not_blame_success(tmp_path: Pat
 
     original = matplotlib.axes.Axes.text
     monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda self, *a, **k: texts.append(a[2]) or original(self, *a, **k))
-    report.plot(d / "p.png", [report.read_job(d / "0", "val/exact_match")], ["optim.lr"], "val/exact_match", "t")
+    plot(d / "p.png", [read_job(d / "0", "val/exact_match")], ["optim.lr"], "val/exact_match", "t")
     assert texts == ["no job recorded an epoch", "no job has exact_match"]
+
+
+def test_console_table_fits_80_columns(tmp_path: Path):
+    """Three swept keys, a long error and a long dir: every line fits 80 columns, no value is cut, and the
+    error is printed whole under the table (it used to be folded into a narrow status column)."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from text2sql.sweep.tables import print_summary
+
+    d = tmp_path / "multirun" / "2026-12-02" / "04-00-00"
+    for i, (r, lr) in enumerate([(8, "1e-4"), (64, "1e-3"), (16, "2e-5")]):
+        make_job(d, i, [f"peft.r={r}", "peft.alpha=16" if i else "peft.alpha=128", f"optim.lr={lr}"],
+                 ok_metrics([0.25, 0.5 + i / 10], [2.0, 1.25], wall=3725))
+    error = "RuntimeError: " + "a very long reason that does not fit in any table column " * 2
+    make_job(d, 3, ["peft.r=8", "peft.alpha=32", "optim.lr=1e-2"],
+             {"history": [], "status": "failed", "error": error, "wall_time_s": 1.0})
+    rep = report.build_report(d, png=False)
+    out = io.StringIO()
+    print_summary(rep.sweep_dir, rep.jobs, rep.swept, rep.metric, 10, list(rep.files.values()),
+                  Console(file=out, width=80, color_system=None))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80, out.getvalue()
+    header = next(line for line in lines if " job " in line).split()
+    assert header[:5] == ["#", "job", "r", "alpha", "lr"] and "wall" in header
+    rows = [line.split() for line in lines if re.match(r"\s*\d+\s+\d+\s", line)]  # rank, job, ...
+    assert [row[2:5] for row in rows] == [["16", "16", "2e-05"], ["64", "16", "0.001"], ["8", "128", "0.0001"],
+                                          ["8", "32", "0.01"]]
+    assert rows[0][-2:] == ["1h02m", "ok"] and rows[-1][-1] == "failed"
+    assert " ".join(out.getvalue().split()).count(error.strip()) == 1  # whole, on its own line
+
+
+def test_narrow_terminal_drops_optional_columns_not_values(sweep: Path):
+    from rich.console import Console
+
+    from text2sql.sweep.tables import console_table
+
+    rep = report.build_report(sweep, png=False)
+    table = console_table(rep.jobs, rep.swept, rep.metric, width=50)
+    headers = [c.header for c in table.columns]
+    assert headers[:4] == ["#", "job", "r", "lr"] and "wall" not in headers and headers[-1] == "status"
+    assert Console(width=10_000).measure(table).maximum <= 50
+
+
+def test_log_axis_for_orders_of_magnitude(tmp_path: Path, monkeypatch):
+    """lr 1e-4 and 1e-3 (one order of magnitude) and an Optuna `tag(log, ...)` key get a log x axis;
+    r 8 and 16 stay linear."""
+    import matplotlib.axes
+
+    from text2sql.sweep.jobs import declared_log_keys
+    from text2sql.sweep.plot import log_axis
+
+    assert log_axis([1e-4, 1e-3]) and not log_axis([1e-3, 2e-3]) and log_axis([1e-3, 2e-3], declared_log=True)
+    assert not log_axis([0.0, 0.1, 10.0]) and not log_axis([])
+    d = tmp_path / "sweep"
+    for i, (r, lr, drop) in enumerate([(8, "1e-4", 0.05), (16, "1e-3", 0.1), (8, "5e-4", 0.2)]):
+        make_job(d, i, [f"peft.r={r}", f"optim.lr={lr}", f"peft.dropout={drop}"], ok_metrics([0.2 * i], [1.0]))
+    (d / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": {"params": {
+        "peft.dropout": "tag(log, interval(0.05, 0.2))", "peft.r": "choice(8, 16)", "optim.lr": "1e-4,1e-3"}}}}))
+    assert declared_log_keys(d) == {"peft.dropout"}
+    scales = {}
+    original = matplotlib.axes.Axes.set_xlabel
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel",
+                        lambda self, label, *a, **k: scales.setdefault(label.split()[0], self.get_xscale())
+                        or original(self, label, *a, **k))
+    report.build_report(d)
+    assert scales == {"epoch": "linear", "peft.r": "linear", "optim.lr": "log", "peft.dropout": "log"}
+
+
+def test_report_modules_take_metric_names_from_metric_names():
+    """One constant per metric: the report package names no metric itself (text2sql/metric_names.py does)."""
+    import re
+
+    import text2sql.sweep
+
+    for path in Path(text2sql.sweep.__file__).parent.glob("*.py"):
+        assert not re.search(r"[\"'](val|train)/", path.read_text()), path.name

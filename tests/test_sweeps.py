@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from text2sql.sweep import report
+from text2sql.sweep.jobs import find_job_dirs, read_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -82,9 +83,9 @@ def job_metrics(sweep_dir: Path) -> dict[str, dict]:
 def test_lora_grid_preset(stub_app: Path, tmp_path: Path):
     sweep_dir = tmp_path / "grid"
     run_stub(stub_app, "sweep=lora_grid", f"hydra.sweep.dir={sweep_dir}")
-    jobs = report.find_job_dirs(sweep_dir)
+    jobs = find_job_dirs(sweep_dir)
     assert len(jobs) == 3 * 2 * 2
-    combos = {tuple(sorted(report.read_overrides(j).items())) for j in jobs}
+    combos = {tuple(sorted(read_overrides(j).items())) for j in jobs}
     assert len(combos) == 12
     rep = report.build_report(sweep_dir, png=False)
     assert rep.swept == ["peft.r", "peft.alpha", "optim.lr"]
@@ -101,7 +102,7 @@ def test_optuna_preset_best_trial_is_the_highest_metric(stub_app: Path, tmp_path
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     best_job = max(metrics, key=lambda k: metrics[k]["best"]["val/execution_accuracy"])
     assert results["best_value"] == pytest.approx(metrics[best_job]["best"]["val/execution_accuracy"])
-    best_overrides = report.read_overrides(sweep_dir / best_job)
+    best_overrides = read_overrides(sweep_dir / best_job)
     for key, value in results["best_params"].items():
         assert best_overrides[key] == pytest.approx(value)
     # the search space of the preset
@@ -116,7 +117,7 @@ def test_optuna_preset_survives_a_raising_trial(stub_app: Path, tmp_path: Path):
     sweep_dir = tmp_path / "optuna_fail"
     run_stub(stub_app, "sweep=optuna", "hydra.sweeper.n_trials=3", "optim.lr=choice(-1.0,1e-3)",
              "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={sweep_dir}")
-    assert len(report.find_job_dirs(sweep_dir)) == 3
+    assert len(find_job_dirs(sweep_dir)) == 3
     metrics = job_metrics(sweep_dir)
     assert len(metrics) == 2  # with seed 0, one of the three trials samples lr=-1 and raises
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
@@ -231,7 +232,7 @@ def test_smoke_grid_2x2_and_report(smoke_grid: Path):
 @pytest.mark.slow
 def test_each_job_is_its_own_wandb_run(smoke_grid: Path):
     """Hydra multirun + WandbLogger pitfall: without wandb.finish() per job, job 1 logs into job 0's run."""
-    runs = {job.name: wandb_runs(job) for job in report.find_job_dirs(smoke_grid)}
+    runs = {job.name: wandb_runs(job) for job in find_job_dirs(smoke_grid)}
     assert all(len(r) == 1 for r in runs.values()), runs
     run_ids = {name: r[0].name.rsplit("-", 1)[-1] for name, r in runs.items()}
     assert len(set(run_ids.values())) == 4, run_ids
@@ -241,7 +242,7 @@ def test_each_job_is_its_own_wandb_run(smoke_grid: Path):
     groups = set()
     for name, (run,) in runs.items():
         job = smoke_grid / name
-        overrides = report.read_overrides(job)
+        overrides = read_overrides(job)
         logged = read_run(run)
         # the run holds this job's config (swept keys at top level) and exactly this job's EX per epoch
         assert float(logged["config"]["optim.lr"]) == pytest.approx(overrides["optim.lr"])
@@ -292,6 +293,6 @@ def test_optuna_smoke_best_trial_is_the_highest_returned_metric(tmp_path: Path):
     # the best params are those of a job that returned the highest value (ties: any of them)
     best_jobs = [j for j, v in returned.items() if v == pytest.approx(max(returned.values()))]
     matches = [j for j in best_jobs
-               if all(report.read_overrides(sweep_dir / j)[k] == pytest.approx(v)
+               if all(read_overrides(sweep_dir / j)[k] == pytest.approx(v)
                       for k, v in results["best_params"].items())]
     assert matches, (results, returned)

@@ -42,6 +42,7 @@ from text2sql.eval.compare import (
     replace_cur_year,
 )
 from text2sql.eval.pool import _shutdown, _Worker
+from text2sql.config.threads import usable_cpus
 from text2sql.eval.query import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ROWS,
@@ -104,12 +105,13 @@ def missing_databases_warning(db_dir: str | os.PathLike, db_ids: list[str]) -> s
 
 
 MAX_DEFAULT_WORKERS = 8
-WORKERS_HELP = f"one per CPU core, at most {MAX_DEFAULT_WORKERS}"  # what workers=None means, said everywhere alike
+WORKERS_HELP = f"one per usable CPU, at most {MAX_DEFAULT_WORKERS}"  # what workers=None means, said everywhere alike
 
 
 def default_workers() -> int:
-    """Worker processes when none are asked for: one per core (execution is CPU-bound), capped."""
-    return min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
+    """Worker processes when none are asked for: one per CPU this process may use (execution is CPU-bound;
+    an affinity mask or a cgroup quota counts), capped."""
+    return min(usable_cpus(), MAX_DEFAULT_WORKERS)
 
 
 class ExecutionEvaluator:

@@ -9,7 +9,9 @@ parser rejects or reads differently. The code is our own; the comparison rules i
 Comparison (``evaluation.py`` with ``DISABLE_VALUE`` and ``DISABLE_DISTINCT``):
 
 * values are dropped (a sub-query used as a value is kept and compared structurally), ``DISTINCT`` is
-  ignored everywhere, columns linked by foreign keys are identified (outer query only);
+  ignored everywhere, every ``LIMIT`` value reads as 1 (official ``parse_limit`` tests its string token for
+  ``int`` and so always returns 1: ``LIMIT 1`` and ``LIMIT 2`` differ nowhere, not even in a sub-query),
+  columns linked by foreign keys are identified (outer query only);
 * ``JOIN ... ON`` conditions are never compared (only their or/not/in/like keywords count); the later
   first-join-condition check of taoyds/spider's own evaluation.py is not applied (DB-GPT-Hub and the
   test-suite evaluator do not have it);
@@ -74,9 +76,12 @@ def _drop_values_cond(condition: list) -> list:
 
 
 def _drop_values(sql: dict | None) -> dict | None:
-    """Official ``rebuild_sql_val``: values -> None, sub-queries kept (recursively without values)."""
+    """Official ``rebuild_sql_val``: values -> None, sub-queries kept (recursively without values); the LIMIT
+    value -> 1 as official ``parse_limit`` reads every one."""
     if sql is None:
         return None
+    if sql["limit"] is not None:
+        sql["limit"] = 1
     sql["from"]["conds"] = _drop_values_cond(sql["from"]["conds"])
     sql["having"] = _drop_values_cond(sql["having"])
     sql["where"] = _drop_values_cond(sql["where"])

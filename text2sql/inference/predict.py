@@ -124,6 +124,9 @@ def find_weights(run_dir: Path) -> tuple[str, Path]:
 
 def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | None):
     """(model, tokenizer) ready for generation, through the training code's loaders."""
+    from text2sql.job.console import quiet_libraries
+
+    quiet_libraries()  # before the imports: bitsandbytes logs its CPU kernel hint at import
     import torch
 
     from text2sql.data.datasets import corpus
@@ -148,6 +151,7 @@ def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | Non
     if kind == "checkpoint":
         from text2sql.training.module import Text2SQLModule
 
+        quiet_libraries()  # again: Lightning's import puts its own warning filters in front
         module = Text2SQLModule(apply_peft(model, peft_cfg), _resolve_subtree(cfg, "optim"))
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
         try:

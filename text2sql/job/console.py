@@ -64,9 +64,26 @@ def _ignore_warnings() -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
 
 
+def quiet_libraries() -> None:
+    """Third-party noise of every command that loads a model (train, predict, merge), before its imports.
+
+    bitsandbytes logs at import, on CPUs with AVX512-BF16, that it found no `kernels` package for a faster CPU
+    4-bit kernel (`kernels` downloads it from the hub); it then uses its own kernel, so the line is a hint, not
+    a problem, and only the CPU tests run 4-bit. Its errors still show.
+    """
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    _ignore_warnings()
+
+
+def quiet_resume() -> None:
+    """A resumed run's checkpoint dir holds the checkpoints it resumes from: Lightning's warning that the dir
+    "exists and is not empty" is then expected (call after Lightning's import, which resets filters)."""
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
 def quiet_before_imports(accelerator: str | None = None) -> None:
     """Settings that must precede the heavy imports (called first thing in `train`)."""
-    _ignore_warnings()
+    quiet_libraries()
     if accelerator == "cpu":  # DeepSpeed would probe for a GPU and warn that it found none
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

@@ -420,10 +420,8 @@ class _Parser:
 
     def limit(self, i: int) -> tuple[int, int | None]:
         if i < self.n and self.toks[i] == "limit":
-            try:
-                return i + 2, int(self.tok(i + 1))
-            except ValueError:
-                raise MatchParseError(f"bad LIMIT {self.toks[i + 1]!r}") from None
+            value = self.tok(i + 1)  # official: any token (a placeholder too), read as 1 by the matcher
+            return i + 2, int(value) if value.isdigit() else 1
         return i, None
 
     def skip_semicolons(self, i: int) -> int:

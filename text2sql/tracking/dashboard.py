@@ -179,14 +179,14 @@ def sketch(view: dict, png: Path) -> Path:
 # -- sweeps ----------------------------------------------------------------------------------------------------
 def sweep_of(sweep_dir: Path) -> tuple[str, list[str]]:
     """(W&B group, swept keys) of a local multirun dir: the group is named as text2sql.tracking.logger.wandb_identity does."""
-    from text2sql.sweep import report
+    from text2sql.sweep.jobs import declared_sweep_keys, find_job_dirs, read_job, swept_keys
 
     sweep_dir = Path(sweep_dir).resolve()
-    jobs = [report.read_job(j) for j in report.find_job_dirs(sweep_dir)]
+    jobs = [read_job(j) for j in find_job_dirs(sweep_dir)]
     if not jobs:
         raise UserError(f"{sweep_dir} holds no sweep jobs (expected <dir>/<job>/.hydra/overrides.yaml)")
     group = f"{sweep_dir.parent.name}_{sweep_dir.name}" if sweep_dir.parent.name else sweep_dir.name
-    return group, report.swept_keys(jobs, report._declared_sweep_keys(sweep_dir))
+    return group, swept_keys(jobs, declared_sweep_keys(sweep_dir))
 
 
 def swept_keys_online(entity: str, project: str, group: str) -> list[str]:

@@ -1,0 +1,86 @@
+"""CPU runs that share cores (text2sql/config/threads.py): the OpenMP wait policy is set before torch is imported,
+torch threads never exceed the CPUs this process may use, and an explicit setting always wins."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+from text2sql.config.threads import cgroup_cpus, set_wait_policy, threads_for, usable_cpus
+
+CPU = {"accelerator": "cpu", "devices": 1, "threads": None, "wait_policy": "PASSIVE"}
+
+
+@pytest.mark.parametrize("cpu_max,expected", [("200000 100000", 2), ("150000 100000", 2), ("max 100000", None),
+                                              ("garbage", None), (None, None)])
+def test_cgroup_quota(tmp_path, cpu_max, expected):
+    if cpu_max is not None:
+        (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    assert cgroup_cpus(tmp_path) == expected
+
+
+def test_usable_cpus_follows_the_affinity_mask():
+    assert usable_cpus() <= len(os.sched_getaffinity(0))
+    code = "from text2sql.config.threads import usable_cpus; print(usable_cpus())"
+    one = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, check=True)
+    assert one.stdout.strip() == "1"
+
+
+def test_wait_policy_for_cpu_runs_unless_the_user_chose():
+    env: dict = {}
+    assert set_wait_policy(CPU, env) == "PASSIVE" and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {}
+    assert set_wait_policy({**CPU, "accelerator": "auto"}, env) == "PASSIVE"  # auto may still turn out a GPU
+    for hardware, env in [({**CPU, "accelerator": "gpu"}, {}),             # a GPU run: untouched
+                          ({**CPU, "wait_policy": None}, {}),               # hardware.wait_policy=null: libgomp's
+                          (CPU, {"OMP_WAIT_POLICY": "ACTIVE"})]:            # the user's variable wins
+        before = dict(env)
+        set_wait_policy(hardware, env)
+        assert env == before
+
+
+def test_thread_count_is_a_share_of_the_usable_cpus():
+    assert threads_for(CPU, default=16, env={}, cpus=2) == 2               # a 2-CPU mask on a 16-core box
+    assert threads_for(CPU, default=2, env={}, cpus=8) == 2                # never above torch's own count
+    assert threads_for({**CPU, "devices": 2}, default=4, env={}, cpus=4) == 2   # two CPU processes on 4 CPUs
+    assert threads_for({**CPU, "devices": 4}, default=4, env={}, cpus=2) == 1
+    assert threads_for({**CPU, "threads": 3}, default=2, env={}, cpus=2) == 3   # hardware.threads wins
+    assert threads_for(CPU, default=2, env={"OMP_NUM_THREADS": "1"}, cpus=2) is None  # so does the variable
+    assert threads_for({**CPU, "accelerator": "gpu"}, default=2, env={}, cpus=2) is None
+
+
+HOOK = """
+import os, sys, runpy
+seen = {}
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and "torch" not in seen:
+            seen["torch"] = os.environ.get("OMP_WAIT_POLICY")
+        return None
+sys.meta_path.insert(0, Spy())
+sys.argv = ["train.py", *sys.argv[1:]]
+try:
+    runpy.run_path("train.py", run_name="__main__")
+finally:
+    print("SEEN", seen.get("torch", "not imported"))
+"""
+
+
+@pytest.mark.slow  # ~10 s each on idle cores, 40 s on busy ones: the import of torch and Hydra
+@pytest.mark.parametrize("env,expected", [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")])
+def test_train_py_sets_the_policy_before_torch_loads(tmp_path, env, expected):
+    """The real entry point (hardware=auto imports torch to look for a GPU): the variable is in place when
+    torch is first imported; `dry_run=true` stops before any data or weights load."""
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", HOOK, "dry_run=true", f"hydra.run.dir={tmp_path}"],
+                          cwd=REPO_ROOT, env={**base, **env, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"SEEN {expected}" in proc.stdout
+    assert json.loads((tmp_path / "dry_run.json").read_text())
