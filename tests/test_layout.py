@@ -66,6 +66,14 @@ def test_no_module_is_longer_than_the_limit():
     assert not long, f"split these modules (>= {MAX_LINES} lines): {long}"
 
 
+def test_no_function_is_longer_than_the_limit():
+    long = {f"{p.relative_to(PKG)}:{node.name}": node.end_lineno - node.lineno + 1
+            for p in _modules() for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES}
+    assert not long, f"split these functions (> {MAX_FUNCTION_LINES} lines): {long}"
+
+
 def test_the_core_and_the_run_import_no_wandb():
     """logger=csv never imports wandb: everything train.py imports for a run without the W&B logger."""
     code = ("import sys\n"
