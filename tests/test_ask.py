@@ -67,7 +67,7 @@ def fake_sql(monkeypatch):
         assert len(sources) == 1 and len(sources[0]) > 10  # a real prompt was encoded
         return [written.pop(0)]
 
-    monkeypatch.setattr("text2sql.eval.generate.generate_sql", generate_sql)
+    monkeypatch.setattr("text2sql.eval.candidates.generate_sql", generate_sql)  # greedy's path in every strategy
     return written
 
 
@@ -94,6 +94,20 @@ def test_rows_table_json_and_a_writing_sql(smoke_run, tmp_path: Path, fake_sql, 
     assert dropped["status"] == "write_refused" and dropped["rows"] == [] and listed["status"] == "ok"
     assert listed["columns"] == ["id", "name", "age"] and listed["row_count"] == 30 and len(listed["rows"]) == 5
     assert listed["rows"][0] == [1, "pet0", 0]
+
+
+def test_ask_decodes_with_the_chosen_strategy(smoke_run, tmp_path: Path, capsys, monkeypatch) -> None:
+    """--decoding picks any eval.decoding strategy; the executing ones run their candidates on --db."""
+    run_dir, _ = smoke_run
+    db = make_db(tmp_path / "pets.sqlite", "CREATE TABLE pet (id INTEGER PRIMARY KEY, name TEXT, age INT);"
+                 "INSERT INTO pet (name, age) VALUES ('rex', 3);")
+    monkeypatch.setattr("sys.stdin", io.StringIO("How many pets are there?\n"))
+    assert main(["ask", "--run", str(run_dir), "--db", str(db), "--json", "--decoding", "self_consistency",
+                 "-o", "eval.decoding.num_samples=3"]) == 0
+    captured = capsys.readouterr()
+    answer = json.loads(captured.out.splitlines()[-1])
+    assert answer["decoding"] == "self_consistency" and 1 <= answer["candidates"] <= 3
+    assert "decoding: self_consistency" in captured.err
 
 
 def test_bad_input_is_one_line(tmp_path: Path, capsys) -> None:

@@ -164,14 +164,10 @@ SMALL = ["model=tiny_qwen", "debug=smoke", "logger=none", "seed=3", "optim.sched
          "data.train_limit=64", "dataset.n_train=64", "dataset.n_dev=8", "eval.limit=4", "eval.max_new_tokens=12"]
 
 
-ALL_METHODS = pytest.mark.skipif(not os.environ.get("TEXT2SQL_ALL_METHODS"), reason=(
-    "3-4 min each on 2 shared cores; ptuning (its own forward and generation path) runs in CI, "
-    "TEXT2SQL_ALL_METHODS=1 runs freeze and dora too"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("peft,export", [pytest.param("freeze", "model", marks=ALL_METHODS), ("ptuning", "adapter"),
-                                         pytest.param("dora", "adapter", marks=ALL_METHODS)])
+@pytest.mark.parametrize("peft,export", [("freeze", "model"), ("ptuning", "adapter"), ("dora", "adapter")])
 def test_each_method_trains_resumes_exactly_and_predicts_through_train_py(tmp_path, peft, export):
     whole, split = tmp_path / "whole", tmp_path / "split"
     _train(tmp_path, *SMALL, f"peft={peft}", "trainer.max_epochs=2", f"hydra.run.dir={whole}")
@@ -179,8 +175,14 @@ def test_each_method_trains_resumes_exactly_and_predicts_through_train_py(tmp_pa
     _train(tmp_path, f"ckpt_path={split}", "trainer.max_epochs=2")
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, split))
     assert [r["epoch"] for r in b["history"]] == [0, 1] and b["status"] == "ok"
-    assert b["history"] == a["history"] and b["final"] == a["final"]  # the resumed run is the uninterrupted one
+    assert _untimed(b["history"]) == _untimed(a["history"])  # the resumed run is the uninterrupted one
+    assert _untimed([b["final"]]) == _untimed([a["final"]])
     assert (whole / export / "config.json" if export == "model" else whole / export / "adapter_config.json").is_file()
     out = tmp_path / "pred.sql"
     assert cli(["predict", "--run", str(whole), "--out", str(out), "--limit", "3"]) == 0
     assert len(out.read_text().splitlines()) == 3
+
+
+def _untimed(rows: list[dict]) -> list[dict]:
+    """Metric rows without the wall-clock throughput (perf/*), which no two runs share."""
+    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows]

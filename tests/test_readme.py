@@ -194,7 +194,7 @@ EXAMPLES: dict[str, object] = {
     "python -m text2sql --help": Run(extra=()),
     "text2sql prepare --spider DIR --out OUT [--tokenizer TOK]": Synopsis("prepare"),
     "text2sql predict --run RUN_DIR [--out pred.sql] [--evaluate]": Synopsis("predict"),
-    "text2sql ask --run RUN_DIR --db FILE.sqlite [\"question\"] [--json] [--rows N] [--timeout S] "
+    "text2sql ask --run RUN_DIR --db FILE.sqlite [\"question\"] [--decoding STRATEGY] [--json] [--rows N] [--timeout S] "
     "[--model ID_OR_DIR]": Synopsis("ask"),
     "text2sql evaluate --gold dev_gold.sql --pred pred.sql --db DB_DIR [--etype exec\\|match\\|all] "
     "[--style spider\\|bird] [--plug-value] [--keep-distinct] [--test-suite] [--questions dev.json] "
@@ -222,6 +222,8 @@ EXAMPLES: dict[str, object] = {
         "tests/test_multiturn.py::test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end"),
     "python train.py dataset.prompt=one_shot": Run(),
     "python bench/prompt_forms.py --spider ../shared/spider": Run(extra=("--limit", "40", "--json", ""),
+                                                                     spider=True),
+    "python bench/prompt_forms.py --spider /work/shared/spider": Run(extra=("--limit", "40", "--json", ""),
                                                                      spider=True),
     "text2sql sample --layout sparc --out DIR [--seed N] [--n-train N] [--n-dev N]": Synopsis("sample"),
     # -- bench/README.md

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from text2sql.errors import UserError
+from text2sql.eval.decoding import STRATEGIES
 
-DECODINGS = ("greedy",)  # the strategies of eval.decoding join here
 ROW_CAP = 100_000  # rows fetched at most; the table shows --rows of them
 
 
@@ -34,6 +34,8 @@ class Answer:
     row_count: int = 0
     generation_s: float = 0.0
     execution_s: float = 0.0
+    decoding: str = "greedy"
+    candidates: int = 1  # distinct candidates weighed (execution_guided / self_consistency)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, required=True, help="the SQLite file to ask about (opened read-only)")
     parser.add_argument("question", nargs="?", default=None,
                         help="the question; without one, questions are read from stdin line by line until EOF")
-    parser.add_argument("--decoding", choices=DECODINGS, default="greedy", help="decoding strategy (default greedy)")
+    parser.add_argument("--decoding", choices=STRATEGIES, default=None,
+                        help="decoding strategy (default: the run's eval.decoding, greedy unless set); "
+                        "execution_guided and self_consistency run their candidates on --db")
     parser.add_argument("--json", action="store_true", help="one JSON object per question on stdout, for scripts")
     parser.add_argument("--rows", type=int, default=20, help="rows shown (default 20)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds the SQL may run (default eval.timeout)")
@@ -86,6 +90,10 @@ class Asker:
         self.data_cfg, eval_cfg = _resolve_subtree(cfg, "data"), _resolve_subtree(cfg, "eval")
         self.prompt_form = str(cfg.dataset.get("prompt", "zero_shot"))  # the run's prompt form (data/forms.py)
         self.timeout = args.timeout if args.timeout is not None else float(eval_cfg.timeout)
+        from text2sql.eval.decoding import Decoding
+
+        self.decoding = Decoding.from_config(eval_cfg.get("decoding"))  # the run's eval.decoding
+        self._evaluator = None  # runs candidates on --db, made when a strategy first executes
         self.max_new_tokens = args.max_new_tokens or int(eval_cfg.max_new_tokens)
         start = time.perf_counter()
         from transformers.utils import logging as hf_logging
@@ -101,15 +109,34 @@ class Asker:
 
         self.conn, self.guard = open_readonly(args.db, heap_limit=None)
 
+    def close(self) -> None:
+        self.conn.close()
+        if self._evaluator is not None:
+            self._evaluator.close()
+
     def describe(self) -> str:
         return (f"model: {self.base}; weights: {self.weights}; template: {self.data_cfg.template}; "
                 f"loaded in {self.load_s:.1f} s")
 
-    def answer(self, question: str, decoding: str = "greedy") -> Answer:
+    def _decode(self, ids: list[int], strategy: str | None):
+        """The SQL for one prompt by the chosen strategy (the run's when None), as the EX callback decodes."""
+        import dataclasses
+
+        from text2sql.eval.decoding import decode_local
+
+        decoding = self.decoding if strategy is None else dataclasses.replace(self.decoding, strategy=strategy)
+        if decoding.executes and self._evaluator is None:
+            from text2sql.eval.execute import ExecutionEvaluator
+
+            self._evaluator = ExecutionEvaluator(Path(self.db).resolve().parent, timeout=self.timeout, workers=0)
+        return decode_local(self.model, self.tokenizer, [ids], [str(Path(self.db).resolve())], decoding,
+                            evaluator=self._evaluator if decoding.executes else None, batch_size=1,
+                            max_new_tokens=self.max_new_tokens)[0]
+
+    def answer(self, question: str, decoding: str | None = None) -> Answer:
         from text2sql.data.forms import sqlite_create_statements
         from text2sql.data.prompt import encode_source, make_record
         from text2sql.data.spider import SpiderExample
-        from text2sql.eval.generate import generate_sql
         from text2sql.eval.query import execute_query
 
         form = self.prompt_form
@@ -118,16 +145,17 @@ class Asker:
         ids, _ = encode_source(record, self.tokenizer, self.data_cfg.template, self.data_cfg.max_source_length,
                                system_prompt=self.data_cfg.system_prompt)
         start = time.perf_counter()
-        sql = generate_sql(self.model, self.tokenizer, [ids], batch_size=1, max_new_tokens=self.max_new_tokens)[0]
-        gen_s = time.perf_counter() - start
+        pred = self._decode(ids, decoding)
+        sql, gen_s = pred.sql, time.perf_counter() - start
         if not sql:
-            return Answer(question, sql, "empty_prediction", "the model wrote no SQL", generation_s=gen_s)
+            return Answer(question, sql, "empty_prediction", "the model wrote no SQL", generation_s=gen_s,
+                          decoding=pred.strategy, candidates=pred.candidates)
         start = time.perf_counter()
         result = execute_query(self.conn, self.guard, sql, self.timeout, max_rows=ROW_CAP)
         exec_s = time.perf_counter() - start
         rows = [list(r) for r in result.rows or []]
         return Answer(question, sql, result.status, result.error, list(result.columns or []), rows, len(rows),
-                      gen_s, exec_s)
+                      gen_s, exec_s, pred.strategy, pred.candidates)
 
 
 def _cell(value) -> str:
@@ -157,8 +185,9 @@ def show(answer: Answer, limit: int, as_json: bool) -> None:
         print(f"{answer.row_count} row{'s' if answer.row_count != 1 else ''}{shown}", flush=True)
     else:
         print(f"error: {answer.status}: {answer.error}", flush=True)
-    print(f"generated in {answer.generation_s:.2f} s, executed in {answer.execution_s:.3f} s", file=sys.stderr,
-          flush=True)
+    tried = f" ({answer.candidates} candidates)" if answer.candidates > 1 else ""
+    print(f"{answer.decoding}{tried}: generated in {answer.generation_s:.2f} s, executed in {answer.execution_s:.3f} s",
+          file=sys.stderr, flush=True)
 
 
 def _questions(question: str | None):
@@ -186,13 +215,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--rows must be >= 0, got {args.rows}")
     asker = Asker(args, schema)
     print(asker.describe(), file=sys.stderr)
-    print(f"database: {args.db} ({len(schema.table_names)} tables); decoding: {args.decoding}", file=sys.stderr)
+    print(f"database: {args.db} ({len(schema.table_names)} tables); decoding: "
+          f"{args.decoding or asker.decoding.strategy}", file=sys.stderr)
     failed = 0
-    for question in _questions(args.question):
-        answer = asker.answer(question.strip(), args.decoding)
-        if answer.status == "write_refused" and args.question is not None:
-            raise UserError(f"the SQL for this question writes to the database ({answer.sql}): refused, "
-                            f"nothing was changed")
-        show(answer, args.rows, args.json)
-        failed += answer.status != "ok"
+    try:
+        for question in _questions(args.question):
+            answer = asker.answer(question.strip(), args.decoding)
+            if answer.status == "write_refused" and args.question is not None:
+                raise UserError(f"the SQL for this question writes to the database ({answer.sql}): refused, "
+                                f"nothing was changed")
+            show(answer, args.rows, args.json)
+            failed += answer.status != "ok"
+    finally:
+        asker.close()
     return 1 if failed and args.question is not None else 0
