@@ -122,6 +122,12 @@ def test_ptuning_trains_prefixes_through_the_peft_forward_and_cannot_be_merged(q
     assert got == [extract_sql(tokenizer.decode(t, skip_special_tokens=True)) for t in by_hand]
     base = generate_sql(load_model(cfg.model, path, tokenizer), tokenizer, prompts, batch_size=2, max_new_tokens=6)
     assert got != base
+    from text2sql.errors import UserError
+    from text2sql.eval.candidates import generate_candidates
+    from text2sql.eval.decoding import Decoding
+
+    with pytest.raises(UserError, match="peft=ptuning"):  # beam/sample would silently drop the prefixes
+        generate_candidates(again, tokenizer, prompts, "beam", Decoding(strategy="beam"), max_new_tokens=6)
     capsys.readouterr()
     assert cli(["merge", "--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path / "merged")]) != 0
     err = capsys.readouterr().err.strip().splitlines()

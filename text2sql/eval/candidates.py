@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 
 from text2sql.eval.decoding import Candidate, Decoding
-from text2sql.eval.generate import extract_sql, generate_sql, left_pad
+from text2sql.errors import UserError
+from text2sql.eval.generate import extract_sql, generate_sql, left_pad, prefix_length
 
 
 def row_seed(seed: int, source: Sequence[int], sample: int) -> int:
@@ -76,6 +77,9 @@ def generate_candidates(model, tokenizer, sources: Sequence[Sequence[int]], mode
         sqls = generate_sql(model, tokenizer, sources, batch_size=batch_size, max_new_tokens=max_new_tokens,
                             progress=progress, synced_gpus=synced_gpus)
         return [[Candidate(s)] for s in sqls]
+    if prefix_length(model):  # PEFT's generate() drops trained prefixes (see generate.py): refuse, do not mislead
+        raise UserError(f"eval.decoding.strategy={decoding.strategy} needs {mode} candidates, which peft=ptuning "
+                        "models cannot generate (their prefixes apply in greedy decoding only); use greedy")
     n = decoding.num_beams if mode == "beam" else decoding.num_samples
     per_call = max(1, batch_size // n)  # prompts per generate call: about batch_size rows, as greedy
     was_training = model.training

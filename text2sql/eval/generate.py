@@ -49,7 +49,7 @@ def left_pad(sources: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return input_ids, attention
 
 
-def _prefix_length(model) -> int:
+def prefix_length(model) -> int:
     """Virtual tokens of a PEFT prompt-learning model (peft=ptuning), else 0."""
     config = getattr(model, "active_peft_config", None)
     return int(config.num_virtual_tokens) if getattr(config, "is_prompt_learning", False) else 0
@@ -89,7 +89,7 @@ def generate_sql(
     running forward passes until every rank's batch is done (weights sharded over ranks: ZeRO-3); then every rank
     must call this with the same number of batches.
     """
-    if synced_gpus and _prefix_length(model):
+    if synced_gpus and prefix_length(model):
         raise ValueError("peft=ptuning generates without model.generate, which ZeRO-3's lock-step needs; "
                          "use hardware=gpu or deepspeed_zero2")
     was_training = model.training
@@ -104,7 +104,7 @@ def generate_sql(
             idx = order[start : start + batch_size]
             input_ids, attention = left_pad([sources[i] for i in idx], pad_id)
             width = input_ids.shape[1]
-            if _prefix_length(model):
+            if prefix_length(model):
                 generated = _greedy_with_prefix(model, input_ids.to(device), attention.to(device), max_new_tokens,
                                                 eos_id, pad_id)
             else:
