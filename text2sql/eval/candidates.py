@@ -15,7 +15,7 @@ import torch
 
 from text2sql.eval.decoding import Candidate, Decoding
 from text2sql.errors import UserError
-from text2sql.eval.generate import extract_sql, generate_sql, left_pad, prefix_length
+from text2sql.eval.generate import eval_mode, extract_sql, generate_sql, left_pad, prefix_length
 
 
 def row_seed(seed: int, source: Sequence[int], sample: int) -> int:
@@ -82,12 +82,10 @@ def generate_candidates(model, tokenizer, sources: Sequence[Sequence[int]], mode
                         "models cannot generate (their prefixes apply in greedy decoding only); use greedy")
     n = decoding.num_beams if mode == "beam" else decoding.num_samples
     per_call = max(1, batch_size // n)  # prompts per generate call: about batch_size rows, as greedy
-    was_training = model.training
-    model.eval()
     device = next(p for p in model.parameters()).device
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
     out: list[list[Candidate]] = [[] for _ in sources]
-    try:
+    with eval_mode(model):
         for start in range(0, len(order), per_call):
             idx = order[start: start + per_call]
             input_ids, attention = left_pad([sources[i] for i in idx], tokenizer.pad_token_id)
@@ -100,9 +98,6 @@ def generate_candidates(model, tokenizer, sources: Sequence[Sequence[int]], mode
                 out[i] = _distinct(cands)
             if progress is not None:
                 progress(len(idx))
-    finally:
-        if was_training:
-            model.train()
     return out
 
 

@@ -38,6 +38,19 @@ def generation_progress(description: str, total: int, enabled: bool = True, tran
         yield lambda n: bar.advance(task, n)
 
 
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode for generation, back in training mode after it when it was training (the EX callback
+    generates in the middle of fit)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
+
+
 def left_pad(sources: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) with left padding: every prompt ends at the same position."""
     width = max(len(s) for s in sources)
@@ -92,14 +105,12 @@ def generate_sql(
     if synced_gpus and prefix_length(model):
         raise ValueError("peft=ptuning generates without model.generate, which ZeRO-3's lock-step needs; "
                          "use hardware=gpu or deepspeed_zero2")
-    was_training = model.training
-    model.eval()
     device = next(p for p in model.parameters()).device
     pad_id = tokenizer.pad_token_id
     eos_id = tokenizer.eos_token_id
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
     out: list[str] = [""] * len(sources)
-    try:
+    with eval_mode(model):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             input_ids, attention = left_pad([sources[i] for i in idx], pad_id)
@@ -124,7 +135,4 @@ def generate_sql(
                 out[i] = extract_sql(tokenizer.decode(new_tokens[row], skip_special_tokens=True))
             if progress is not None:
                 progress(len(idx))
-    finally:
-        if was_training:
-            model.train()
     return out
