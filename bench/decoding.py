@@ -61,7 +61,7 @@ def main() -> None:
     cfg = compose_config(args.overrides, args.run)
     dataset = instantiate(_resolve_subtree(cfg, "dataset"))
     weights = find_weights(args.run)
-    model, tokenizer = load_for_inference(cfg, dataset, weights)
+    model, tokenizer, _ = load_for_inference(cfg, dataset, weights)
     data_cfg, eval_cfg = _resolve_subtree(cfg, "data"), _resolve_subtree(cfg, "eval")
     records = dataset.records("dev")[: args.limit]
     sources = [encode_source(r, tokenizer, data_cfg.template, data_cfg.max_source_length,

@@ -39,7 +39,7 @@ def main() -> int:
     rows = [json.loads(line) for line in epochs[-1].read_text().splitlines()]
     cfg = compose_config([], args.run)
     dataset = instantiate(_resolve_subtree(cfg, "dataset"))
-    model, tokenizer = load_for_inference(cfg, dataset, ("adapter", args.run / "adapter"))
+    model, tokenizer, _ = load_for_inference(cfg, dataset, ("adapter", args.run / "adapter"))
     data, ev = _resolve_subtree(cfg, "data"), _resolve_subtree(cfg, "eval")
     records = dataset.records("dev")
     sources = [encode_source(records[r["index"]], tokenizer, data.template, data.max_source_length,

@@ -31,6 +31,7 @@ def test_ask_answers_on_a_spider_dev_database(smoke_run, spider_dir: Path, tmp_p
     proc = ask("--run", str(run_dir), "--db", str(db), "How many singers do we have?", cwd=tmp_path)
     assert proc.returncode in (0, 1), proc.stderr[-2000:]  # 1: the smoke model's SQL did not run (said in one line)
     assert f"weights: adapter {run_dir / 'adapter'}" in proc.stderr and "model: " in proc.stderr
+    assert "; on cpu; CPU threads: " in proc.stderr  # where generation ran (predict.place_model)
     assert "database: " in proc.stderr and "(4 tables); decoding: greedy" in proc.stderr
     assert "generated in " in proc.stderr and " s, executed in " in proc.stderr
     out = proc.stdout.strip().splitlines()

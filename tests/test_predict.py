@@ -148,11 +148,36 @@ def test_predict_prints_no_third_party_noise(trained_run, tmp_path):
     """bitsandbytes' "Failed to load CPU gemm_4bit_forward" hint (CPUs with AVX512-BF16) and transformers'
     `is_gradient_checkpointing` FutureWarning (called by PEFT) are filtered as in training; our lines stay."""
     run_dir, _ = trained_run
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
     proc = subprocess.run([sys.executable, "-m", "text2sql", "predict", "--run", str(run_dir), "--limit", "2",
                            "--out", str(tmp_path / "p.sql"), "--no-progress", "eval.max_new_tokens=8"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     output = proc.stdout + proc.stderr
     assert "wrote 2 predictions" in output
+    # the CPU policy of training (text2sql/config/threads.py), set by the verb before torch loaded OpenMP
+    assert "generating on cpu; CPU threads: " in proc.stderr and "OpenMP wait policy PASSIVE" in proc.stderr
     assert "gemm_4bit_forward" not in output and "Warning" not in output, output
+
+
+def test_inference_runs_where_asked_and_says_where(monkeypatch):
+    """`--device auto` (default) is this process's GPU when torch sees one, else the CPU under training's thread
+    policy; `--device cuda` without a GPU is one line; weights bitsandbytes placed at load stay put."""
+    import torch
+
+    from text2sql.errors import UserError
+    from text2sql.inference.predict import place_model
+
+    model = torch.nn.Linear(2, 2)
+    if torch.cuda.is_available():
+        assert place_model(model).startswith("cuda:")
+        return
+    assert place_model(model).startswith("cpu; CPU threads: ")
+    assert next(model.parameters()).device.type == "cpu"
+    with pytest.raises(UserError, match=r"^--device cuda: torch .* sees no CUDA GPU; use --device cpu$"):
+        place_model(model, "cuda")
+    with pytest.raises(UserError, match="unknown --device 'tpu'"):
+        place_model(model, "tpu")
+    model.hf_device_map = {"": "cpu"}  # as from_pretrained(device_map=...) leaves it
+    assert place_model(model, "cpu") == "cpu"

@@ -110,7 +110,7 @@ def one_rank_predictions(run_dir: Path, cache: Path, monkeypatch, decoding=None)
     monkeypatch.chdir(REPO_ROOT)
     cfg = compose_config([], run_dir)
     dataset = instantiate(_resolve_subtree(cfg, "dataset"))
-    model, tokenizer = load_for_inference(cfg, dataset, ("adapter", run_dir / "adapter"))
+    model, tokenizer, _ = load_for_inference(cfg, dataset, ("adapter", run_dir / "adapter"))
     data = _resolve_subtree(cfg, "data")
     records = dataset.records("dev")
     sources = [encode_source(records[r["index"]], tokenizer, data.template, data.max_source_length,

@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "sync": ("text2sql.tracking.offline", "upload every offline W&B run under a run or multirun dir (wandb sync)"),
 }
 
+MODEL_VERBS = ("predict", "ask", "merge")  # the verbs that run a model (torch's threads matter)
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return 0
+    if args.verb in MODEL_VERBS:  # before torch loads OpenMP, as train.py does (text2sql/config/threads.py)
+        from text2sql.config.threads import preset_wait_policy, set_wait_policy
+
+        set_wait_policy(preset_wait_policy())
     module = importlib.import_module(VERBS[args.verb][0])
     try:
         return int(module.run(args) or 0)

@@ -76,6 +76,18 @@ def threads_for(hardware: Mapping, default: int, env: Mapping | None = None, cpu
     return max(1, min(default, (cpus or usable_cpus()) // max(per_node, 1)))
 
 
+def preset_wait_policy(preset: str = "cpu") -> dict:
+    """The `hardware` keys a verb without a composed config (`predict`, `ask`, `merge`) applies before torch is
+    imported: conf/hardware/<preset>.yaml's `wait_policy`, with accelerator "auto" (the device is not known yet;
+    the policy only matters to CPU work). Read with OmegaConf, which does not import torch."""
+    from omegaconf import OmegaConf
+
+    from text2sql.config.paths import conf_dir
+
+    return {"accelerator": "auto",
+            "wait_policy": OmegaConf.load(conf_dir() / "hardware" / f"{preset}.yaml").get("wait_policy")}
+
+
 def set_torch_threads(hardware: Mapping) -> str:
     """After hardware is resolved: apply `threads_for`; one line saying what the run uses and why."""
     import torch

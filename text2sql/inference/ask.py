@@ -19,6 +19,7 @@ from pathlib import Path
 
 from text2sql.errors import UserError
 from text2sql.eval.decoding import STRATEGIES
+from text2sql.inference.predict import DEVICES
 
 ROW_CAP = 100_000  # rows fetched at most; the table shows --rows of them
 
@@ -53,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoding", choices=STRATEGIES, default=None,
                         help="decoding strategy (default: the run's eval.decoding, greedy unless set); "
                         "execution_guided and self_consistency run their candidates on --db")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where generation runs (default auto: this process's GPU if torch sees one, else the CPU)")
     parser.add_argument("--json", action="store_true", help="one JSON object per question on stdout, for scripts")
     parser.add_argument("--rows", type=int, default=20, help="rows shown (default 20)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds the SQL may run (default eval.timeout)")
@@ -101,7 +104,8 @@ class Asker:
         hf_logging.disable_progress_bar()  # the answer is the output; a weights bar per start is noise
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            self.model, self.tokenizer = load_for_inference(cfg, _DatasetOnDemand(cfg), weights)
+            self.model, self.tokenizer, self.device = load_for_inference(cfg, _DatasetOnDemand(cfg), weights,
+                                                                         args.device)
         self.load_s = time.perf_counter() - start
         self.base = str(getattr(self.model.config, "_name_or_path", "") or cfg.model.get("path") or cfg.model.name)
         self.weights = f"{weights[0]} {weights[1]}" if weights else "none (the untrained base model)"
@@ -116,7 +120,7 @@ class Asker:
 
     def describe(self) -> str:
         return (f"model: {self.base}; weights: {self.weights}; template: {self.data_cfg.template}; "
-                f"loaded in {self.load_s:.1f} s")
+                f"on {self.device}; loaded in {self.load_s:.1f} s")
 
     def _decode(self, ids: list[int], strategy: str | None):
         """The SQL for one prompt by the chosen strategy (the run's when None), as the EX callback decodes."""

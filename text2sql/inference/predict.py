@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default eval.max_new_tokens")
     parser.add_argument("--evaluate", action="store_true", help="also score the predictions (execution accuracy)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where generation runs (default auto: this process's GPU if torch sees one, else the CPU)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py: model=... peft.r=8 dataset.root=...")
 
 
@@ -122,8 +124,40 @@ def find_weights(run_dir: Path) -> tuple[str, Path]:
     raise UserError(f"no adapter/, model/ or checkpoints/*.ckpt in {run_dir}")
 
 
-def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | None):
-    """(model, tokenizer) ready for generation, through the training code's loaders."""
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def place_model(model, device: str = "auto") -> str:
+    """Put `model` where generation runs and say where. `auto`: this process's GPU (LOCAL_RANK) when torch sees
+    one, else the CPU under the CPU thread policy train.py applies (text2sql/config/threads.py). Weights that
+    bitsandbytes placed while loading (load_model's device_map) stay where they are."""
+    import torch
+
+    from text2sql.config.threads import set_torch_threads
+
+    if device not in DEVICES:
+        raise UserError(f"unknown --device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        build = "" if torch.version.cuda else " (a CPU-only build)"
+        raise UserError(f"--device cuda: torch {torch.__version__}{build} sees no CUDA GPU; use --device cpu")
+    if getattr(model, "hf_device_map", None):
+        return str(next(model.parameters()).device)
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        target = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        model.to(target)
+        return str(target)
+    model.to("cpu")
+    return f"cpu; {set_torch_threads({'accelerator': 'cpu', 'devices': 1, 'threads': None})}"
+
+
+def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | None, device: str = "auto"):
+    """(model, tokenizer, device line) ready for generation, through the training code's loaders; the model is
+    on `device` (place_model)."""
+    model, tokenizer = _load_weights(cfg, dataset, weights)
+    return model, tokenizer, place_model(model, device)
+
+
+def _load_weights(cfg: DictConfig, dataset, weights: tuple[str, Path] | None):
     from text2sql.job.console import quiet_libraries
 
     quiet_libraries()  # before the imports: bitsandbytes logs its CPU kernel hint at import
@@ -168,7 +202,8 @@ def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | Non
 
 
 def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int | None = None,
-            batch_size: int | None = None, max_new_tokens: int | None = None, progress: bool = True):
+            batch_size: int | None = None, max_new_tokens: int | None = None, progress: bool = True,
+            device: str = "auto"):
     """Write `out` (one SQL per line, split order) and return (dataset, records, predictions, interaction ids)."""
     from hydra.utils import instantiate
 
@@ -179,7 +214,8 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
     from text2sql.eval.interaction import pred_lines
 
     dataset = instantiate(_resolve_subtree(cfg, "dataset"))
-    model, tokenizer = load_for_inference(cfg, dataset, weights)
+    model, tokenizer, where = load_for_inference(cfg, dataset, weights, device)
+    print(f"text2sql predict: generating on {where}", file=sys.stderr)
     data_cfg = _resolve_subtree(cfg, "data")
     eval_cfg = _resolve_subtree(cfg, "eval")
     records = dataset.records(split)
@@ -255,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else (run_dir / "pred.sql" if run_dir is not None else Path("pred.sql"))
     check_writable(out)  # before the model loads
     dataset, records, preds, ids = predict(cfg, weights, out, args.split, args.limit, args.batch_size,
-                                      args.max_new_tokens, progress=not args.no_progress)
+                                      args.max_new_tokens, progress=not args.no_progress, device=args.device)
     print(f"wrote {len(preds)} predictions to {out} (decoding: {OmegaConf.select(cfg, 'eval.decoding.strategy')})")
     if args.evaluate:
         evaluate_predictions(cfg, dataset, records, out, args.split, ids, progress=not args.no_progress)
