@@ -189,3 +189,45 @@ def test_lightning_launched_ddp_run_shares_one_dir_and_matches_one_rank(cache, t
     assert_one_run_per_job(run)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # rank 1 made no dir of its own
     assert one_rank_predictions(run, cache, monkeypatch) == [r["prediction"] for r in predictions(run, 1)]
+
+
+def test_sigterm_to_a_2_rank_run_stops_both_ranks_at_one_step_and_the_resume_finishes(cache, tmp_path):
+    """SLURM's preemption of a 2-rank job (SIGTERM to every process of the step): both ranks stop after the same
+    optimizer step (a signal may reach the ranks at different steps: they agree through the strategy), rank 0
+    checkpoints it and records `preempted`; `ckpt_path=RUN` resumes both ranks to the end."""
+    import signal
+    import time
+
+    import torch
+
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "train.py", *SMOKE, "hardware=cpu", "logger=csv", "progress.every_s=0.001",
+           f"hydra.run.dir={run}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TEXT2SQL_CACHE": str(cache),
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if f"epoch 1 of 2 batch 1/{STEPS_PER_EPOCH}" in line:
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    lines += proc.stdout.readlines()
+    output = "".join(lines)
+    assert proc.wait(timeout=300) == 143, output[-3000:]
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["status"] == "preempted" and STEPS_PER_EPOCH < record["step"] < 2 * STEPS_PER_EPOCH, output[-3000:]
+    assert f"preempted at step {record['step']}; resume from a checkpoint at this step: " in output
+    assert "Traceback" not in output, output[-3000:]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == record["step"]
+    deadline = time.time() + 30
+    while subprocess.run(["pgrep", "-f", str(run)], capture_output=True).returncode == 0 and time.time() < deadline:
+        time.sleep(0.2)  # rank 1 is gone too (no orphan holding the port)
+    assert time.time() < deadline
+
+    launch([sys.executable, "train.py", f"ckpt_path={run}"], cache)
+    done = json.loads((run / "metrics.json").read_text())
+    assert done["status"] == "ok" and [r["epoch"] for r in done["history"]] == [0, 1]
+    assert len(predictions(run, 1)) == EVAL_N
