@@ -7,6 +7,10 @@ RUN_DIR is a training run (its config, its exported adapter/ or last checkpoint)
 dataset. Each strategy runs once after a warm-up greedy pass, one after the other in this process; candidates run
 in the evaluator's worker pool. Prints one table and a last line `gain execution_guided-greedy: <EX points>`;
 writes bench/results/decoding.json (one entry per workload: rerun with another run dir and --workload spider).
+
+After the timed strategies, an untimed diagnosis of greedy's failures goes to stderr and the JSON: how many fail to
+execute and how many execute with a wrong result (what execution-guided decoding can and cannot act on), and how
+often the beam / sample candidates hold one that runs or one that is correct (the gold is used to report only).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from hydra.utils import instantiate
 
 from text2sql.data.prompt import encode_source
+from text2sql.eval.candidates import generate_candidates
 from text2sql.eval.decoding import STRATEGIES, Decoding, Timings, decode_local
 from text2sql.eval.execute import ExecutionEvaluator
 from text2sql.eval.match import ExactMatcher
@@ -28,6 +33,8 @@ from text2sql.inference.predict import _resolve_subtree, compose_config, find_we
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchjson import RESULTS, write_json  # noqa: E402
+
+RUNS = ("correct", "wrong_result")  # the evaluator's statuses of a prediction that executes without error
 
 
 def run_strategy(model, tokenizer, sources, records, decoding, evaluator, matcher, eval_cfg) -> dict:
@@ -44,7 +51,45 @@ def run_strategy(model, tokenizer, sources, records, decoding, evaluator, matche
     return {"ex": sum(v.correct for v in verdicts) / n, "em": sum(m.exact for m in matches) / n,
             "s_per_example": wall / n, "generate_s_per_example": timings.generate_s / n,
             "execute_s_per_example": timings.execute_s / n, "candidates_per_example": sum(p.candidates for p in preds) / n,
-            "runs": sum(v.status not in ("syntax_error", "exec_error", "timeout", "empty_prediction") for v in verdicts) / n}
+            "runs": sum(v.status in RUNS for v in verdicts) / n}
+
+
+def diagnose(model, tokenizer, sources, records, decoding: Decoding, evaluator, eval_cfg) -> dict:
+    """Greedy's failures split by what execution can see, and what the fallback candidates hold for them."""
+    kw = dict(batch_size=eval_cfg.batch_size, max_new_tokens=eval_cfg.max_new_tokens)
+    greedy = [c[0].sql for c in generate_candidates(model, tokenizer, sources, "greedy", decoding, **kw)]
+    verdicts = evaluator.evaluate([(r["db_id"], r["output"], p) for r, p in zip(records, greedy)])
+    failures = [i for i, v in enumerate(verdicts) if not v.correct]
+    broken = [i for i in failures if verdicts[i].status not in RUNS]
+    wrong = [i for i in failures if verdicts[i].status in RUNS]
+    rows = evaluator.run_sql([(evaluator.db_file(records[i]["db_id"]), greedy[i]) for i in wrong])
+    out = {"examples": len(records), "greedy_failures": len(failures), "not_executing": len(broken),
+           "executing_wrong": len(wrong), "executing_wrong_no_rows": sum(r["rows"] == 0 for r in rows)}
+    for mode in ("beam", "sample"):
+        cands = generate_candidates(model, tokenizer, [sources[i] for i in failures], mode, decoding, **kw)
+        runnable, correct = {}, {}
+        for i, cs in zip(failures, cands):
+            others = [c.sql for c in cs if c.sql != greedy[i]]
+            db_file = evaluator.db_file(records[i]["db_id"])
+            runnable[i] = any(r["status"] == "ok" for r in evaluator.run_sql([(db_file, s) for s in others]))
+            correct[i] = any(v.correct for v in evaluator.evaluate([(records[i]["db_id"], records[i]["output"], s)
+                                                                    for s in others]))
+        out[mode] = {"candidates": sum(map(len, cands)), "not_executing_with_runnable": sum(runnable[i] for i in broken),
+                     "not_executing_with_correct": sum(correct[i] for i in broken),
+                     "executing_wrong_with_correct": sum(correct[i] for i in wrong)}
+    return out
+
+
+def diagnosis_line(d: dict) -> str:
+    """The diagnosis in one sentence (the JSON's `analysis`, bench/README.md's text)."""
+    b, s = d["beam"], d["sample"]
+    return (f"greedy fails on {d['greedy_failures']} of {d['examples']}: {d['not_executing']} do not execute (what "
+            f"execution_guided acts on; a beam candidate runs for {b['not_executing_with_runnable']}, a sample for "
+            f"{s['not_executing_with_runnable']}; one is correct for {b['not_executing_with_correct']} / "
+            f"{s['not_executing_with_correct']}), {d['executing_wrong']} execute with a wrong result "
+            f"({d['executing_wrong_no_rows']} of them return no rows, what require_rows acts on; a correct beam "
+            f"candidate exists for {b['executing_wrong_with_correct']}, a correct sample for "
+            f"{s['executing_wrong_with_correct']}, which no execution check can tell from the wrong ones)")
 
 
 def main() -> None:
@@ -77,6 +122,8 @@ def main() -> None:
             rows[strategy] = run_strategy(model, tokenizer, sources, records, Decoding.from_config({**base, "strategy": strategy}),
                                           evaluator, matcher, eval_cfg)
             print(f"  {strategy} done", file=sys.stderr, flush=True)
+        diagnosis = diagnose(model, tokenizer, sources, records, Decoding.from_config(base), evaluator, eval_cfg)
+        print(f"  diagnosis: {diagnosis_line(diagnosis)}", file=sys.stderr, flush=True)
     finally:
         evaluator.close()
     greedy = rows.get("greedy")
@@ -95,7 +142,8 @@ def main() -> None:
         save(Path(args.json), workload, {"argv": " ".join(["python bench/decoding.py", *sys.argv[1:]]),
                                          "trained": args.trained, "weights": weights[0], "model": cfg.model.name,
                                          "examples": len(records), "decoding": base, "strategies": rows,
-                                         "gain_ex_points": gain, "threads": torch.get_num_threads()})
+                                         "gain_ex_points": gain, "threads": torch.get_num_threads(),
+                                         "diagnosis": diagnosis, "analysis": diagnosis_line(diagnosis)})
     print(f"gain execution_guided-greedy: {gain:+.1f}")
 
 

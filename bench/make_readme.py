@@ -144,6 +144,8 @@ def decoding_details(r: dict) -> list[str]:
             lines.append(f"| {name} | {x['ex']:.3f} | {x['em']:.3f} | {x['runs']:.3f} | {x['candidates_per_example']:.2f} "
                          f"| {x['generate_s_per_example']:.4f} | {x['execute_s_per_example']:.4f} | "
                          f"{x['s_per_example']:.4f} | {x['time_vs_greedy']:.2f}x |")
+        if w.get("analysis"):
+            lines += ["", f"Why (untimed diagnosis, gold used to report only): {w['analysis']}."]
         lines.append("")
     return lines[:-1]
 

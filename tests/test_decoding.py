@@ -177,3 +177,23 @@ def test_predictions_record_the_strategy_and_candidates(tiny, tmp_path):
     cb.teardown(None, None, "fit")
     rows = [json.loads(x) for x in (tmp_path / "predictions" / "epoch_0.jsonl").read_text().splitlines()]
     assert [(r["decoding"], r["candidates"]) for r in rows] == [("execution_guided", n) for n in (1, 2, 3)]
+
+
+def test_bench_diagnosis_splits_greedys_failures_and_looks_at_the_fallback_candidates(two_minded, shop):
+    """bench/decoding.py's untimed diagnosis: greedy's SQL does not execute, a fallback candidate runs and is correct."""
+    import sys
+    from types import SimpleNamespace
+
+    from conftest import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    import decoding as bench
+
+    model, tokenizer, prompt = two_minded
+    evaluator, _ = shop
+    decoding = Decoding(num_beams=2, num_samples=6, temperature=1.0)
+    d = bench.diagnose(model, tokenizer, [prompt], [{"db_id": "shop", "output": RUNS}], decoding, evaluator,
+                       SimpleNamespace(batch_size=4, max_new_tokens=16))
+    assert (d["examples"], d["greedy_failures"], d["not_executing"], d["executing_wrong"]) == (1, 1, 1, 0)
+    assert d["beam"]["not_executing_with_runnable"] == d["beam"]["not_executing_with_correct"] == 1
+    assert bench.diagnosis_line(d).startswith("greedy fails on 1 of 1: 1 do not execute")
