@@ -1,5 +1,7 @@
-"""Decoding strategies under 2 CPU ranks (Lightning-launched DDP, through train.py as a user types it) give the
-predictions one process gives with the run's adapter; `bench/decoding.py` runs on that run, smoke-sized."""
+"""Decoding strategies under 2 CPU ranks (Lightning-launched, through train.py as a user types it) give the
+predictions one process gives with the run's adapter: execution_guided (greedy, then beam candidates) under DDP,
+self_consistency (sampled candidates) under DeepSpeed ZeRO-3, whose sharded weights make every rank run each
+forward pass in lock-step (synced generation); `bench/decoding.py` runs on the DDP run, smoke-sized."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from test_ranks_slow import EVAL_N, SMOKE, launch, one_rank_predictions, predict
 
 pytestmark = pytest.mark.slow
 
-STRATEGY = ["eval.decoding.strategy=execution_guided,self_consistency", "eval.decoding.num_beams=2",
-            "eval.decoding.num_samples=3"]
+DECODING = ["eval.decoding.num_beams=2", "eval.decoding.num_samples=3"]
+JOBS = [["eval.decoding.strategy=execution_guided", "hardware=cpu"],
+        ["eval.decoding.strategy=self_consistency", "hardware=deepspeed_zero2_cpu", "hardware.zero_stage=3"]]
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +27,14 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sweep(cache, tmp_path_factory):
-    """Two 2-rank DDP jobs, one per executing strategy (the first also runs beam search, the second sampling)."""
-    base = tmp_path_factory.mktemp("decoding_ranks") / "sweep"
-    proc = launch([sys.executable, "train.py", "-m", *SMOKE, *STRATEGY, "hardware=cpu", "logger=csv",
-                   f"hydra.sweep.dir={base}"], cache)
-    dirs = run_dirs(proc)
-    assert len(dirs) == 2
+    """Two 2-rank runs, one per executing strategy: DDP with beam candidates, ZeRO-3 with sampled ones."""
+    base = tmp_path_factory.mktemp("decoding_ranks")
+    dirs = []
+    for k, job in enumerate(JOBS):
+        proc = launch([sys.executable, "train.py", *SMOKE, *DECODING, *job, "logger=csv",
+                       f"hydra.run.dir={base / str(k)}"], cache)
+        dirs += run_dirs(proc)
+    assert dirs == [base / "0", base / "1"]
     return dirs
 
 

@@ -69,9 +69,11 @@ def quiet_libraries() -> None:
 
     bitsandbytes logs at import, on CPUs with AVX512-BF16, that it found no `kernels` package for a faster CPU
     4-bit kernel (`kernels` downloads it from the hub); it then uses its own kernel, so the line is a hint, not
-    a problem, and only the CPU tests run 4-bit. Its errors still show.
+    a problem, and only the CPU tests run 4-bit. Its errors still show. With `kernels` installed (0.19 here), that
+    package's own logger adds that it skips the publisher check for the kernel repo offline: the same hint.
     """
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    for name in ("bitsandbytes", "kernels"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     _ignore_warnings()
 
 
