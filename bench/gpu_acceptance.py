@@ -8,6 +8,7 @@ callback, checkpoints, export), and one `text2sql merge`:
   ex64                        generation + the EX callback on 64 Spider dev examples
   resume                      a second epoch from the lora run's checkpoints/last.ckpt
   merge                       the lora run's adapter merged into its base
+  predict                     `text2sql predict` with the lora run: generation must run on the GPU (cuda:0)
   qwen2 / llama3 / mistral    LoRA + EX on a random LAYERS-layer model of Qwen2.5-Coder-7B / Llama-3.1-8B /
                               Mistral-7B shape (q/k/v biases, grouped-query attention) with a locally learned
                               tokenizer carrying the family's specials and chat template (template=chat)
@@ -35,7 +36,8 @@ sys.path.insert(0, str(REPO / "bench"))
 from benchjson import write_json  # noqa: E402
 # the chat-model families: a random few-layer model of each flagship preset's shape, trained through train.py
 FAMILIES = {"qwen2": "qwen25_coder_7b", "llama3": "llama31_8b", "mistral": "mistral_7b"}
-CHECKS = ("lora", "qlora4", "qlora8", "zero2", "zero3", "ex64", "resume", "merge", *FAMILIES)
+CHECKS = ("lora", "qlora4", "qlora8", "zero2", "zero3", "ex64", "resume", "merge", "predict", *FAMILIES)
+PREDICT_N = 8  # dev examples `predict` generates
 
 
 # ---- the callback each train.py run carries (+callbacks.acceptance._target_=gpu_acceptance.stats_callback) ----
@@ -124,6 +126,9 @@ def plan(args, model_dir: str, gpus: int, out: Path) -> list[tuple[str, list[str
         ("resume", run("resume", "peft=lora", "hardware=gpu", "trainer.max_epochs=2", f"ckpt_path={lora_ckpt}")),
         ("merge", [sys.executable, "-m", "text2sql", "merge", "--adapter", str(out / "lora"), "--base", model_dir,
                    "--out", str(out / "merged"), "--overwrite"]),
+        ("predict", [sys.executable, "-m", "text2sql", "predict", "--run", str(out / "lora"), "--limit",
+                     str(PREDICT_N), "--max-new-tokens", "32", "--no-progress", "--out",
+                     str(out / "predict" / "pred.sql")]),
         *((name, family(name)) for name in FAMILIES),
     ]
 
@@ -205,6 +210,12 @@ def build_random_model(out_dir: Path, layers: int, preset: str) -> str:
     return str(out_dir)
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def read_result(name: str, out: Path, proc: subprocess.CompletedProcess, wall: float) -> dict:
     row = {"check": name, "ok": proc.returncode == 0, "wall_s": round(wall, 1), "step_s": None, "tokens_per_s": None,
            "peak_mem_gib": None, "ex": None, "error": None}
@@ -225,6 +236,11 @@ def read_result(name: str, out: Path, proc: subprocess.CompletedProcess, wall: f
             row["ok"] = row["ok"] and preds.is_file() and len(preds.read_text().splitlines()) == 64
     if name == "merge":
         row["ok"] = row["ok"] and (out / "merged" / "config.json").is_file()
+    if name == "predict":  # every example predicted, on the device this box should use (its GPU, else the CPU)
+        pred = out / "predict" / "pred.sql"
+        device = "cuda:0" if _cuda() else "cpu"
+        row["ok"] = (row["ok"] and pred.is_file() and len(pred.read_text().splitlines()) == PREDICT_N
+                     and f"generating on {device}" in (proc.stderr or ""))
     if not row["ok"]:
         tail = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
         row["error"] = tail[-1][:300] if tail else f"exit {proc.returncode}"

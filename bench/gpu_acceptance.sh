@@ -12,7 +12,7 @@
 #   bench/gpu_acceptance.sh --only lora,ex64                 # a subset
 # STATUS: ran on one NVIDIA H200 on 2026-11-26 (random 2-layer CodeLlama-7B shape, real Spider): all eight checks
 # pass (bench/README.md has the table). Not yet run on several GPUs. On CPU, tests/test_auto_gpu_acceptance.py runs
-# the plan's lora -> resume -> merge commands with hardware=cpu appended.
+# the plan's lora -> resume -> merge -> predict commands with hardware=cpu appended.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec "${PYTHON:-python}" bench/gpu_acceptance.py "$@"

@@ -20,18 +20,19 @@ def test_without_a_gpu_it_prints_the_plan_and_exits_0(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("gpu_acceptance: no CUDA GPU here") and "nothing run" in lines[0]
-    for check in ("lora", "qlora4", "qlora8", "zero2", "zero3", "ex64", "resume", "merge", "qwen2", "llama3", "mistral"):
+    for check in ("lora", "qlora4", "qlora8", "zero2", "zero3", "ex64", "resume", "merge", "predict", "qwen2", "llama3",
+                  "mistral"):
         assert any(line.strip().startswith(f"[{check}]") for line in lines), check
     text = proc.stdout
     assert "train.py model=codellama7b" in text and "hardware=deepspeed_zero3" in text and "eval.limit=64" in text
-    assert "ckpt_path=" in text and "text2sql merge" in text
+    assert "ckpt_path=" in text and "text2sql merge" in text and "text2sql predict --run" in text
     for preset in ("qwen25_coder_7b", "llama31_8b", "mistral_7b"):  # one random few-layer model per chat family
         assert f"model={preset} model.path={out}/random-{preset}-2layers" in text
     assert not out.exists()  # nothing built, nothing measured
 
 
 @pytest.mark.slow
-def test_the_lora_resume_merge_chain_runs_through_the_same_commands_on_the_cpu(tmp_path, monkeypatch):
+def test_the_lora_resume_merge_predict_chain_runs_through_the_same_commands_on_the_cpu(tmp_path, monkeypatch):
     """The plan's own commands (hardware=cpu appended) and its own verdicts, on a 1-layer random model built by the
     script's builder: what a GPU session runs, minus CUDA, so a broken plan is caught before device time is spent.
     (The H200 run of 2026-11-26 found its builder broken by a refactor only there.)"""
@@ -54,12 +55,13 @@ def test_the_lora_resume_merge_chain_runs_through_the_same_commands_on_the_cpu(t
     steps = dict(acceptance.plan(Args, str(model_dir), 0, out))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "bench"), str(REPO_ROOT)]),
            "WANDB_MODE": "offline"}
-    for name in ("lora", "resume", "merge"):
-        cmd = steps[name] + ([] if name == "merge" else ["hardware=cpu", "eval.limit=2", "eval.max_new_tokens=8"])
+    for name in ("lora", "resume", "merge", "predict"):
+        cmd = steps[name] + ([] if name in ("merge", "predict") else ["hardware=cpu", "eval.limit=2",
+                                                                      "eval.max_new_tokens=8"])
         proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
         row = acceptance.read_result(name, out, proc, 0.0)
         assert row["ok"], f"{name}: {row['error']}\n{proc.stderr[-3000:]}"
-        if name != "merge":
+        if name not in ("merge", "predict"):
             stats = json.loads((out / name / "stats.json").read_text())
             assert stats["steps"] >= 1 and row["step_s"] and row["ex"] is not None  # stats and EX callbacks ran
     assert (out / "merged" / "config.json").is_file()
