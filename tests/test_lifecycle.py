@@ -96,6 +96,25 @@ def test_a_signal_before_training_stops_at_once_and_a_second_one_does_too():
     assert stopped.value.status == "preempted" and not stopped.value.saved and stopped.value.step is None
 
 
+def test_the_armed_handler_says_its_line_without_logging(monkeypatch, capfd):
+    """The first signal may arrive while the main thread is inside a log handler's flush of train.log: logging from
+    the handler then raised "reentrant call inside BufferedWriter" and printed a traceback (seen under load in
+    the SIGTERM drill). The handler records the request and writes its line to stderr's descriptor only."""
+    import logging
+
+    from text2sql.job import stop
+
+    def no_logging(*args, **kwargs):
+        raise AssertionError("the signal handler logged")
+
+    monkeypatch.setattr(logging.Logger, "handle", no_logging)
+    with stop_on_signals():
+        stop.REQUEST.armed = True
+        stop._handler(signal.SIGTERM, None)  # as Python calls it, between two bytecodes of the main thread
+        assert stop.REQUEST.signum == signal.SIGTERM
+    assert "SIGTERM: stopping after the current step with a checkpoint (again: stop now)" in capfd.readouterr().err
+
+
 # -- output paths are checked before any model loads ----------------------------------------------------------
 
 

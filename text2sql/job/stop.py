@@ -14,12 +14,10 @@ runs: it raises in the middle of validation and leaves no checkpoint of the curr
 from __future__ import annotations
 
 import contextlib
-import logging
+import os
 import signal
+import sys
 import threading
-
-
-log = logging.getLogger(__name__)
 
 STATUS = {signal.SIGINT: "interrupted", signal.SIGTERM: "preempted"}
 EXIT_CODE = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as a shell reports it
@@ -52,10 +50,20 @@ def _handler(signum, frame) -> None:
     if REQUEST.signum is None and REQUEST.armed:
         REQUEST.signum = signum
         what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        log.warning("%s: stopping after the current step with a checkpoint (again: stop now)", what)
+        _say(f"{what}: stopping after the current step with a checkpoint (again: stop now)")
         return
     REQUEST.signum = REQUEST.signum or signum
     raise RunStopped(REQUEST.signum, REQUEST.step, saved=False)
+
+
+def _say(line: str) -> None:
+    """One line to stderr from a signal handler: straight to the file descriptor, not through `logging`. The
+    signal may arrive while the main thread is inside a log handler's write or flush (the progress line to
+    train.log); logging again there raises "reentrant call inside BufferedWriter" and prints a traceback."""
+    try:
+        os.write(sys.stderr.fileno(), f"\n{line}\n".encode())
+    except (OSError, ValueError, AttributeError):  # no usable stderr (closed, replaced by an object without a fd)
+        pass
 
 
 @contextlib.contextmanager
