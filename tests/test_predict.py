@@ -166,6 +166,7 @@ def test_inference_runs_where_asked_and_says_where(monkeypatch):
     policy; `--device cuda` without a GPU is one line; weights bitsandbytes placed at load stay put."""
     import torch
 
+    import text2sql.inference.predict as predict_module
     from text2sql.errors import UserError
     from text2sql.inference.predict import place_model
 
@@ -179,5 +180,11 @@ def test_inference_runs_where_asked_and_says_where(monkeypatch):
         place_model(model, "cuda")
     with pytest.raises(UserError, match="unknown --device 'tpu'"):
         place_model(model, "tpu")
+    def never(*args, **kwargs):
+        raise AssertionError("weights loaded before the device was checked")
+
+    monkeypatch.setattr(predict_module, "_load_weights", never)
+    with pytest.raises(UserError, match="--device cuda: torch"):
+        predict_module.load_for_inference(None, None, None, "cuda")
     model.hf_device_map = {"": "cpu"}  # as from_pretrained(device_map=...) leaves it
     assert place_model(model, "cpu") == "cpu"

@@ -135,11 +135,7 @@ def place_model(model, device: str = "auto") -> str:
 
     from text2sql.config.threads import set_torch_threads
 
-    if device not in DEVICES:
-        raise UserError(f"unknown --device {device!r}; choose one of {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        build = "" if torch.version.cuda else " (a CPU-only build)"
-        raise UserError(f"--device cuda: torch {torch.__version__}{build} sees no CUDA GPU; use --device cpu")
+    check_device(device)
     if getattr(model, "hf_device_map", None):
         return str(next(model.parameters()).device)
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
@@ -150,9 +146,21 @@ def place_model(model, device: str = "auto") -> str:
     return f"cpu; {set_torch_threads({'accelerator': 'cpu', 'devices': 1, 'threads': None})}"
 
 
+def check_device(device: str) -> None:
+    """A device that cannot be used is one line before any weights load."""
+    import torch
+
+    if device not in DEVICES:
+        raise UserError(f"unknown --device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        build = "" if torch.version.cuda else " (a CPU-only build)"
+        raise UserError(f"--device cuda: torch {torch.__version__}{build} sees no CUDA GPU; use --device cpu")
+
+
 def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | None, device: str = "auto"):
     """(model, tokenizer, device line) ready for generation, through the training code's loaders; the model is
     on `device` (place_model)."""
+    check_device(device)
     model, tokenizer = _load_weights(cfg, dataset, weights)
     return model, tokenizer, place_model(model, device)
 
