@@ -33,20 +33,43 @@ def spider_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> tuple[Path, Path]:
-    """(run dir, start dir) of one smoke run with a non-default adapter size (peft.r=4), started in its own dir
-    with the default, relative cache (.cache/text2sql there): what a user gets from `python train.py` in a fresh
-    clone. Shared by the tests that load a trained run (predict, ask)."""
+def _smoke(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """One `python train.py debug=smoke peft.r=4` run, shared by every test that reads a trained smoke run (what it
+    printed, its metrics and W&B files, predict, ask, merge): started in its own dir with the default, relative
+    cache (.cache/text2sql there, built cold) and the default logger (W&B offline, not silenced): what a user gets
+    from `python train.py debug=smoke` in a fresh clone. The adapter size is not the default (r=4), so a reader that
+    ignores the run's config fails."""
     tmp = tmp_path_factory.mktemp("smoke_run")
     start = tmp / "start"
     start.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "TEXT2SQL_CACHE"}
+    env = {k: v for k, v in os.environ.items() if k not in ("TEXT2SQL_CACHE", "WANDB_SILENT")}
     env.update(WANDB_MODE="offline", PYTHONPATH=str(REPO_ROOT))
     run_dir = tmp / "run"
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "debug=smoke", "logger=none", "peft.r=4",
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "debug=smoke", "peft.r=4",
                            f"hydra.run.dir={run_dir}"], cwd=start, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return run_dir, start
+    return run_dir, start, proc
+
+
+@pytest.fixture(scope="session")
+def smoke_run(_smoke) -> tuple[Path, Path]:
+    """(run dir, start dir) of the shared smoke run."""
+    return _smoke[0], _smoke[1]
+
+
+@pytest.fixture(scope="session")
+def smoke_output(_smoke) -> subprocess.CompletedProcess:
+    """What the shared smoke run printed (stdout and stderr)."""
+    return _smoke[2]
+
+
+@pytest.fixture(scope="session")
+def tiny_default(tmp_path_factory):
+    """tests/tiny.py's default setup (dataset, model_cfg, model_path, tokenizer), built once for the modules that
+    train or load it in-process and never write to it."""
+    from tiny import tiny_setup
+
+    return tiny_setup(tmp_path_factory.mktemp("tiny_default"))
 
 
 # What an in-process DDP/DeepSpeed fit leaves behind: Lightning and DeepSpeed write the launch variables into

@@ -67,35 +67,56 @@ def test_the_lora_resume_merge_predict_chain_runs_through_the_same_commands_on_t
     assert (out / "merged" / "config.json").is_file()
 
 
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["qwen2", "llama3", "mistral"])
-def test_each_chat_family_check_runs_on_the_cpu(tmp_path, monkeypatch, family):
-    """The plan's family check (hardware=cpu appended) on a 1-layer random model of the preset's shape, built by the
-    script's own builder: Qwen2 biases, Llama 3 / Mistral grouped-query attention, each family's chat template."""
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    """Each chat family's check of the plan (hardware=cpu appended), on a 1-layer random model of the preset's shape
+    built by the script's own builder; the three train.py runs start side by side (one torch thread each).
+    -> (out dir, {family: the finished check as a CompletedProcess})"""
     sys.path.insert(0, str(REPO_ROOT / "bench"))
     import gpu_acceptance as acceptance
 
-    monkeypatch.setenv("TEXT2SQL_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "acc"
-    preset = acceptance.FAMILIES[family]
-    model_dir = acceptance.family_dir(out, preset, 1)
-    acceptance.build_random_family(model_dir, 1, preset)
-    from transformers import AutoConfig, AutoTokenizer
-
-    config, tokenizer = AutoConfig.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
-    assert config.num_hidden_layers == 1 and tokenizer.chat_template and len(tokenizer) == config.vocab_size
-    assert config.model_type == {"qwen2": "qwen2", "llama3": "llama", "mistral": "mistral"}[family]
+    root = tmp_path_factory.mktemp("families")
+    out, cache = root / "acc", root / "cache"
 
     class Args:
         preset, steps, batch_size, layers = "tiny_codellama", 2, 1, 1
 
-    cmd = dict(acceptance.plan(Args, str(tmp_path / "unused"), 0, out))[family]
+    plan = dict(acceptance.plan(Args, str(root / "unused"), 0, out))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "bench"), str(REPO_ROOT)]),
-           "WANDB_MODE": "offline"}
-    proc = subprocess.run([*cmd, "hardware=cpu", "eval.limit=2", "eval.max_new_tokens=8"], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+           "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    started = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TEXT2SQL_CACHE", str(cache))
+        for family, preset in acceptance.FAMILIES.items():
+            acceptance.build_random_family(acceptance.family_dir(out, preset, 1), 1, preset)
+    for family in acceptance.FAMILIES:
+        logs = root / f"{family}.out", root / f"{family}.err"
+        with logs[0].open("w") as stdout, logs[1].open("w") as stderr:
+            proc = subprocess.Popen([*plan[family], "hardware=cpu", "eval.limit=2", "eval.max_new_tokens=8"],
+                                    cwd=REPO_ROOT, env={**env, "TEXT2SQL_CACHE": str(cache / family)},
+                                    stdout=stdout, stderr=stderr, text=True)
+        started[family] = proc, logs
+    done = {}
+    for family, (proc, (stdout, stderr)) in started.items():
+        proc.wait(timeout=900)
+        done[family] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout.read_text(), stderr.read_text())
+    return out, done
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2", "llama3", "mistral"])
+def test_each_chat_family_check_runs_on_the_cpu(families, family):
+    """Qwen2 biases, Llama 3 / Mistral grouped-query attention, each family's chat template: the model the script
+    builds has the preset's shape, and the plan's check trains, scores and exports an adapter on it."""
+    import gpu_acceptance as acceptance
+    from transformers import AutoConfig, AutoTokenizer
+
+    out, done = families
+    model_dir = acceptance.family_dir(out, acceptance.FAMILIES[family], 1)
+    config, tokenizer = AutoConfig.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    assert config.num_hidden_layers == 1 and tokenizer.chat_template and len(tokenizer) == config.vocab_size
+    assert config.model_type == {"qwen2": "qwen2", "llama3": "llama", "mistral": "mistral"}[family]
+    proc = done[family]
     row = acceptance.read_result(family, out, proc, 0.0)
     assert row["ok"], f"{family}: {row['error']}\n{proc.stderr[-3000:]}"
     assert json.loads((out / family / "stats.json").read_text())["steps"] >= 1 and row["ex"] is not None

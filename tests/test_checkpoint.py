@@ -14,7 +14,7 @@ from text2sql.data.datamodule import TextToSQLDataModule, _Encoded
 from text2sql.training.checkpoint import AtomicCheckpointIO, ExportPretrained
 from text2sql.training.module import Text2SQLModule
 from text2sql.model.peft import apply_peft
-from tiny import tiny_model, tiny_setup
+from tiny import tiny_model
 
 # cosine with warmup: the LR differs at every step, so a scheduler restored wrongly shows up in the LR and the loss
 OPTIM = OmegaConf.create({"lr": 5e-3, "weight_decay": 0.01, "betas": [0.9, 0.999], "scheduler": "cosine",
@@ -57,8 +57,8 @@ class StopAfter(pl.Callback):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return tiny_setup(tmp_path_factory.mktemp("tiny"))
+def setup(tiny_default):
+    return tiny_default
 
 
 def build(setup, peft=LORA):

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
-import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO_ROOT
 from text2sql.job.console import ConsoleFormatter, DropNoise, LiveStdoutHandler
 from text2sql.tracking.logger import drop_unset_wandb_options
 
@@ -78,14 +75,10 @@ def test_wandb_logger_no_longer_passes_the_deprecated_anonymous_option(tmp_path)
 
 
 @pytest.mark.slow
-def test_smoke_run_prints_each_message_once_and_the_ex_line(tmp_path):
-    """A real `train.py debug=smoke` (W&B offline, not silenced): Lightning's lines once, the EX line with its
-    change each epoch, none of the warnings a user cannot act on."""
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}
-    env.update(WANDB_MODE="offline", TEXT2SQL_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "train.py", "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_smoke_run_prints_each_message_once_and_the_ex_line(smoke_run, smoke_output):
+    """A real `train.py debug=smoke` (conftest's shared run: W&B offline, not silenced): Lightning's lines once, the
+    EX line with its change each epoch, none of the warnings a user cannot act on."""
+    run_dir, proc = smoke_run[0], smoke_output
     out = proc.stdout + proc.stderr
     for message in ("GPU available: False", "`Trainer.fit` stopped", "Seed set to 42", "saved the trained adapter"):
         assert out.count(message) == 1, (message, out[-4000:])
@@ -94,5 +87,5 @@ def test_smoke_run_prints_each_message_once_and_the_ex_line(tmp_path):
     for noise in ("FutureWarning", "Tip:", "litlogger", "anonymous", "LeafSpec", "Loading weights",
                   "Setting accelerator to CPU", "kernels-community"):
         assert noise not in out, (noise, out[-4000:])
-    log = (tmp_path / "run" / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
     assert log.count("GPU available: False") == 1 and "epoch 1: execution accuracy" in log

@@ -18,7 +18,7 @@ from text2sql.training.checkpoint import ExportPretrained
 from text2sql.training.module import Text2SQLModule
 from text2sql.model.peft import apply_peft
 from text2sql.training.strategy import deepspeed_strategy
-from tiny import tiny_model, tiny_setup
+from tiny import tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +41,8 @@ class StepTimer(pl.Callback):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return tiny_setup(tmp_path_factory.mktemp("tiny"))
+def setup(tiny_default):
+    return tiny_default
 
 
 def gathered(model, stage):

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO_ROOT
 from text2sql.tracking.offline import read_run
 
 
-def run_train(tmp_path, *overrides, timeout=600):
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TEXT2SQL_CACHE": str(tmp_path / "cache")}
-    run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "train.py", "debug=smoke", f"hydra.run.dir={run_dir}", *overrides],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir, proc
-
-
-def test_smoke_run_leaves_metrics_and_a_wandb_run_with_the_same_value(tmp_path):
-    run_dir, proc = run_train(tmp_path)
+def test_smoke_run_leaves_metrics_and_a_wandb_run_with_the_same_value(smoke_run, smoke_output):
+    """conftest's shared smoke run (`python train.py debug=smoke`, W&B offline)."""
+    run_dir, proc = smoke_run[0], smoke_output
     assert f"run dir: {run_dir}" in proc.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "ok"

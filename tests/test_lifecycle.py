@@ -184,6 +184,7 @@ def test_baseline_before_training_is_epoch_minus_one_and_in_metrics_json(tmp_pat
     run = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "TEXT2SQL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "train.py", "debug=smoke", "logger=csv", "trainer.max_epochs=1",
+                           "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.train_limit=64",
                            "eval.before_training=true", "eval.limit=8", "eval.max_new_tokens=16",
                            f"hydra.run.dir={run}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -244,7 +244,7 @@ def _train(tmp_path, *args):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["sparc", "cosql"])
-def test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end(tmp_path, layout):
+def test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end(tmp_path, layout, capsys):
     """`dataset=<layout> dataset.root=DIR` on the generated sample: interaction metrics in metrics.json and W&B,
     a resumed run continues it, and `text2sql evaluate` scores the saved predictions against the gold file."""
     from text2sql.tracking.offline import read_run
@@ -270,19 +270,18 @@ def test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end(tmp_path, la
     dataset = MultiTurnDataset(root, layout)
     assert [r["interaction"] for r in rows] == dataset.interaction_ids("dev")
     out = tmp_path / "verdicts.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "text2sql", "evaluate", "--gold", str(dataset.dev_gold()),
-                           "--pred", str(run / "predictions" / f"epoch_{epochs - 1}_pred.sql"), "--db",
-                           str(root / "database"), "--workers", "0", "--no-progress", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    from text2sql.cli import main
+
+    capsys.readouterr()
+    assert main(["evaluate", "--gold", str(dataset.dev_gold()), "--pred",
+                 str(run / "predictions" / f"epoch_{epochs - 1}_pred.sql"), "--db", str(root / "database"),
+                 "--workers", "0", "--no-progress", "--out", str(out)]) == 0, capsys.readouterr().err
     verdicts = [json.loads(x) for x in out.read_text().splitlines()]
     assert [v["correct"] for v in verdicts] == [r["correct"] for r in rows]
     if layout == "sparc":  # `text2sql predict` writes and scores the same layout
-        proc = subprocess.run([sys.executable, "-m", "text2sql", "predict", "--run", str(run), "--evaluate",
-                               "--no-progress", "--max-new-tokens", "24"], capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "MULTI-TURN" in proc.stdout
+        capsys.readouterr()
+        assert main(["predict", "--run", str(run), "--evaluate", "--no-progress", "--max-new-tokens", "24"]) == 0
+        assert "MULTI-TURN" in capsys.readouterr().out
         assert len(read_sessions(run / "pred.sql")) == len(set(dataset.interaction_ids("dev")))
         assert (run / "dev_gold.sql").read_text() == dataset.dev_gold().read_text()
 

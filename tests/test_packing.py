@@ -15,7 +15,7 @@ from text2sql.data.prompt import IGNORE_INDEX
 from text2sql.data.packing import add_target_positions, pack_batch, pack_rows
 from text2sql.training.module import Text2SQLModule
 from text2sql.model.peft import apply_peft
-from tiny import tiny_model, tiny_setup
+from tiny import tiny_model
 
 OPTIM = OmegaConf.create({"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "scheduler": "constant",
                           "warmup_ratio": 0.0, "warmup_steps": 0})
@@ -24,8 +24,8 @@ LORA = OmegaConf.create({"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0,
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    dataset, model_cfg, path, tokenizer = tiny_setup(tmp_path_factory.mktemp("tiny"))
+def setup(tiny_default):
+    dataset, model_cfg, path, tokenizer = tiny_default
     dm = TextToSQLDataModule(dataset, tokenizer, max_source_length=256, max_target_length=64, batch_size=8)
     dm.setup("fit")
     # examples of clearly different lengths (prompts cut to 12..187 tokens), so packing has something to do

@@ -7,9 +7,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -157,32 +159,53 @@ def test_dora_and_rslora_train_export_and_merge(qwen, tmp_path, peft, extra):
                                atol=1e-4, rtol=1e-4)
 
 
-def _train(tmp_path, *args):
-    env = {**os.environ, "TEXT2SQL_CACHE": str(tmp_path.parent / "cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+# a constant LR: the schedule of a 1-epoch run then equals the first epoch of a 2-epoch run
+SMALL = ["model=tiny_qwen", "debug=smoke", "logger=none", "seed=3", "optim.scheduler=constant", "optim.warmup_ratio=0",
+         "trainer.limit_train_batches=3", "data.batch_size=4", "data.train_limit=64", "dataset.n_train=64",
+         "dataset.n_dev=8", "eval.limit=4", "eval.max_new_tokens=12"]
+METHODS = {"freeze": "model", "ptuning": "adapter", "dora": "adapter"}  # method -> what its run exports
+
+
+def _launch(root: Path, *args: str) -> subprocess.Popen:
+    """`python train.py ARGS` started in the background (one torch thread), its output in a file under root."""
+    env = {**os.environ, "TEXT2SQL_CACHE": str(root / "cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    log = root / f"train-{len(list(root.glob('train-*.log')))}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO_ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    proc.log = log
     return proc
 
 
-# a constant LR: the schedule of a 1-epoch run then equals the first epoch of a 2-epoch run
-SMALL = ["model=tiny_qwen", "debug=smoke", "logger=none", "seed=3", "optim.scheduler=constant", "optim.warmup_ratio=0", "trainer.limit_train_batches=3", "data.batch_size=4",
-         "data.train_limit=64", "dataset.n_train=64", "dataset.n_dev=8", "eval.limit=4", "eval.max_new_tokens=12"]
+def _wait(*procs: subprocess.Popen) -> None:
+    for proc in procs:
+        assert proc.wait(timeout=900) == 0, proc.log.read_text()[-3000:]
 
 
+@pytest.fixture(scope="module")
+def method_runs(tmp_path_factory) -> Path:
+    """Every method through train.py, as a job of two `-m` sweeps started side by side: `whole` trains 2 epochs,
+    `split` 1 epoch; then each split job is resumed to 2 epochs in its own dir with `ckpt_path=` (side by side too)."""
+    root = tmp_path_factory.mktemp("peft_methods")
+    methods = ",".join(METHODS)
+    _wait(_launch(root, "-m", *SMALL, f"peft={methods}", "trainer.max_epochs=2", f"hydra.sweep.dir={root / 'whole'}"),
+          _launch(root, "-m", *SMALL, f"peft={methods}", "trainer.max_epochs=1", f"hydra.sweep.dir={root / 'split'}"))
+    _wait(*[_launch(root, f"ckpt_path={root / 'split' / str(job)}", "trainer.max_epochs=2")
+            for job in range(len(METHODS))])
+    return root
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("peft,export", [("freeze", "model"), ("ptuning", "adapter"), ("dora", "adapter")])
-def test_each_method_trains_resumes_exactly_and_predicts_through_train_py(tmp_path, peft, export):
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    _train(tmp_path, *SMALL, f"peft={peft}", "trainer.max_epochs=2", f"hydra.run.dir={whole}")
-    _train(tmp_path, *SMALL, f"peft={peft}", "trainer.max_epochs=1", f"hydra.run.dir={split}")
-    _train(tmp_path, f"ckpt_path={split}", "trainer.max_epochs=2")
+@pytest.mark.parametrize("job,peft", list(enumerate(METHODS)))
+def test_each_method_trains_resumes_exactly_and_predicts_through_train_py(method_runs, tmp_path, job, peft):
+    whole, split = method_runs / "whole" / str(job), method_runs / "split" / str(job)
+    for run in (whole, split):  # the sweeps' job of this method
+        assert yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["peft"]["method"] == peft
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, split))
     assert [r["epoch"] for r in b["history"]] == [0, 1] and b["status"] == "ok"
     assert _untimed(b["history"]) == _untimed(a["history"])  # the resumed run is the uninterrupted one
     assert _untimed([b["final"]]) == _untimed([a["final"]])
+    export = METHODS[peft]
     assert (whole / export / "config.json" if export == "model" else whole / export / "adapter_config.json").is_file()
     out = tmp_path / "pred.sql"
     assert cli(["predict", "--run", str(whole), "--out", str(out), "--limit", "3"]) == 0

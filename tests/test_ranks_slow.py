@@ -23,11 +23,11 @@ from conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 EVAL_N = 7  # odd: the ranks' shards differ in size (4 and 3) and must still run the same generate calls
-SMOKE = ["debug=smoke", "dataset.n_train=400", "dataset.n_dev=40", "trainer.limit_train_batches=4",
+SMOKE = ["debug=smoke", "dataset.n_train=400", "dataset.n_dev=40", "trainer.limit_train_batches=2",
          "trainer.limit_val_batches=2", "data.val_loss_limit=8", f"eval.limit={EVAL_N}", "eval.batch_size=2",
          "eval.max_new_tokens=16", "hardware.devices=2",
          "+callbacks.probe._target_=rank_probe.RankProbe", "+callbacks.probe.output_dir=${hydra:runtime.output_dir}"]
-STEPS_PER_EPOCH = 4  # limit_train_batches per rank, accumulate 1
+STEPS_PER_EPOCH = 2  # limit_train_batches per rank, accumulate 1
 
 
 @pytest.fixture(scope="module")

@@ -57,11 +57,29 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("shared")
 
 
+class _Background:
+    """A `train.py` run started at once, beside whatever runs next; `wait()` gives its run dir once it succeeded."""
+
+    def __init__(self, cache, run_dir, *args):
+        self.run_dir, self.log = run_dir, cache / f"{run_dir.name}.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen([sys.executable, "train.py", *args, f"hydra.run.dir={run_dir}"], cwd=REPO_ROOT,
+                                         env=_env(cache), stdout=out, stderr=subprocess.STDOUT)
+
+    def wait(self):
+        assert self.proc.wait(timeout=600) == 0, self.log.read_text()[-3000:]
+        return self.run_dir
+
+
 @pytest.fixture(scope="module")
 def whole(cache):
-    """The uninterrupted run the drills compare with."""
-    _train(cache, *SMALL, f"hydra.run.dir={cache / 'whole'}")
-    return cache / "whole"
+    """The uninterrupted run the drills compare with: it trains beside the first drill (one core each), which waits
+    for it only where it compares."""
+    run = _Background(cache, cache / "whole", *SMALL)
+    yield run
+    if run.proc.poll() is None:  # a drill failed before it waited
+        run.proc.kill()
+        run.proc.wait()
 
 
 def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(cache, whole):
@@ -81,6 +99,7 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(cach
     assert f"run dir: {killed}" in resumed.stdout  # continued in its own dir, not a new one
     assert "exists and is not empty" not in resumed.stdout + resumed.stderr  # Lightning's warning: expected here
 
+    whole = whole.wait()
     a, b = json.loads((whole / "metrics.json").read_text()), json.loads((killed / "metrics.json").read_text())
     assert [r["epoch"] for r in b["history"]] == [0, 1, 2] and b["status"] == "ok"
     assert _exact(b["history"]) == _exact(a["history"]) and _exact([b["final"]]) == _exact([a["final"]])
@@ -134,6 +153,7 @@ def test_sigint_and_sigterm_checkpoint_the_step_and_the_resume_is_exact(cache, w
     ex_lines = [ln for ln in resumed.stdout.splitlines() if "execution accuracy" in ln]
     assert ex_lines[0].startswith("[") and "epoch 1: execution accuracy" in ex_lines[0]
     assert "(first)" not in ex_lines[0], ex_lines  # the change from epoch 0, before the stop
+    whole = whole.wait()
     a, b = json.loads((whole / "metrics.json").read_text()), json.loads((stopped / "metrics.json").read_text())
     assert b["status"] == "ok" and "step" not in b
     assert all(r["perf/tokens_per_s"] > 0 and r["perf/s_per_step"] > 0 and r["perf/peak_memory_gb"] > 0

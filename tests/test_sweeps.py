@@ -169,12 +169,28 @@ def test_slurm_preset_composes_to_an_sbatch_script(stub_app: Path, tmp_path: Pat
 # ------------------------------------------------------------------------------------- real train.py (slow)
 
 
-def run_train(*overrides: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    """`python train.py -m ...` in the repo (shares its .cache/text2sql: the tiny model and sample are built once)."""
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "train.py", "-m", *overrides], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+class Sweep:
+    """`python train.py -m ...` started in the repo at once (its .cache/text2sql: the tiny model and sample are
+    built once), its output in files; `result()` waits for it."""
+
+    def __init__(self, root: Path, name: str, *overrides: str):
+        self.dir, self.out, self.err = root / name, root / f"{name}.out", root / f"{name}.err"
+        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1",
+               "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+        with self.out.open("w") as out, self.err.open("w") as err:
+            self.proc = subprocess.Popen([sys.executable, "train.py", "-m", *overrides, f"hydra.sweep.dir={self.dir}"],
+                                         cwd=REPO, env=env, stdout=out, stderr=err)
+
+    def result(self, timeout: int = 1200) -> subprocess.CompletedProcess:
+        self.proc.wait(timeout=timeout)
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, self.out.read_text(),
+                                           self.err.read_text())
+
+
+# smoke-sized jobs on fewer batches and dev examples: what the asserts read (a status, an EX per epoch, the
+# report's ranking and the W&B run of each job) needs no more
+SMALL = ("debug=smoke", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.train_limit=64",
+         "data.val_loss_limit=8", "eval.limit=8", "eval.max_new_tokens=16")
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
@@ -187,10 +203,26 @@ def wandb_runs(job_dir: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def smoke_grid(tmp_path_factory) -> Path:
-    sweep_dir = tmp_path_factory.mktemp("sweeps") / "grid"
-    assert_ok(run_train("debug=smoke", "peft.r=4,8", "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep_dir}"))
-    return sweep_dir
+def sweeps(tmp_path_factory) -> dict[str, Sweep]:
+    """The three real sweeps of this module, started side by side (one torch thread each, 2 cores)."""
+    root = tmp_path_factory.mktemp("sweeps")
+    started = {
+        "grid": Sweep(root, "grid", *SMALL, "peft.r=4,8", "optim.lr=1e-3,2e-3"),
+        # a negative learning rate fails the range check at start; the failing job runs first, the good one after it
+        "fail": Sweep(root, "fail", *SMALL, "trainer.max_epochs=1", "optim.lr=-1,1e-3"),
+        "optuna": Sweep(root, "optuna", "sweep=optuna", *SMALL, "trainer.max_epochs=1", "hydra.sweeper.n_trials=3"),
+    }
+    yield started
+    for sweep in started.values():  # a test failed before it waited
+        if sweep.proc.poll() is None:
+            sweep.proc.kill()
+            sweep.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def smoke_grid(sweeps) -> Path:
+    assert_ok(sweeps["grid"].result())
+    return sweeps["grid"].dir
 
 
 @pytest.mark.slow
@@ -262,13 +294,11 @@ def test_each_job_is_its_own_wandb_run(smoke_grid: Path):
 
 
 @pytest.mark.slow
-def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path: Path):
+def test_failing_job_is_recorded_and_the_sweep_goes_on(sweeps):
     from text2sql.cli import main
 
-    sweep_dir = tmp_path / "fail"
-    # a negative learning rate fails the range check at start; the failing job runs first, the good one must still run after it
-    proc = run_train("debug=smoke", "trainer.max_epochs=1", "optim.lr=-1,1e-3", f"hydra.sweep.dir={sweep_dir}")
-    assert_ok(proc)  # train.py returns the worst value for a failed job in a multirun: Hydra exits 0
+    sweep_dir = sweeps["fail"].dir  # optim.lr=-1,1e-3: the failing job runs first, the good one must still run after it
+    assert_ok(sweeps["fail"].result())  # train.py returns the worst value for a failed job in a multirun: Hydra exits 0
     metrics = job_metrics(sweep_dir)
     assert metrics["0"]["status"] == "failed" and "optim.lr" in metrics["0"]["error"]
     assert metrics["1"]["status"] == "ok" and metrics["1"]["history"]
@@ -280,10 +310,9 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_optuna_smoke_best_trial_is_the_highest_returned_metric(tmp_path: Path):
-    sweep_dir = tmp_path / "optuna"
-    assert_ok(run_train("sweep=optuna", "debug=smoke", "trainer.max_epochs=1", "hydra.sweeper.n_trials=3",
-                        f"hydra.sweep.dir={sweep_dir}"))
+def test_optuna_smoke_best_trial_is_the_highest_returned_metric(sweeps):
+    sweep_dir = sweeps["optuna"].dir
+    assert_ok(sweeps["optuna"].result())
     metrics = job_metrics(sweep_dir)
     assert len(metrics) == 3 and all(m["status"] == "ok" for m in metrics.values())
     # train.py returns metrics.json's best value of the optimized metric

@@ -12,7 +12,7 @@ from text2sql.data.prompt import IGNORE_INDEX
 from text2sql.eval.generate import extract_sql, generate_sql
 from text2sql.training.module import Text2SQLModule
 from text2sql.model.peft import apply_peft, count_parameters
-from tiny import tiny_model, tiny_setup
+from tiny import tiny_model
 
 OPTIM = OmegaConf.create({"lr": 5e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "scheduler": "constant_with_warmup",
                           "warmup_ratio": 0.0, "warmup_steps": 0})
@@ -21,8 +21,8 @@ LORA = OmegaConf.create({"method": "lora", "r": 8, "alpha": 16, "dropout": 0.0,
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return tiny_setup(tmp_path_factory.mktemp("tiny"))
+def setup(tiny_default):
+    return tiny_default
 
 
 def make_datamodule(dataset, tokenizer, **kw):

@@ -6,10 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,14 +19,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> Path:
-    """The run dir of one offline smoke run (shares the repo's .cache: the tiny model is built once)."""
-    run_dir = tmp_path_factory.mktemp("wandb_smoke") / "run"
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "train.py", "debug=smoke", f"hydra.run.dir={run_dir}"], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+def smoke_dir(smoke_run) -> Path:
+    """The run dir of conftest's shared smoke run (`python train.py debug=smoke`, W&B offline)."""
+    return smoke_run[0]
 
 
 def wandb_dir(run_dir: Path) -> Path:
@@ -50,11 +42,11 @@ def assert_files_match(artifact: dict, directory: Path) -> None:
         assert entry["digest"] == md5_b64(on_disk[rel]) and entry["size"] == on_disk[rel].stat().st_size
 
 
-def test_prediction_and_adapter_artifacts_in_the_offline_run(smoke_run: Path):
-    metrics = json.loads((smoke_run / "metrics.json").read_text())
+def test_prediction_and_adapter_artifacts_in_the_offline_run(smoke_dir: Path):
+    metrics = json.loads((smoke_dir / "metrics.json").read_text())
     best_epoch, last_epoch = metrics["best"]["epoch"], metrics["history"][-1]["epoch"]
-    artifacts = read_artifacts(wandb_dir(smoke_run))
-    run_id = wandb_dir(smoke_run).name.rsplit("-", 1)[-1]
+    artifacts = read_artifacts(wandb_dir(smoke_dir))
+    run_id = wandb_dir(smoke_dir).name.rsplit("-", 1)[-1]
 
     # one predictions version per epoch, holding that epoch's files; `best` last given to the best epoch
     preds = [a for a in artifacts if a["name"] == f"predictions-{run_id}"]
@@ -64,7 +56,7 @@ def test_prediction_and_adapter_artifacts_in_the_offline_run(smoke_run: Path):
         assert art["type"] == "dataset" and f"epoch_{epoch}" in art["aliases"]
         assert set(art["files"]) == {f"epoch_{epoch}.jsonl", f"epoch_{epoch}_pred.sql"}
         for name, entry in art["files"].items():
-            assert entry["digest"] == md5_b64(smoke_run / "predictions" / name)
+            assert entry["digest"] == md5_b64(smoke_dir / "predictions" / name)
         assert art["metadata"][names.EX] == pytest.approx(row[names.EX])
     assert [a for a in preds if "best" in a["aliases"]][-1]["metadata"]["epoch"] == best_epoch
 
@@ -75,29 +67,29 @@ def test_prediction_and_adapter_artifacts_in_the_offline_run(smoke_run: Path):
     assert len(best) == 1
     best = best[0]
     assert final["metadata"]["epoch"] == last_epoch and "latest" in final["aliases"]
-    assert_files_match(final, smoke_run / "adapter")
+    assert_files_match(final, smoke_dir / "adapter")
     assert best["metadata"]["epoch"] == best_epoch and best["metadata"]["monitor"] == names.EX
     assert best["metadata"][names.EX] == pytest.approx(metrics["best"][names.EX])
     if best_epoch == last_epoch:
-        assert best is final and not (smoke_run / "adapter_best").exists()
+        assert best is final and not (smoke_dir / "adapter_best").exists()
         return
     # best != last: the best checkpoint was exported beside adapter/ and logged before the final one
     assert len(models) == 2 and models[0] is best
-    assert_files_match(best, smoke_run / "adapter_best")
+    assert_files_match(best, smoke_dir / "adapter_best")
     import torch
     from safetensors.torch import load_file
 
-    ckpt = next((smoke_run / "checkpoints").glob(f"epoch{best_epoch:02d}*.ckpt"))
+    ckpt = next((smoke_dir / "checkpoints").glob(f"epoch{best_epoch:02d}*.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    saved_best = load_file(smoke_run / "adapter_best" / "adapter_model.safetensors")
-    saved_final = load_file(smoke_run / "adapter" / "adapter_model.safetensors")
+    saved_best = load_file(smoke_dir / "adapter_best" / "adapter_model.safetensors")
+    saved_final = load_file(smoke_dir / "adapter" / "adapter_model.safetensors")
     assert saved_best.keys() == saved_final.keys()
     for key, tensor in saved_best.items():  # every saved weight is the best checkpoint's
         assert any(t.shape == tensor.shape and torch.equal(t, tensor) for t in state.values()), key
     assert any(not torch.equal(saved_best[k], saved_final[k]) for k in saved_best)
 
 
-def test_every_key_the_workspace_shows_is_in_the_run(smoke_run: Path, tmp_path: Path):
+def test_every_key_the_workspace_shows_is_in_the_run(smoke_dir: Path, tmp_path: Path):
     """A renamed metric would leave an empty panel: each key of `dashboard --print` must be in the run."""
     from text2sql.cli import main
     from text2sql.tracking.dashboard import panels_of
@@ -106,7 +98,7 @@ def test_every_key_the_workspace_shows_is_in_the_run(smoke_run: Path, tmp_path: 
     assert main(["dashboard", "--entity", "e", "--project", "p", "--sweep-group", "g",
                  "--swept", "peft.r", "optim.lr", "--print", str(out)]) == 0
     panels = panels_of(json.loads(out.read_text()))
-    logged = read_run(wandb_dir(smoke_run))
+    logged = read_run(wandb_dir(smoke_dir))
     history_keys = set().union(*logged["history"])
     hardness = set(names.EX_BY_HARDNESS.values())
     logged_hardness = {k for k in history_keys if k.startswith(f"{names.VAL}ex_")}
@@ -138,7 +130,7 @@ def test_every_key_the_workspace_shows_is_in_the_run(smoke_run: Path, tmp_path: 
     assert logged_hardness <= shown
 
 
-def test_predict_accepts_an_artifact_reference(smoke_run: Path, tmp_path: Path, monkeypatch, capsys):
+def test_predict_accepts_an_artifact_reference(smoke_dir: Path, tmp_path: Path, monkeypatch, capsys):
     """`predict --adapter entity/project/adapter-<id>:best` downloads through wandb.Api (faked: no network)."""
     import wandb
 
@@ -148,7 +140,7 @@ def test_predict_accepts_an_artifact_reference(smoke_run: Path, tmp_path: Path, 
         name = "adapter-x:v1"
 
         def download(self, root):
-            shutil.copytree(smoke_run / "adapter", root)
+            shutil.copytree(smoke_dir / "adapter", root)
             return root
 
     class FakeApi:
@@ -171,11 +163,11 @@ def test_predict_accepts_an_artifact_reference(smoke_run: Path, tmp_path: Path, 
     shutil.rmtree(downloaded)
 
 
-def test_sync_dry_run_lists_the_offline_run(smoke_run: Path, capfd):
+def test_sync_dry_run_lists_the_offline_run(smoke_dir: Path, capfd):
     from text2sql.cli import main
 
-    assert main(["sync", str(smoke_run.parent), "--dry-run"]) == 0
+    assert main(["sync", str(smoke_dir.parent), "--dry-run"]) == 0
     out, err = capfd.readouterr()
-    assert f"sync: {wandb_dir(smoke_run)}" in out
+    assert f"sync: {wandb_dir(smoke_dir)}" in out
     assert "Would sync 1 run(s)" in out + err  # wandb's own dry run found the run file
-    assert f"{wandb_dir(smoke_run)}/run-" in out + err
+    assert f"{wandb_dir(smoke_dir)}/run-" in out + err
