@@ -93,12 +93,15 @@ def main(cfg: DictConfig) -> float | None:
     from text2sql.config.hardware import resolve_hardware
     from text2sql.job.lifecycle import job_dir, run_job
     from text2sql.config.threads import set_wait_policy
+    from text2sql.errors import ConfigError
 
-    set_wait_policy(cfg.hardware)  # before torch loads OpenMP, which reads it once: shared cores stay usable
+    try:
+        set_wait_policy(cfg.hardware)  # before torch loads OpenMP, which reads it once: shared cores stay usable
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
     resolve_hardware(cfg)  # hardware=auto -> the preset this machine (and its launcher) calls for; logs why
     if cfg.dry_run:  # size the run from the YAML's architecture: no data, no weights, no download
         from text2sql.config.schema import check_config
-        from text2sql.errors import ConfigError
         from text2sql.model.sizing import dry_run
 
         try:

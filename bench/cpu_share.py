@@ -1,18 +1,21 @@
-"""CPU training beside busy processes: the default run's epoch time idle / one hog / two hogs, before and after
-text2sql/threads.py (OpenMP wait policy PASSIVE, torch threads at most the usable CPUs), side by side.
+"""CPU training beside busy processes: the default run's epoch time idle / one hog / two hogs, with libgomp's default
+waiting (before), never spinning (passive) and the defaults of text2sql/config/threads.py (after: a waiting OpenMP
+thread spins 100 times, then sleeps; torch threads at most the usable CPUs), side by side.
 
-    python bench/cpu_share.py [--hogs 0,1,2] [--sides before,after,one_thread] [--repeat 1] [-- OVERRIDES...]
+    python bench/cpu_share.py [--hogs 0,1,2] [--sides before,passive,after] [--repeat 1] [-- OVERRIDES...]
 
 A hog is one single-threaded busy Python process (`while True: pass`), started before the run and killed after
 it. Sides, each a `python train.py` process (model=tiny on the sample, the default run):
 
-- before:     libgomp's default wait policy (`hardware.wait_policy=null`), torch's own thread count;
-- after:      the defaults (PASSIVE, threads = usable CPUs);
-- one_thread: the defaults with OMP_NUM_THREADS=1.
+- before:     libgomp's default (`hardware.wait_policy=null hardware.spin_count=null`: ~300,000 spins);
+- passive:    OMP_WAIT_POLICY=PASSIVE (`hardware.wait_policy=PASSIVE hardware.spin_count=null`: no spinning);
+- after:      the defaults (GOMP_SPINCOUNT=100, threads = usable CPUs);
+- one_thread: the defaults with OMP_NUM_THREADS=1;
+- spin<N>:    the defaults with `hardware.spin_count=N`.
 
-The epoch is cut to its first N steps (`trainer.limit_train_batches`, default 48 of 188) so a side takes about
-a minute on busy cores; s/step is what compares. The sides alternate within each hog level. The 1-minute load
-average before each run is recorded: on a machine shared with other jobs, "idle" means no hog of ours.
+The epoch is cut to its first N steps (`trainer.limit_train_batches`, default 48 of 188) so a side takes well
+under a minute on busy cores; s/step is what compares. The sides alternate within each hog level. The 1-minute
+load average before each run is recorded: on a machine shared with other jobs, "idle" means no hog of ours.
 """
 
 from __future__ import annotations
@@ -32,17 +35,19 @@ sys.path.insert(0, str(HERE))
 from benchjson import RESULTS, write_json  # noqa: E402
 
 REPO = HERE.parent
-SIDES = {"before": ({}, ["hardware.wait_policy=null"]), "after": ({}, []), "one_thread": ({"OMP_NUM_THREADS": "1"}, [])}
+LIBGOMP_DEFAULT = ["hardware.wait_policy=null", "hardware.spin_count=null"]
+SIDES = {"before": ({}, LIBGOMP_DEFAULT), "passive": ({}, ["hardware.wait_policy=PASSIVE", "hardware.spin_count=null"]),
+         "after": ({}, []), "one_thread": ({"OMP_NUM_THREADS": "1"}, [])}
 BASE = ["logger=none", "trainer.max_epochs=1", "eval.limit=32", "trainer.limit_val_batches=2",
         "data.val_loss_limit=32"]
 
 
 def side_setup(side: str) -> tuple[dict, list[str]]:
-    """`spin<N>`: libgomp's default policy with GOMP_SPINCOUNT=N (a waiting thread spins N times, then sleeps)."""
+    """`spin<N>`: the defaults with `hardware.spin_count=N` (a waiting thread spins N times, then sleeps)."""
     if side in SIDES:
         return SIDES[side]
     if re.fullmatch(r"spin\d+", side):
-        return {"GOMP_SPINCOUNT": side[4:]}, ["hardware.wait_policy=null"]
+        return {}, [f"hardware.spin_count={side[4:]}"]
     raise SystemExit(f"unknown side {side!r}: one of {', '.join(SIDES)} or spin<N>")
 
 
@@ -76,8 +81,8 @@ def summary(results: dict, sides: list[str], steps: int) -> dict:
     levels = sorted(results, key=int)
     one = "1" if "1" in results else levels[-1]
     out = {"compares": f"`python train.py` (model=tiny, sample; first {steps} steps of an epoch + EX on 32) beside "
-                       f"{one} busy process(es): after (OMP_WAIT_POLICY=PASSIVE, threads = usable CPUs) vs before "
-                       "(libgomp's default policy); run s, best of the repeats"}
+                       f"{one} busy process(es): after (GOMP_SPINCOUNT=100, threads = usable CPUs) vs before "
+                       "(libgomp's default waiting); run s, best of the repeats"}
     if {"before", "after"} <= set(sides):
         out.update(ours=f"{best(one, 'after'):.0f} s", baseline=f"{best(one, 'before'):.0f} s",
                    ratio=round(best(one, "before") / best(one, "after"), 2), ratio_label="before / after")
@@ -87,7 +92,7 @@ def summary(results: dict, sides: list[str], steps: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hogs", default="0,1,2")
-    ap.add_argument("--sides", default="before,after,one_thread")
+    ap.add_argument("--sides", default="before,passive,after")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--steps", type=int, default=48, help="training steps of the epoch (default: %(default)s)")
     ap.add_argument("--json", default=str(RESULTS / "cpu_share.json"), help='"": write nothing')

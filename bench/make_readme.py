@@ -155,16 +155,23 @@ def cpu_share_details(r: dict) -> list[str]:
     lines = ["", "## CPU runs beside busy processes (`bench/cpu_share.py`)", "",
              f"`python train.py` (model=tiny on the sample, the first {r['steps']} steps of an epoch, EX on 32 dev "
              "examples) beside 0, 1 and 2 single-threaded busy processes, on a machine other jobs share too (load "
-             "average before each run listed). before: libgomp's default wait policy (`hardware.wait_policy=null`); "
-             "after: the defaults (OMP_WAIT_POLICY=PASSIVE, torch threads = usable CPUs); one_thread: the defaults "
-             "with OMP_NUM_THREADS=1. Run s from metrics.json (best of the repeats), s/step = run s / steps.", "",
+             "average before each run listed). before: libgomp's default waiting (~300,000 spins before a waiting "
+             "thread sleeps; `hardware.wait_policy=null hardware.spin_count=null`); passive: OMP_WAIT_POLICY=PASSIVE "
+             "(no spinning); after: the defaults (GOMP_SPINCOUNT=100, torch threads = usable CPUs); spin<N>: the "
+             "defaults with GOMP_SPINCOUNT=N; one_thread: the defaults with OMP_NUM_THREADS=1. Run s from "
+             "metrics.json (best of the repeats, the worst in brackets where it is over 1.5x the best), "
+             "s/step = best run s / steps.", "",
              "| busy processes | " + " | ".join(sides) + " | load before (1 min) |", "|---|" + "---|" * (len(sides) + 1)]
     for hogs, by_side in sorted(r["results"].items(), key=lambda kv: int(kv[0])):
         cells = []
         for side in sides:
             runs = by_side.get(side, [])
-            best = min(runs, key=lambda x: x["run_s"]) if runs else None
-            cells.append(f"{best['run_s']:.0f} s ({best['s_per_step']:.2f} s/step)" if best else "—")
+            if not runs:
+                cells.append("—")
+                continue
+            best, worst = min(x["run_s"] for x in runs), max(x["run_s"] for x in runs)
+            spread = f" [worst {worst:.0f} s]" if worst > 1.5 * best else ""
+            cells.append(f"{best:.1f} s ({best / r['steps']:.3f} s/step){spread}")
         loads = ", ".join(f"{x['load_before']:.1f}" for side in sides for x in by_side.get(side, []))
         lines.append(f"| {hogs} | " + " | ".join(cells) + f" | {loads} |")
     return lines

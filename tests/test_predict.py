@@ -148,7 +148,7 @@ def test_predict_prints_no_third_party_noise(trained_run, tmp_path):
     """bitsandbytes' "Failed to load CPU gemm_4bit_forward" hint (CPUs with AVX512-BF16) and transformers'
     `is_gradient_checkpointing` FutureWarning (called by PEFT) are filtered as in training; our lines stay."""
     run_dir, _ = trained_run
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
     env["PYTHONPATH"] = str(REPO_ROOT)
     proc = subprocess.run([sys.executable, "-m", "text2sql", "predict", "--run", str(run_dir), "--limit", "2",
                            "--out", str(tmp_path / "p.sql"), "--no-progress", "eval.max_new_tokens=8"],
@@ -157,7 +157,7 @@ def test_predict_prints_no_third_party_noise(trained_run, tmp_path):
     output = proc.stdout + proc.stderr
     assert "wrote 2 predictions" in output
     # the CPU policy of training (text2sql/config/threads.py), set by the verb before torch loaded OpenMP
-    assert "generating on cpu; CPU threads: " in proc.stderr and "OpenMP wait policy PASSIVE" in proc.stderr
+    assert "generating on cpu; CPU threads: " in proc.stderr and "OpenMP waiting: GOMP_SPINCOUNT=100" in proc.stderr
     assert "gemm_4bit_forward" not in output and "Warning" not in output, output
 
 

@@ -233,7 +233,8 @@ EXAMPLES: dict[str, object] = {
     "python bench/bird_eval.py --rows 120000 --repeat 2 --json bench/results/bird_eval.json": Run(
         extra=("--rows", "2000", "--repeat", "1", "--json", "")),  # never over the committed results
     "python bench/eval_cost.py": Covered("tests/test_throughput.py"),
-    "python bench/cpu_share.py --steps 32": Run(extra=("--hogs", "0", "--sides", "after", "--steps", "2", "--json", "")),
+    "python bench/cpu_share.py --steps 96 --repeat 2 --sides before,passive,after,spin1000": Run(
+        extra=("--hogs", "0", "--sides", "before,after", "--steps", "2", "--repeat", "1", "--json", "")),
     "python bench/bench_predict.py": Run(extra=("--n", "4", "--json", "")),  # never over the committed results
     "bash bench/gpu_smoke.sh": Run(extra=(), fails=r"needs a CUDA GPU"),
     "python bench/make_readme.py": Run(extra=("--out", "/dev/null")),

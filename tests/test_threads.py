@@ -1,4 +1,4 @@
-"""CPU runs that share cores (text2sql/config/threads.py): the OpenMP wait policy is set before torch is imported,
+"""CPU runs that share cores (text2sql/config/threads.py): how OpenMP threads wait is set before torch is imported,
 torch threads never exceed the CPUs this process may use, and an explicit setting always wins."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
-from text2sql.config.threads import cgroup_cpus, set_wait_policy, threads_for, usable_cpus
+from text2sql.config.threads import cgroup_cpus, preset_wait_policy, set_wait_policy, threads_for, usable_cpus
+from text2sql.errors import ConfigError
 
-CPU = {"accelerator": "cpu", "devices": 1, "threads": None, "wait_policy": "PASSIVE"}
+CPU = {"accelerator": "cpu", "devices": 1, "threads": None, "wait_policy": None, "spin_count": 100}
 
 
 @pytest.mark.parametrize("cpu_max,expected", [("200000 100000", 2), ("150000 100000", 2), ("max 100000", None),
@@ -32,17 +33,34 @@ def test_usable_cpus_follows_the_affinity_mask():
     assert one.stdout.strip() == "1"
 
 
-def test_wait_policy_for_cpu_runs_unless_the_user_chose():
+def test_openmp_waiting_for_cpu_runs_unless_the_user_chose():
     env: dict = {}
-    assert set_wait_policy(CPU, env) == "PASSIVE" and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert set_wait_policy(CPU, env) == "GOMP_SPINCOUNT=100" and env == {"GOMP_SPINCOUNT": "100"}
     env = {}
-    assert set_wait_policy({**CPU, "accelerator": "auto"}, env) == "PASSIVE"  # auto may still turn out a GPU
+    assert set_wait_policy({**CPU, "accelerator": "auto"}, env) == "GOMP_SPINCOUNT=100"  # auto may be a GPU yet
+    env = {}
+    assert set_wait_policy({**CPU, "wait_policy": "passive", "spin_count": None}, env) == "OMP_WAIT_POLICY=PASSIVE"
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
     for hardware, env in [({**CPU, "accelerator": "gpu"}, {}),             # a GPU run: untouched
-                          ({**CPU, "wait_policy": None}, {}),               # hardware.wait_policy=null: libgomp's
-                          (CPU, {"OMP_WAIT_POLICY": "ACTIVE"})]:            # the user's variable wins
+                          ({**CPU, "spin_count": None}, {}),                # both null: libgomp's default
+                          (CPU, {"OMP_WAIT_POLICY": "ACTIVE"}),            # the user's variables win, either one
+                          ({**CPU, "wait_policy": "PASSIVE"}, {"GOMP_SPINCOUNT": "0"})]:
         before = dict(env)
-        set_wait_policy(hardware, env)
-        assert env == before
+        said = set_wait_policy(hardware, env)
+        assert env == before and said == (" ".join(f"{k}={v}" for k, v in env.items()) or "libgomp's default")
+
+
+def test_bad_openmp_settings_are_one_line():
+    for hardware, words in [({**CPU, "wait_policy": "sleepy"}, "hardware.wait_policy=sleepy: choose PASSIVE"),
+                            ({**CPU, "spin_count": -1}, "hardware.spin_count=-1: a whole number"),
+                            ({**CPU, "spin_count": "lots"}, "hardware.spin_count=lots: a whole number")]:
+        with pytest.raises(ConfigError, match=words):
+            set_wait_policy(hardware, {})
+
+
+def test_verbs_use_the_cpu_presets_waiting():
+    """`predict` / `ask` / `merge` have no composed config: they apply conf/hardware/cpu.yaml's keys."""
+    assert preset_wait_policy() == {"accelerator": "auto", "wait_policy": None, "spin_count": 100}
 
 
 def test_thread_count_is_a_share_of_the_usable_cpus():
@@ -61,7 +79,7 @@ seen = {}
 class Spy:
     def find_spec(self, name, path=None, target=None):
         if name == "torch" and "torch" not in seen:
-            seen["torch"] = os.environ.get("OMP_WAIT_POLICY")
+            seen["torch"] = " ".join(f"{k}={os.environ.get(k)}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
         return None
 sys.meta_path.insert(0, Spy())
 sys.argv = ["train.py", *sys.argv[1:]]
@@ -73,14 +91,26 @@ finally:
 
 
 @pytest.mark.slow  # ~10 s each on idle cores, 40 s on busy ones: the import of torch and Hydra
-@pytest.mark.parametrize("env,expected", [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")])
-def test_train_py_sets_the_policy_before_torch_loads(tmp_path, env, expected):
-    """The real entry point (hardware=auto imports torch to look for a GPU): the variable is in place when
+@pytest.mark.parametrize("env,args,expected", [
+    ({}, [], "OMP_WAIT_POLICY=None GOMP_SPINCOUNT=100"),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, [], "OMP_WAIT_POLICY=ACTIVE GOMP_SPINCOUNT=None"),
+    ({}, ["hardware.wait_policy=PASSIVE", "hardware.spin_count=null"], "OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=None"),
+])
+def test_train_py_sets_openmp_waiting_before_torch_loads(tmp_path, env, args, expected):
+    """The real entry point (hardware=auto imports torch to look for a GPU): the variables are in place when
     torch is first imported; `dry_run=true` stops before any data or weights load."""
-    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    proc = subprocess.run([sys.executable, "-c", HOOK, "dry_run=true", f"hydra.run.dir={tmp_path}"],
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    proc = subprocess.run([sys.executable, "-c", HOOK, "dry_run=true", *args, f"hydra.run.dir={tmp_path}"],
                           cwd=REPO_ROOT, env={**base, **env, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"SEEN {expected}" in proc.stdout
     assert json.loads((tmp_path / "dry_run.json").read_text())
+
+
+def test_a_bad_spin_count_stops_train_py_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "train.py", "hardware.spin_count=-5", f"hydra.run.dir={tmp_path}"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "error: hardware.spin_count=-5: a whole number of spins >= 0, or null (libgomp's default)"], proc.stderr

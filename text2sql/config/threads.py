@@ -1,16 +1,20 @@
-"""CPU runs that share their cores well: OpenMP threads that sleep while they wait, and no more torch threads
-than this process may use.
+"""CPU runs that share their cores well: OpenMP threads that stop spinning soon when they wait, and no more torch
+threads than this process may use.
 
-Why: libgomp's default wait policy lets a thread that waits for work spin for a while before it sleeps. On
+Why: libgomp's default lets a thread that waits for work spin about 300,000 times (a few ms) before it sleeps. On
 cores that another busy process also uses (a test run, a second training, other users of a shared node), the
-spinning threads take the time slices the work needs: the default 2-thread CPU run beside one busy process
-took 98 s an epoch, 46 s with ``OMP_WAIT_POLICY=PASSIVE``, 36 s on idle cores (issue 21; bench/cpu_share.py
-measures it). libgomp reads the policy once, when torch loads it, so it is set before torch is imported; the
-thread count can change later (``torch.set_num_threads``). torch's own default count is the machine's
-physical cores, blind to a CPU affinity mask (taskset, SLURM's cpusets) or a cgroup quota (containers).
+spinning threads take the time slices the work needs. bench/cpu_share.py (issue 21), 96 steps of the default run
+on 2 cores: beside one busy process 52-100 s with libgomp's default, 18 s with a short spin; beside two, 35-400 s
+against 23 s; idle, 13 s either way. ``OMP_WAIT_POLICY=PASSIVE`` (never spin) helps as much under load, but
+every parallel region then pays a wake-up; a short spin (``GOMP_SPINCOUNT=100``, the default here, libgomp's own
+choice when it knows its threads outnumber the CPUs) was within 5 % of the faster of the two at every load.
+libgomp reads both once, when torch loads it, so they are set before torch is imported; the thread count can
+change later (``torch.set_num_threads``). torch's own default count is the machine's physical cores, blind to a
+CPU affinity mask (taskset, SLURM's cpusets) or a cgroup quota (containers).
 
-An explicit setting always wins: the ``OMP_WAIT_POLICY`` / ``OMP_NUM_THREADS`` environment variables, then
-the ``hardware.wait_policy`` / ``hardware.threads`` keys (conf/hardware/*.yaml). Never imports torch.
+An explicit setting always wins: the ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT`` / ``OMP_NUM_THREADS`` environment
+variables, then the ``hardware.wait_policy`` / ``hardware.spin_count`` / ``hardware.threads`` keys
+(conf/hardware/*.yaml). Never imports torch.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from text2sql.errors import ConfigError
+
 WAIT_POLICY_VAR = "OMP_WAIT_POLICY"
+SPIN_VAR = "GOMP_SPINCOUNT"  # libgomp's spins before a waiting thread sleeps (LLVM's libomp ignores it)
+WAIT_POLICIES = ("PASSIVE", "ACTIVE")
 THREADS_VAR = "OMP_NUM_THREADS"
 CPU_ACCELERATORS = ("cpu", "auto")  # before hardware=auto is resolved a CPU run cannot be told from a GPU one
 
@@ -49,17 +57,29 @@ def usable_cpus() -> int:
     return max(1, min(cpus, quota) if quota else cpus)
 
 
-def set_wait_policy(hardware: Mapping, env: dict | None = None) -> str | None:
-    """Before torch is imported: `hardware.wait_policy` into the environment for a CPU run unless the user set
-    the variable; returns the policy in effect (None: libgomp's default)."""
+def set_wait_policy(hardware: Mapping, env: dict | None = None) -> str:
+    """Before torch is imported, for a CPU run: `hardware.wait_policy` (OMP_WAIT_POLICY) and `hardware.spin_count`
+    (GOMP_SPINCOUNT) into the environment, unless the user set either variable (then both are theirs). Returns
+    how OpenMP threads wait, in words (`openmp_wait`)."""
     env = os.environ if env is None else env
-    if WAIT_POLICY_VAR in env:
-        return env[WAIT_POLICY_VAR]
-    policy = hardware.get("wait_policy")
-    if policy and hardware.get("accelerator") in CPU_ACCELERATORS:
-        env[WAIT_POLICY_VAR] = str(policy).upper()
-        return env[WAIT_POLICY_VAR]
-    return None
+    policy, spins = hardware.get("wait_policy"), hardware.get("spin_count")
+    if policy is not None and str(policy).upper() not in WAIT_POLICIES:
+        raise ConfigError(f"hardware.wait_policy={policy}: choose PASSIVE, ACTIVE or null (libgomp's default)")
+    if spins is not None and (isinstance(spins, bool) or not isinstance(spins, int) or spins < 0):
+        raise ConfigError(f"hardware.spin_count={spins}: a whole number of spins >= 0, or null (libgomp's default)")
+    user_chose = WAIT_POLICY_VAR in env or SPIN_VAR in env
+    if not user_chose and hardware.get("accelerator") in CPU_ACCELERATORS:
+        if policy is not None:
+            env[WAIT_POLICY_VAR] = str(policy).upper()
+        if spins is not None:
+            env[SPIN_VAR] = str(spins)
+    return openmp_wait(env)
+
+
+def openmp_wait(env: Mapping | None = None) -> str:
+    """How OpenMP threads wait under `env`: the variables that decide it, or libgomp's default."""
+    env = os.environ if env is None else env
+    return " ".join(f"{var}={env[var]}" for var in (WAIT_POLICY_VAR, SPIN_VAR) if var in env) or "libgomp's default"
 
 
 def threads_for(hardware: Mapping, default: int, env: Mapping | None = None, cpus: int | None = None) -> int | None:
@@ -78,14 +98,14 @@ def threads_for(hardware: Mapping, default: int, env: Mapping | None = None, cpu
 
 def preset_wait_policy(preset: str = "cpu") -> dict:
     """The `hardware` keys a verb without a composed config (`predict`, `ask`, `merge`) applies before torch is
-    imported: conf/hardware/<preset>.yaml's `wait_policy`, with accelerator "auto" (the device is not known yet;
-    the policy only matters to CPU work). Read with OmegaConf, which does not import torch."""
+    imported: conf/hardware/<preset>.yaml's `wait_policy` and `spin_count`, with accelerator "auto" (the device
+    is not known yet; waiting only matters to CPU work). Read with OmegaConf, which does not import torch."""
     from omegaconf import OmegaConf
 
     from text2sql.config.paths import conf_dir
 
-    return {"accelerator": "auto",
-            "wait_policy": OmegaConf.load(conf_dir() / "hardware" / f"{preset}.yaml").get("wait_policy")}
+    node = OmegaConf.load(conf_dir() / "hardware" / f"{preset}.yaml")
+    return {"accelerator": "auto", "wait_policy": node.get("wait_policy"), "spin_count": node.get("spin_count")}
 
 
 def set_torch_threads(hardware: Mapping) -> str:
@@ -97,5 +117,4 @@ def set_torch_threads(hardware: Mapping) -> str:
         torch.set_num_threads(threads)
     why = (f"{THREADS_VAR}={os.environ[THREADS_VAR]}" if THREADS_VAR in os.environ
            else "hardware.threads" if hardware.get("threads") else f"{usable_cpus()} usable CPU(s)")
-    policy = os.environ.get(WAIT_POLICY_VAR, "libgomp's default")
-    return f"CPU threads: {torch.get_num_threads()} ({why}), OpenMP wait policy {policy}"
+    return f"CPU threads: {torch.get_num_threads()} ({why}), OpenMP waiting: {openmp_wait()}"
