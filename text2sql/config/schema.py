@@ -16,14 +16,14 @@ from __future__ import annotations
 import errno
 import re
 import sys
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, Dict, List, Optional, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from text2sql.errors import ConfigError
-from text2sql.eval.decoding import FALLBACKS, STRATEGIES
+from text2sql.eval.decoding import FALLBACKS, STRATEGIES, Decoding
 
 # --- schemas -----------------------------------------------------------------------------------------------
 # Fields without a default are MISSING until a YAML sets them; `Any` where Lightning/PEFT accept several types.
@@ -61,16 +61,11 @@ class ProgressSchema:
     every_s: Optional[float] = 30.0
 
 
-@dataclass
-class DecodingSchema:
-    strategy: str = "greedy"  # one of STRATEGIES (checked in RANGES)
-    num_beams: int = 4
-    num_samples: int = 8
-    temperature: float = 0.7
-    top_p: float = 0.95
-    seed: int = 0
-    fallback: str = "beam"
-    require_rows: bool = False
+# `eval.decoding`: the fields, types and defaults of `Decoding` (eval/decoding.py, their one owner), as the mutable
+# dataclass Hydra merges overrides into (a frozen one would make the node read-only). Ranges: RANGES below.
+DecodingSchema = make_dataclass("DecodingSchema", [(f.name, get_type_hints(Decoding)[f.name], field(default=f.default))
+                                                   for f in fields(Decoding)])
+DecodingSchema.__module__ = __name__  # make_dataclass's own `module=` needs Python 3.12
 
 
 @dataclass
