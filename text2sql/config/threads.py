@@ -3,11 +3,14 @@ threads than this process may use.
 
 Why: libgomp's default lets a thread that waits for work spin about 300,000 times (a few ms) before it sleeps. On
 cores that another busy process also uses (a test run, a second training, other users of a shared node), the
-spinning threads take the time slices the work needs. bench/cpu_share.py (issue 21), 96 steps of the default run
-on 2 cores: beside one busy process 52-100 s with libgomp's default, 18 s with a short spin; beside two, 35-400 s
-against 23 s; idle, 13 s either way. ``OMP_WAIT_POLICY=PASSIVE`` (never spin) helps as much under load, but
-every parallel region then pays a wake-up; a short spin (``GOMP_SPINCOUNT=100``, the default here, libgomp's own
-choice when it knows its threads outnumber the CPUs) was within 5 % of the faster of the two at every load.
+spinning threads take the time slices the work needs. bench/cpu_share.py (issue 21), the default run on 2 cores:
+a whole epoch beside one busy process took 177 s with libgomp's default, 33 s with a 100-spin wait; beside two,
+425 s against 32 s (96-step cuts: 52-100 s vs 18 s, 35-400 s vs 23 s). ``OMP_WAIT_POLICY=PASSIVE`` (never spin)
+helps as much under load. On idle cores every wait that ends in sleep costs a wake-up: a whole epoch took 18-21 s
+with libgomp's default, 20-22 s with 100 spins or PASSIVE (medians of six: 19.1 s, 21.3 s). No count removes both
+costs: 3,000 or more spins match the default idle but lose 25-80 % beside one busy process. The default here is
+``GOMP_SPINCOUNT=100`` (libgomp's own choice when it knows its threads outnumber the CPUs): ~11 % on idle cores
+for a run that stays at its fair share beside a busy process (2 of 3 processes on 2 cores: 1.5x idle, 30 s).
 libgomp reads both once, when torch loads it, so they are set before torch is imported; the thread count can
 change later (``torch.set_num_threads``). torch's own default count is the machine's physical cores, blind to a
 CPU affinity mask (taskset, SLURM's cpusets) or a cgroup quota (containers).
