@@ -1,4 +1,4 @@
-"""Every command the READMEs show works as typed: each one is run here, smoke-sized.
+"""Every command the READMEs and docs/*.md show works as typed: each one is run here, smoke-sized.
 
 The commands are read from the documents themselves (fenced shell blocks and inline code that starts like a
 command), so a new or changed example that is not in `EXAMPLES` fails `test_every_documented_command_is_known`,
@@ -28,7 +28,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "multirun/README.md", "bench/README.md")
+# every page under docs/ is read too: a new page's commands need EXAMPLES entries like the README's
+DOCS = ("README.md", "multirun/README.md", "bench/README.md",
+        *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md")))
 STARTS = ("python ", "text2sql ", "torchrun ", "bash ", "wandb ", "pip ", "srun ", "WANDB_MODE=", "SPIDER_DIR=",
           "MODEL_PATH=", ". .venv")
 
@@ -80,9 +82,10 @@ class Elsewhere:
 
 SWEEP_SMOKE = SMOKE + ("trainer.limit_val_batches=1",)
 
-# command as documented -> how it is checked. Order matters: `provides` before `needs`.
+# command as documented -> how it is checked. Order matters: `provides` before `needs`. Grouped by the page that
+# shows it; a new page appends its own block at the end (a command several pages show needs one entry only).
 EXAMPLES: dict[str, object] = {
-    # -- quick start / install (what .ci/run does itself)
+    # -- README.md: quick start / install (what .ci/run does itself); docs/run.md
     "python -m venv .venv": Ci(),
     ". .venv/bin/activate": Ci(),
     "pip install torch==2.13.0": Ci(),
@@ -97,7 +100,7 @@ EXAMPLES: dict[str, object] = {
     "python train.py eval.before_training=true": Run(),
     "text2sql predict --limit 200 --evaluate": Run(extra=("--limit", "4", "--max-new-tokens", "8", "--no-progress")),
     "python train.py --help": Run(extra=()),
-    # -- choosing what to run
+    # -- README.md: choosing what to run, resuming; docs/decoding.md, docs/models.md
     "python train.py optim.lr=1e-3 peft.r=8 trainer.max_epochs=3": Run(),
     "python train.py eval.decoding.strategy=execution_guided": Run(),
     "python train.py dataset=spider dataset.root=../shared/spider debug=smoke": Run(spider=True),
@@ -115,13 +118,13 @@ EXAMPLES: dict[str, object] = {
     "python train.py model=nope": Run(extra=(), fails=r"model"),
     "text2sql ask --run outputs/<date>/<time> --db ../shared/spider/database/concert_singer/concert_singer.sqlite "
     '"How many singers do we have?"': Covered("tests/test_ask.py::test_ask_answers_on_a_spider_dev_database"),
-    # -- datasets
+    # -- docs/datasets.md
     "text2sql prepare --from-sqlite DBDIR --pairs FILE --out DIR [--dev-fraction F] [--split-by random|database] "
     "[--seed N] [--drop-invalid]": Synopsis("prepare"),
     "python train.py dataset=spider dataset.root=DIR": Covered(
         "tests/test_sqlite_schema.py::test_prepared_dir_trains_with_dataset_spider"),
     "python train.py --cfg job": Run(extra=()),
-    # -- datasets (the BIRD sample is written before the commands that read it)
+    # -- docs/datasets.md (the BIRD sample is written before the commands that read it)
     "python train.py dataset=bird dataset.root=/data/bird": Run(extra=(), fails=r"BIRD directory not found"),
     "text2sql sample --layout bird --out data/bird-sample": Run(extra=("--n-train", "60", "--n-dev", "16"),
                                                                 fresh=("data/bird-sample",)),
@@ -129,8 +132,7 @@ EXAMPLES: dict[str, object] = {
         "tests/test_bird.py::test_train_evaluate_resume_on_bird_layout"),
     "text2sql evaluate --gold data/bird-sample/dev/dev.sql --pred data/bird-sample/dev/dev.sql --db "
     "data/bird-sample/dev/dev_databases": Run(extra=("--workers", "0", "--no-progress")),
-    # -- GPU box: fails in one line without CUDA
-    # -- W&B
+    # -- docs/wandb.md
     "wandb login": Elsewhere("needs a W&B account and network"),
     "WANDB_MODE=online python train.py logger.wandb.project=my-text2sql logger.wandb.entity=my-team": Elsewhere(
         "streams to a W&B server: needs an account and network"),
@@ -154,7 +156,7 @@ EXAMPLES: dict[str, object] = {
         "downloads a W&B artifact: needs an account (tests/test_wandb_run.py fakes the API)"),
     "python -c \"from text2sql.tracking.offline import read_run; print(read_run('DIR')['summary'])\"": Run(
         extra=(), needs=("run",)),
-    # -- sweeps
+    # -- docs/sweeps.md; README.md and docs/gpu.md (GPU box: fails in one line without CUDA); docs/models.md (ranks)
     # its sweep dir feeds the report examples: 32 dev questions so every hardness level (val/ex_hard) is present
     "python train.py -m peft.r=8,16,64 optim.lr=1e-4,2e-4": Run(extra=SWEEP_SMOKE + ("eval.limit=32",),
                                                                   provides="sweep"),
@@ -189,7 +191,7 @@ EXAMPLES: dict[str, object] = {
     "python train.py -m peft.r=4,16 optim.lr=5e-4,2e-3 trainer.max_epochs=3": Run(extra=SWEEP_SMOKE),
     "text2sql report": Run(extra=("--help",)),
     "text2sql predict": Run(extra=("--help",)),
-    # -- verbs
+    # -- docs/cli.md
     "text2sql --help": Run(extra=()),
     "python -m text2sql --help": Run(extra=()),
     "text2sql prepare --spider DIR --out OUT [--tokenizer TOK]": Synopsis("prepare"),
@@ -207,7 +209,7 @@ EXAMPLES: dict[str, object] = {
     # -- multirun/README.md prose
     "python train.py -m ...": Synopsis("train"),
     "python train.py ...": Synopsis("train"),
-    # -- datasets
+    # -- docs/datasets.md (multi-turn, prompt forms)
     "text2sql sample --layout sparc --out data/sparc-sample": Covered(
         "tests/test_multiturn.py::test_sample_verb_writes_a_layout_once"),
     "python train.py dataset=sparc dataset.root=DIR": Covered(
@@ -341,6 +343,75 @@ def test_elsewhere_says_why():
     for command, how in EXAMPLES.items():
         if isinstance(how, Elsewhere):
             assert len(how.why) > 10, command
+
+
+# -- links between the pages --------------------------------------------------------------------------------------
+def _prose(text: str) -> list[str]:
+    """The lines outside fenced code blocks (a `# comment` in a bash block is no heading)."""
+    lines, in_block = [], False
+    for line in text.splitlines():
+        if re.match(r"^\s*```", line):
+            in_block = not in_block
+        elif not in_block:
+            lines.append(line)
+    return lines
+
+
+def anchors(text: str) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation but `-` and `_` dropped, spaces to `-`,
+    a repeated heading suffixed -1, -2, ..."""
+    seen: dict[str, int] = {}
+    for line in _prose(text):
+        heading = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading:
+            slug = re.sub(r"[^\w\- ]", "", heading[1].lower()).replace(" ", "-")
+            seen[slug] = seen.get(slug, -1) + 1
+    return {f"{slug}-{i}" if i else slug for slug, n in seen.items() for i in range(n + 1)}
+
+
+def links(doc: str) -> list[tuple[Path, str]]:
+    """(target file, anchor) of every relative link and image in `doc`, resolved from the page's folder."""
+    found = []
+    for line in _prose((REPO / doc).read_text(encoding="utf-8")):
+        for target in re.findall(r"\]\(([^)\s]+)\)", line):
+            if re.match(r"^[a-z]+:", target):
+                continue  # https:, mailto:
+            path, _, anchor = target.partition("#")
+            found.append((((REPO / doc).parent / path).resolve() if path else (REPO / doc).resolve(), anchor))
+    return found
+
+
+def test_doc_links_resolve():
+    """Every relative link of the README and docs/ names a file that exists and, into a page, a heading it has."""
+    broken = []
+    for doc in DOCS:
+        for target, anchor in links(doc):
+            if not target.exists():
+                broken.append(f"{doc}: {target.relative_to(REPO)} does not exist")
+            elif anchor and target.suffix == ".md" and anchor not in anchors(target.read_text(encoding="utf-8")):
+                broken.append(f"{doc}: {target.relative_to(REPO)} has no heading #{anchor}")
+    assert not broken, "\n".join(broken)
+
+
+def test_every_docs_page_is_reachable_from_the_readme():
+    """The README is the table of contents: each docs/ page is linked from it, or from a page it links to."""
+    reached, todo = set(), ["README.md"]
+    while todo:
+        doc = todo.pop()
+        for target, _ in links(doc):
+            name = target.relative_to(REPO).as_posix() if target.is_relative_to(REPO) else ""
+            if name.endswith(".md") and name not in reached and target.is_file():
+                reached.add(name)
+                todo.append(name)
+    pages = {d for d in DOCS if d.startswith("docs/")}
+    assert pages <= reached, f"docs pages no link leads to from README.md: {sorted(pages - reached)}"
+
+
+def test_anchor_rule_is_githubs():
+    text = "# Reproduce DB-GPT-Hub (EX 0.789)\n## GPU acceptance (`bench/gpu_acceptance.sh`)\n```bash\n# not one\n```\n" \
+           "## Multi-turn: SParC, CoSQL, Chase\n## Notes\n## Notes\n"
+    assert anchors(text) == {"reproduce-db-gpt-hub-ex-0789", "gpu-acceptance-benchgpu_acceptancesh",
+                             "multi-turn-sparc-cosql-chase", "notes", "notes-1"}
 
 
 # -- running them ---------------------------------------------------------------------------------------------------
