@@ -1,4 +1,4 @@
-"""Bad-input drills (issue 10.6), one test each, listed in README.md "When things go wrong".
+"""Bad-input drills (issue 10.6), one test each, listed in docs/troubleshooting.md.
 
 Each drill feeds a broken input to the command a user would run and checks the answer is one clear line or a
 recorded per-example status, that the input is left as it was, and that no half-written output remains.
