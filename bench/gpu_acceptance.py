@@ -137,11 +137,14 @@ def family_dir(out: Path, preset: str, layers: int) -> Path:
     return out / f"random-{preset}-{layers}layers"
 
 
-def build_random_family(out_dir: Path, layers: int, preset: str) -> str:
+def build_random_family(out_dir: Path, layers: int, preset: str, head_dim: int | None = None) -> str:
     """A random bf16 model of the chat preset's architecture (`model_type`, biases, grouped-query attention) with
     `layers` layers and a byte-level BPE tokenizer learned from the dataset with the family's specials and chat
     template (Qwen: ChatML, Llama 3: its headers; Mistral: a SentencePiece-style one with [INST] turns). The
-    vocabulary is the learned tokenizer's (every generated id decodes), not the preset's 32k-152k."""
+    vocabulary is the learned tokenizer's (every generated id decodes), not the preset's 32k-152k.
+
+    `head_dim`: None keeps the preset's width (the GPU plan); a small value keeps its head counts (so the
+    grouped-query ratio) at that head size and a 4x MLP: the CPU rehearsal of the same code path at ~1/200 the cost."""
     import torch
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -157,6 +160,9 @@ def build_random_family(out_dir: Path, layers: int, preset: str) -> str:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"model={preset}", f"model.architecture.num_hidden_layers={layers}"])
     arch = OmegaConf.to_container(cfg.model.architecture, resolve=True)
+    if head_dim is not None:
+        arch.update(hidden_size=arch["num_attention_heads"] * head_dim,
+                    intermediate_size=4 * arch["num_attention_heads"] * head_dim)
     spider = spider_root()
     dataset = InstructionDataset(spider or ensure_sample(str(out_dir.parent / "sample"), seed=0, n_train=3000, n_dev=200))
     if arch["model_type"] == "mistral":

@@ -88,7 +88,7 @@ def families(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEXT2SQL_CACHE", str(cache))
         for family, preset in acceptance.FAMILIES.items():
-            acceptance.build_random_family(acceptance.family_dir(out, preset, 1), 1, preset)
+            acceptance.build_random_family(acceptance.family_dir(out, preset, 1), 1, preset, head_dim=8)
     for family in acceptance.FAMILIES:
         logs = root / f"{family}.out", root / f"{family}.err"
         with logs[0].open("w") as stdout, logs[1].open("w") as stderr:
@@ -107,8 +107,10 @@ def families(tmp_path_factory):
 @pytest.mark.parametrize("family", ["qwen2", "llama3", "mistral"])
 def test_each_chat_family_check_runs_on_the_cpu(families, family):
     """Qwen2 biases, Llama 3 / Mistral grouped-query attention, each family's chat template: the model the script
-    builds has the preset's shape, and the plan's check trains, scores and exports an adapter on it."""
+    builds has the preset's architecture (model type, head counts, so its grouped-query ratio) at a small head size,
+    and the plan's check trains, scores and exports an adapter on it."""
     import gpu_acceptance as acceptance
+    from omegaconf import OmegaConf
     from transformers import AutoConfig, AutoTokenizer
 
     out, done = families
@@ -116,6 +118,10 @@ def test_each_chat_family_check_runs_on_the_cpu(families, family):
     config, tokenizer = AutoConfig.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
     assert config.num_hidden_layers == 1 and tokenizer.chat_template and len(tokenizer) == config.vocab_size
     assert config.model_type == {"qwen2": "qwen2", "llama3": "llama", "mistral": "mistral"}[family]
+    preset = OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{acceptance.FAMILIES[family]}.yaml").architecture
+    assert (config.num_attention_heads, config.num_key_value_heads) == (preset.num_attention_heads,
+                                                                        preset.num_key_value_heads)
+    assert config.hidden_size == 8 * preset.num_attention_heads  # the CPU rehearsal's width (head_dim=8)
     proc = done[family]
     row = acceptance.read_result(family, out, proc, 0.0)
     assert row["ok"], f"{family}: {row['error']}\n{proc.stderr[-3000:]}"
