@@ -229,3 +229,65 @@ def test_unsafe_or_impossible_settings_are_one_line_before_loading(tmp_path: Pat
         assert main(["serve", "--run", str(tmp_path), *argv]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_vllm_command_is_rehearsed_for_the_run(smoke_run, tmp_path: Path, capsys) -> None:
+    """The exact `vllm serve` argv, built on CPU (vLLM is not run): the smoke adapter (it trains embed_tokens and
+    lm_head) is refused with the merge path; a plain LoRA adapter becomes a LoRA module named as the run is served;
+    a merged dir is served as it is; the run's template travels as a chat template that renders the run's prompt."""
+    import shlex
+    import shutil
+
+    from text2sql.serve.engine import RunSpec
+    from text2sql.serve.vllm import vllm_command
+
+    run_dir = smoke_run[0]
+    assert main(["serve", "--run", str(run_dir), "--backend", "vllm", "--print-command"]) == 2
+    err = capsys.readouterr().err
+    assert "modules_to_save" not in err and "embed_tokens" in err and "text2sql merge --adapter" in err
+    spec = RunSpec(run_dir)
+    adapter = tmp_path / "adapter"
+    shutil.copytree(run_dir / "adapter", adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "modules_to_save": None}))
+    spec.weights = ("adapter", adapter)
+    cmd = vllm_command(spec, 8001)
+    assert cmd[:2] == ["vllm", "serve"] and (Path(cmd[2]) / "config.json").is_file()  # the run's base model
+    assert cmd[cmd.index("--lora-modules") + 1] == f"{spec.name}={adapter}" and "--enable-lora" in cmd
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "8"  # r=4: the smallest rank vLLM takes above it
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8001"
+    assert "--api-key" not in cmd  # the inner key goes in VLLM_API_KEY, never on a command line
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "config.json").write_text("{}")
+    assert main(["serve", "--run", str(run_dir), "--backend", "vllm", "--merged", str(merged), "--print-command",
+                 "--port", "9000"]) == 0
+    printed = shlex.split(capsys.readouterr().out)
+    assert printed[:3] == ["vllm", "serve", str(merged.resolve())]
+    assert printed[printed.index("--served-model-name") + 1] == spec.name and printed[printed.index("--port") + 1] == "9001"
+    _chat_template_renders_the_prompt(spec, printed[printed.index("--chat-template") + 1])
+
+
+def _chat_template_renders_the_prompt(spec, vanilla: str) -> None:
+    """The same text as the run's template writes (special tokens as text); the same ids for a one-turn prompt (an
+    earlier answer is tokenized apart from its turn in training, vLLM tokenizes the whole chat: its first word
+    may split differently, which is why our front sends token ids)."""
+    from text2sql.data.prompt import encode_source, get_template
+    from text2sql.serve.vllm import chat_template
+
+    tokenizer = spec.load_tokenizer()
+    record = {"instruction": "Tables: singer(name, age).", "input": "###Input:\nHow many?\n\n###Response:",
+              "history": [["###Input:\nList names.\n\n###Response:", "SELECT name FROM singer"]]}
+    question = {"role": "user", "content": f"{record['instruction']}\n{record['input']}"}
+    messages = [{"role": "user", "content": record["history"][0][0]},
+                {"role": "assistant", "content": record["history"][0][1]}, question]
+    for name, template in (("vanilla", vanilla), ("llama2", chat_template("llama2", None))):
+        pieces = get_template(name).pieces(tokenizer, record, record["instruction"], None)
+        expected = "".join(p if isinstance(p, str) else tokenizer.convert_ids_to_tokens(p) for p in pieces)
+        assert tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=True) == expected, name
+        text = tokenizer.apply_chat_template([question], chat_template=template, tokenize=False,
+                                             add_generation_prompt=True)
+        single = {**record, "history": []}
+        assert list(tokenizer(text, add_special_tokens=False)["input_ids"]) == encode_source(
+            single, tokenizer, name, 4096)[0], (name, text)

@@ -82,7 +82,7 @@ def vllm_command(spec, port: int, merged: Path | None = None) -> list[str]:
         config, problem = _lora_problem(path)
         if problem:
             raise UserError(f"vLLM cannot load {path} as a LoRA module: {problem}; {merge_hint}")
-        rank = max(int(config.get("r", 8)), *[int(r) for r in (config.get("rank_pattern") or {}).values()])
+        rank = max([int(config.get("r", 8)), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
         max_rank = next((r for r in LORA_RANKS if r >= rank), rank)
         cmd = ["vllm", "serve", spec.base_model_path(), "--enable-lora", "--lora-modules", f"{spec.name}={path}",
                "--max-lora-rank", str(max_rank)]
