@@ -133,6 +133,25 @@ def test_openai_client_and_sql_on_a_spider_database(server: Server, smoke_run, s
 
 
 @pytest.mark.slow
+def test_docs_examples_run_against_the_server(server: Server) -> None:
+    """docs/serve.md's curl and openai examples, as written, against the module's server (its URL for the
+    documented one, its key in TEXT2SQL_API_KEY as the docs say)."""
+    import shutil
+
+    doc = (REPO_ROOT / "docs" / "serve.md").read_text(encoding="utf-8")
+    env = {**_env(), "TEXT2SQL_API_KEY": KEY}
+    curl = next(line for line in doc.splitlines() if line.startswith("curl "))
+    expected = post(server.url, "/v1/sql", {"question": QUESTIONS[0], "db_id": "concert_singer"}).json()["sql"]
+    if shutil.which("curl"):
+        proc = subprocess.run(["bash", "-c", curl.replace("http://127.0.0.1:8000", server.url)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["sql"] == expected, proc.stdout + proc.stderr
+    code = re.search(r"```python\n(.*?)```", doc, re.S).group(1).replace("http://127.0.0.1:8000", server.url)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == expected, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_concurrent_requests_are_batched_with_the_same_sql(server: Server) -> None:
     alone = {q: post(server.url, "/v1/sql", {"question": q, "db_id": "concert_singer"}).json()["sql"]
              for q in QUESTIONS}

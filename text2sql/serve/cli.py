@@ -103,6 +103,15 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _check_installed() -> None:
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn", "httpx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"text2sql serve needs {', '.join(missing)}: install the serve extra, "
+                        "pip install -e '.[serve]'")
+
+
 def _logging() -> None:
     log = logging.getLogger("text2sql.serve")
     if not log.handlers:
@@ -135,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from text2sql.serve.engine import RunSpec
 
     key = check_args(args)
+    _check_installed()
     spec = RunSpec(args.run, args.best, args.override, args.model_name)
     if args.print_command:
         from text2sql.serve.vllm import vllm_command
