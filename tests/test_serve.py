@@ -182,6 +182,9 @@ def test_bad_requests_wrong_key_and_writes_are_refused(server: Server, smoke_run
         (json.dumps({"question": "x" * 5000, "db_id": "concert_singer"}), 400, "above the limit"),
         (json.dumps({"question": "x", "db_id": "../../etc"}), 404, "unknown db_id"),
         (json.dumps({"question": "x", "db_id": "concert_singer", "decoding": "magic"}), 400, "greedy"),
+        (json.dumps({"question": "x", "db_id": "concert_singer", "max_rows": 5000}), 400, "cap of 1000"),
+        (json.dumps({"question": "x", "schema": "CREATE TABLE t (a INT)", "decoding": "execution_guided"}), 400,
+         "give a db_id"),
     ]:
         reply = post(server.url, "/v1/sql", body, raw=True)
         message = reply.json()["error"]["message"]
@@ -264,6 +267,9 @@ def test_vllm_command_is_rehearsed_for_the_run(smoke_run, tmp_path: Path, capsys
     assert main(["serve", "--run", str(run_dir), "--backend", "vllm", "--print-command"]) == 2
     err = capsys.readouterr().err
     assert "modules_to_save" not in err and "embed_tokens" in err and "text2sql merge --adapter" in err
+    assert main(["serve", "--run", str(run_dir), "--best", "--backend", "vllm", "--print-command"]) == 2
+    err = capsys.readouterr().err  # --best: the best epoch's Lightning checkpoint, which vLLM cannot load
+    assert "not the Lightning checkpoint" in err and str(run_dir / "checkpoints" / "epoch00.ckpt") in err
     spec = RunSpec(run_dir)
     adapter = tmp_path / "adapter"
     shutil.copytree(run_dir / "adapter", adapter)

@@ -180,6 +180,7 @@ def _serve(args, spec, generator, databases, key, sock) -> int:
     service = Service(spec, generator, databases, limits, batch, args.batch_wait_ms / 1000)
     app = create_app(service, key)
     host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
     where = f"on {generator.device}" if hasattr(generator, "device") else f"by {generator.backend}"
     print(f"text2sql serve: model {spec.name}: weights {spec.weights_line()}; template {spec.data_cfg.template}; "
           f"decoding {spec.decoding.strategy}; {where}", file=sys.stderr)

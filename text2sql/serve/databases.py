@@ -89,14 +89,16 @@ class Databases:
         """A schema given in a request: CREATE statements become the run's schema sentences (read back from a
         scratch database, as `prepare --from-sqlite` reads one); other text, or `verbatim`, goes in as written."""
         key = f"{verbatim}:{text}"
-        if key in self._texts:
-            self._texts.move_to_end(key)
-            return self._texts[key]
+        with self._lock:
+            if key in self._texts:
+                self._texts.move_to_end(key)
+                return self._texts[key]
         parsed = None if verbatim else _parse_ddl(text)
         schema = Schema("schema", parsed, None if parsed is not None else text.strip(), None)
-        self._texts[key] = schema
-        while len(self._texts) > 64:
-            self._texts.popitem(last=False)
+        with self._lock:
+            self._texts[key] = schema
+            while len(self._texts) > 64:
+                self._texts.popitem(last=False)
         return schema
 
     def _connection(self, path: str):

@@ -84,6 +84,7 @@ def add_routes(app: FastAPI, service: Service, guarded: list) -> None:
     @app.post("/v1/sql", dependencies=guarded)
     async def sql(req: wire.SqlRequest, request: Request):
         start = time.perf_counter()
+        service.check_rows(req.max_rows)
         schema = service.schema(req.db_id, req.db_schema)
         if schema is None:
             raise ApiError(400, "say which database: db_id (GET /v1/databases) or schema (CREATE TABLE statements)")

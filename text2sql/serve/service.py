@@ -136,9 +136,12 @@ class Service:
         except UserError as err:  # e.g. a strategy this adapter cannot decode with
             raise ApiError(400, str(err)) from None
 
-    async def execute(self, schema: Schema, sql: str, max_rows: int) -> dict:
+    def check_rows(self, max_rows: int) -> int:
         if max_rows > self.limits.max_rows:
             raise ApiError(400, f"max_rows={max_rows} is above this server's cap of {self.limits.max_rows}")
+        return max_rows
+
+    async def execute(self, schema: Schema, sql: str, max_rows: int) -> dict:
         if schema.db_file is None:
             return {"status": "not_executed", "error": "no database: the schema was given as text (use a db_id "
                     "to run the SQL)", "columns": [], "rows": [], "row_count": 0, "execution_s": 0.0}
