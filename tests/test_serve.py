@@ -129,6 +129,19 @@ def test_openai_client_and_sql_on_a_spider_database(server: Server, smoke_run, s
     system = api.chat.completions.create(model=name, messages=[{"role": "system", "content": schema},
                                                                {"role": "user", "content": "How many pets?"}])
     assert system.choices[0].message.content == by_text["sql"]  # the system message is the schema
+    earlier = [{"role": "user", "content": QUESTIONS[2]}, {"role": "assistant", "content": "SELECT name FROM singer"}]
+    turn = api.chat.completions.create(model=name, messages=[*earlier, {"role": "user", "content": QUESTIONS[3]}],
+                                       extra_body={"db_id": "concert_singer"}).choices[0].message.content
+    followed = post(server.url, "/v1/sql", {"question": QUESTIONS[3], "db_id": "concert_singer", "history": [
+        {"question": QUESTIONS[2], "sql": "SELECT name FROM singer"}]}).json()
+    assert followed["sql"] == turn  # earlier chat turns are the history, as /v1/sql's
+    guided = post(server.url, "/v1/sql", {"question": QUESTIONS[1], "db_id": "concert_singer",
+                                          "decoding": "execution_guided"}).json()
+    assert guided["decoding"] == "execution_guided" and guided["candidates"] >= 1 and guided["status"]
+    import httpx
+
+    listed = httpx.get(f"{server.url}/v1/databases", headers={"Authorization": f"Bearer {KEY}"}, trust_env=False)
+    assert "concert_singer" in [d["id"] for d in listed.json()["data"]]
     assert sha(db) == before
 
 
