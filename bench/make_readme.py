@@ -16,11 +16,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 ORDER = ["train_throughput", "eval_cost", "cpu_share", "bench_evaluate", "bird_eval", "bench_predict", "decoding",
-         "gpu_acceptance", "gpu_scale"]
+         "gpu_acceptance", "gpu_scale", "serve"]
 GOALS = {"train_throughput": ">= 1.2", "cpu_share": "after < before at every load; idle no slower",
          "bench_evaluate": ">= 3x", "bench_predict": ">= 5x", "eval_cost": "—",
          "decoding": "EX >= +2 points at <= 3x time (sample)", "gpu_acceptance": "all pass",
-         "gpu_scale": ">= 1.5x, MFU >= 40 % (13B)"}
+         "gpu_scale": ">= 1.5x, MFU >= 40 % (13B)", "serve": "c=32: >= 5x c=1, >= 20x ask"}
 
 INTRO = """# Benchmarks
 

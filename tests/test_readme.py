@@ -244,6 +244,22 @@ EXAMPLES: dict[str, object] = {
     "python bench/decoding.py --run RUN": Covered("tests/test_decoding_ranks.py"),
     "python bench/train_throughput.py --once hf_default,ours_full_head,ours_packed --steps 12 --warmup 2": Covered(
         "tests/test_throughput.py"),
+    # -- docs/serve.md and its bench row (`text2sql serve`); the servers themselves run in tests/test_serve.py
+    "text2sql serve": Run(extra=("--help",)),
+    "text2sql serve --run RUN [--best] [--host 127.0.0.1] [--port 8000] [--db-dir DIR] [--api-key KEY]":
+        Synopsis("serve"),
+    "text2sql serve --run outputs/<date>/<time> --db-dir ../shared/spider/database": Covered(
+        "tests/test_serve.py::test_openai_client_and_sql_on_a_spider_database"),
+    "curl -s http://127.0.0.1:8000/v1/sql -H \"Authorization: Bearer $TEXT2SQL_API_KEY\" -H \"Content-Type: "
+    "application/json\" -d '{\"question\": \"How many singers do we have?\", \"db_id\": \"concert_singer\"}'": Covered(
+        "tests/test_serve.py::test_docs_examples_run_against_the_server"),
+    "TEXT2SQL_API_KEY=change-me-please text2sql serve --run RUN --host 0.0.0.0 --db-dir DIR": Synopsis("serve"),
+    "text2sql serve --run outputs/<date>/<time> --backend vllm --print-command": Run(
+        extra=(), needs=("run",), fails=r"text2sql merge"),  # the tiny model's adapter trains whole modules
+    "text2sql serve --run RUN_DIR --backend vllm --merged MERGED --print-command": Synopsis("serve"),
+    "python bench/serve.py --run RUN --concurrency 1,8,32 --requests 64 --questions 32 --ask 3": Run(
+        extra=("--concurrency", "2", "--requests", "4", "--questions", "2", "--ask", "0", "--json", ""),
+        needs=("run",)),  # never over the committed results
 }
 
 PLACEHOLDERS = {  # documented path -> (provider, how to derive the real path from the provider's dir)
@@ -251,6 +267,7 @@ PLACEHOLDERS = {  # documented path -> (provider, how to derive the real path fr
     "multirun/2026-11-25/14-03-12": ("sweep", lambda d: d),
     "DIR --metric": ("sweep", lambda d: f"{d} --metric"),
     "'DIR'": ("run", lambda d: repr(str(d))),
+    "--run RUN ": ("run", lambda d: f"--run {d} "),
 }
 
 

@@ -21,12 +21,13 @@ VERBS: dict[str, tuple[str, str]] = {
     "ask": ("text2sql.inference.ask", "answer a question on any SQLite database with a trained model: SQL and result rows"),
     "evaluate": ("text2sql.eval.evaluate", "execution accuracy and exact set match of pred.sql against gold, official semantics, safe"),
     "merge": ("text2sql.inference.merge", "merge a LoRA adapter into its base model for serving"),
+    "serve": ("text2sql.serve.cli", "serve a trained run over HTTP: OpenAI-compatible API, /v1/sql with rows, batched"),
     "report": ("text2sql.sweep.report", "rank the jobs of a multirun dir: summary.md / .csv / .png"),
     "dashboard": ("text2sql.tracking.dashboard", "create/update the W&B workspace for runs and sweeps (--print: JSON, offline)"),
     "sync": ("text2sql.tracking.offline", "upload every offline W&B run under a run or multirun dir (wandb sync)"),
 }
 
-MODEL_VERBS = ("predict", "ask", "merge")  # the verbs that run a model (torch's threads matter)
+MODEL_VERBS = ("predict", "ask", "merge", "serve")  # the verbs that run a model (torch's threads matter)
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
