@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from text2sql.errors import ConfigError
-from text2sql.eval.decoding import FALLBACKS, STRATEGIES, Decoding
+from text2sql.config.decoding import FALLBACKS, STRATEGIES, Decoding
 
 # --- schemas -----------------------------------------------------------------------------------------------
 # Fields without a default are MISSING until a YAML sets them; `Any` where Lightning/PEFT accept several types.
@@ -61,7 +61,7 @@ class ProgressSchema:
     every_s: Optional[float] = 30.0
 
 
-# `eval.decoding`: the fields, types and defaults of `Decoding` (eval/decoding.py, their one owner), as the mutable
+# `eval.decoding`: the fields, types and defaults of `Decoding` (config/decoding.py, their one owner), as the mutable
 # dataclass Hydra merges overrides into (a frozen one would make the node read-only). Ranges: RANGES below.
 DecodingSchema = make_dataclass("DecodingSchema", [(f.name, get_type_hints(Decoding)[f.name], field(default=f.default))
                                                    for f in fields(Decoding)])

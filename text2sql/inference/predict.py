@@ -217,7 +217,8 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
 
     from text2sql.data.datamodule import eval_subset
     from text2sql.data.prompt import encode_source
-    from text2sql.eval.decoding import Decoding, decode_local
+    from text2sql.config.decoding import Decoding
+    from text2sql.eval.candidates import decode_local
     from text2sql.eval.generate import generation_progress
     from text2sql.eval.interaction import pred_lines
 
