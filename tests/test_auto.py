@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
 from text2sql.model import load as load_mod
-from text2sql.config.hardware import Facts, choose, launcher, resolve_hardware
+from text2sql.machine.auto import Facts, choose, launcher, resolve_hardware
 from text2sql.model.load import cached_snapshot, check_model_path, hub_reachable
 
 CONF = REPO_ROOT / "conf"
@@ -69,7 +69,7 @@ def test_launcher_detection():
 def test_resolve_composes_the_chosen_preset_and_user_keys_win(caplog):
     cfg = compose_cfg(["data.batch_size=3"])
     assert cfg.hardware.name == "auto"
-    with caplog.at_level("INFO", logger="text2sql.config.hardware"):
+    with caplog.at_level("INFO", logger="text2sql.machine.auto"):
         choice = resolve_hardware(cfg, facts=Facts(4, True, {}), task_overrides=["data.batch_size=3"])
     assert choice.preset == "deepspeed_zero2"
     hw = OmegaConf.to_container(cfg.hardware, resolve=True)

@@ -42,7 +42,7 @@ from text2sql.eval.compare import (
     replace_cur_year,
 )
 from text2sql.eval.pool import _shutdown, _Worker
-from text2sql.config.threads import usable_cpus
+from text2sql.machine.threads import usable_cpus
 from text2sql.eval.query import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ROWS,

@@ -129,11 +129,11 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def place_model(model, device: str = "auto") -> str:
     """Put `model` where generation runs and say where. `auto`: this process's GPU (LOCAL_RANK) when torch sees
-    one, else the CPU under the CPU thread policy train.py applies (text2sql/config/threads.py). Weights that
+    one, else the CPU under the CPU thread policy train.py applies (text2sql/machine/threads.py). Weights that
     bitsandbytes placed while loading (load_model's device_map) stay where they are."""
     import torch
 
-    from text2sql.config.threads import set_torch_threads
+    from text2sql.machine.threads import set_torch_threads
 
     check_device(device)
     if getattr(model, "hf_device_map", None):
