@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from text2sql.atomic import atomic_path
 from text2sql.config.paths import check_writable, conf_dir
 from text2sql.errors import UserError
 from text2sql.job.run_dir import RunDir
@@ -252,9 +253,8 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
             evaluator.close()
     preds = [d.sql for d in decoded]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(pred_lines(preds, ids) if ids else "".join(p + "\n" for p in preds), encoding="utf-8")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        tmp.write_text(pred_lines(preds, ids) if ids else "".join(p + "\n" for p in preds), encoding="utf-8")
     return dataset, records, preds, ids
 
 
@@ -319,10 +319,9 @@ def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Pa
     from text2sql.eval.interaction import sessions_text
 
     gold = pred.with_name(f"{split}_gold.sql")
-    tmp = gold.with_name(gold.name + ".tmp")
     lines = [f"{_one_line(r['output'])}\t{r['db_id']}" for r in records]
-    tmp.write_text(sessions_text(lines, ids) if ids else "".join(f"{line}\n" for line in lines), encoding="utf-8")
-    tmp.replace(gold)
+    with atomic_path(gold) as tmp:
+        tmp.write_text(sessions_text(lines, ids) if ids else "".join(f"{line}\n" for line in lines), encoding="utf-8")
     eval_cfg = _resolve_subtree(cfg, "eval")
     db_dir = dataset.db_dir(split)
     argv = ["--gold", str(gold), "--pred", str(pred), "--db", str(db_dir), "--style", dataset.eval_style,
