@@ -220,7 +220,7 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
     from text2sql.data.prompt import encode_source
     from text2sql.config.decoding import Decoding
     from text2sql.eval.candidates import decode_local
-    from text2sql.eval.generate import generation_progress
+    from text2sql.eval.progress import progress_bar
     from text2sql.eval.interaction import pred_lines
 
     dataset = instantiate(_resolve_subtree(cfg, "dataset"))
@@ -244,7 +244,7 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
                                        style=dataset.eval_style)
         db_files = [evaluator.db_file(r["db_id"]) for r in records]
     try:
-        with generation_progress("predicting", len(sources), progress) as advance:
+        with progress_bar("predicting", len(sources), progress) as advance:
             decoded = decode_local(model, tokenizer, sources, db_files, decoding, evaluator=evaluator,
                                    batch_size=batch_size or eval_cfg.batch_size,
                                    max_new_tokens=max_new_tokens or eval_cfg.max_new_tokens, progress=advance)
