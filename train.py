@@ -1,34 +1,69 @@
 """Fine-tune a code LLM on text-to-SQL: `python train.py [model=...] [peft=...] [hardware=...] [key=value ...]`.
 
-Reads top to bottom as the recipe: data -> tokenizer/model -> PEFT -> Lightning module -> trainer -> fit.
-Returns `val/execution_accuracy` (the config's `optimized_metric`) so Hydra sweepers can optimise it.
+Reads top to bottom as the program: `main` (the command line) -> `job` (one composed config; a sweep runs one per
+point) -> `train`: config check -> machine set-up -> data -> tokenizer/model -> PEFT -> Lightning module ->
+trainer -> fit. `job` returns `val/execution_accuracy` (the config's `optimized_metric`) so Hydra sweepers can
+optimise it.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from text2sql.config.schema import compact_hydra_errors
-
 log = logging.getLogger("text2sql.train")
+
+
+def main() -> None:
+    """The whole program: the command line, then Hydra composes conf/ with it and runs `job`."""
+    from text2sql.config.schema import compact_hydra_errors
+    from text2sql.job.ranks import rank_argv
+    from text2sql.job.resume import continue_run_argv
+
+    compact_hydra_errors()  # a wrong type or unknown key at compose time: one `error:` line naming the key
+    sys.argv[1:] = continue_run_argv(sys.argv[1:])  # ckpt_path=RUN continues RUN in its own dir
+    sys.argv = rank_argv(sys.argv)  # ranks > 0 (torchrun, or started by Lightning) join rank 0's job and run dir
+    job()  # Hydra: the composed config, once (a sweep: once per point, each job in its own dir)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def job(cfg: DictConfig) -> float | None:
+    """One run of `cfg`: a dry run sizes it; otherwise `train` inside `run_job`, which always leaves metrics.json
+    (a failed sweep job is recorded and the sweep goes on) and returns the metric for sweepers."""
+    from text2sql.job.lifecycle import job_dir, run_job
+
+    if cfg.dry_run:  # size the run from the YAML's architecture: no data, no weights, no download
+        from text2sql.config.schema import check_config
+        from text2sql.errors import ConfigError
+        from text2sql.machine.setup import set_up_machine
+        from text2sql.model.sizing import dry_run
+
+        try:
+            check_config(cfg)
+            set_up_machine(cfg, dry_run=True)  # OpenMP waiting and hardware=auto: the preset that would run
+        except ConfigError as err:
+            raise SystemExit(f"error: {err}") from None
+        dry_run(cfg, job_dir())
+        return None
+    return run_job(cfg, train)
 
 
 def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.config.schema import check_config, check_source_budget
-    from text2sql.job.console import quiet_after_imports, quiet_before_imports, quiet_resume
+    from text2sql.job.console import quiet_after_imports, quiet_libraries, quiet_resume
     from text2sql.data.datasets import corpus
-    from text2sql.training.strategy import check_hardware
+    from text2sql.machine.setup import set_up_machine
+    from text2sql.machine.threads import set_torch_threads
     from text2sql.job.lifecycle import job_dir
     from text2sql.job.resume import RunFinished, check_not_finished, checkpoint_to_resume
     from text2sql.job.run_dir import RunDir
-    from text2sql.config.threads import set_torch_threads
 
-    check_config(cfg)  # types and ranges, before the heavy imports: a bad value fails in about a second
-    check_hardware(cfg.hardware)  # GPU presets without a GPU: one line before any data loads (torch only then)
+    check_config(cfg)  # types and ranges (hardware.* too): a bad value fails in about a second, before torch loads
+    set_up_machine(cfg)  # OpenMP waiting, hardware=auto, GPU check, DeepSpeed's accelerator: before any data
     ckpt_path = checkpoint_to_resume(cfg.ckpt_path, cfg.get("resume"), job_dir())
     if ckpt_path is not None:  # the same run goes on: its earlier epochs stay in metrics.json
         history[:] = RunDir(job_dir()).history()
@@ -39,8 +74,8 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
             return history
     dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use); bad paths fail here
 
-    quiet_before_imports(cfg.hardware.get("accelerator"))
-    log.info("%s", set_torch_threads(cfg.hardware))  # at most the CPUs this process may use
+    quiet_libraries()  # before the heavy imports: bitsandbytes logs at import
+    log.info("%s", set_torch_threads(cfg.hardware))  # the set-up's last step: at most the CPUs this process may use
     import lightning.pytorch as pl
 
     from text2sql.training.checkpoint import AtomicCheckpointIO
@@ -88,39 +123,5 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     return history
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    from text2sql.config.hardware import resolve_hardware
-    from text2sql.job.lifecycle import job_dir, run_job
-    from text2sql.config.threads import set_wait_policy
-    from text2sql.errors import ConfigError
-
-    try:
-        set_wait_policy(cfg.hardware)  # before torch loads OpenMP, which reads it once: shared cores stay usable
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
-    resolve_hardware(cfg)  # hardware=auto -> the preset this machine (and its launcher) calls for; logs why
-    if cfg.dry_run:  # size the run from the YAML's architecture: no data, no weights, no download
-        from text2sql.config.schema import check_config
-        from text2sql.model.sizing import dry_run
-
-        try:
-            check_config(cfg)
-        except ConfigError as err:
-            raise SystemExit(f"error: {err}") from None
-
-        dry_run(cfg, job_dir())
-        return None
-    return run_job(cfg, train)
-
-
 if __name__ == "__main__":
-    compact_hydra_errors()  # a wrong type or unknown key at compose time: one `error:` line naming the key
-    import sys
-
-    from text2sql.job.ranks import rank_argv
-    from text2sql.job.resume import continue_run_argv
-
-    sys.argv[1:] = continue_run_argv(sys.argv[1:])  # ckpt_path=RUN continues RUN in its own dir
-    sys.argv = rank_argv(sys.argv)  # ranks > 0 (torchrun, or started by Lightning) join rank 0's job and run dir
     main()

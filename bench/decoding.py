@@ -26,7 +26,9 @@ from hydra.utils import instantiate
 
 from text2sql.data.prompt import encode_source
 from text2sql.eval.candidates import generate_candidates
-from text2sql.eval.decoding import STRATEGIES, Decoding, Timings, decode_local
+from text2sql.config.decoding import STRATEGIES, Decoding
+from text2sql.eval.candidates import decode_local
+from text2sql.eval.decoding import Timings
 from text2sql.eval.execute import ExecutionEvaluator
 from text2sql.eval.match import ExactMatcher
 from text2sql.inference.predict import _resolve_subtree, compose_config, find_weights, load_for_inference

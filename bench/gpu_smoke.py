@@ -43,7 +43,7 @@ def main() -> int:
     from text2sql.training.module import Text2SQLModule
     from text2sql.model.peft import apply_peft, count_parameters
     from text2sql.errors import HardwareError
-    from text2sql.training.strategy import check_hardware
+    from text2sql.machine.setup import check_gpus
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
@@ -51,7 +51,7 @@ def main() -> int:
             f"data.batch_size={args.batch_size}", f"trainer.accumulate_grad_batches={args.grad_accum}",
             f"model.architecture.num_hidden_layers={args.layers}", "optim.scheduler=constant_with_warmup"])
     try:
-        check_hardware(cfg.hardware)
+        check_gpus(cfg.hardware)
     except HardwareError as err:
         print(f"gpu_smoke: {err}", file=sys.stderr)
         return 2

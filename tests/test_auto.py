@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
 from text2sql.model import load as load_mod
-from text2sql.config.hardware import Facts, choose, launcher, resolve_hardware
+from text2sql.machine.auto import Facts, choose, launcher, resolve_hardware
 from text2sql.model.load import cached_snapshot, check_model_path, hub_reachable
 
 CONF = REPO_ROOT / "conf"
@@ -69,7 +69,7 @@ def test_launcher_detection():
 def test_resolve_composes_the_chosen_preset_and_user_keys_win(caplog):
     cfg = compose_cfg(["data.batch_size=3"])
     assert cfg.hardware.name == "auto"
-    with caplog.at_level("INFO", logger="text2sql.config.hardware"):
+    with caplog.at_level("INFO", logger="text2sql.machine.auto"):
         choice = resolve_hardware(cfg, facts=Facts(4, True, {}), task_overrides=["data.batch_size=3"])
     assert choice.preset == "deepspeed_zero2"
     hw = OmegaConf.to_container(cfg.hardware, resolve=True)
@@ -189,23 +189,36 @@ def _fake_cache(root: Path, repo_id: str, files: list[str]) -> Path:
 
 
 def test_cache_first_then_probe(tmp_path, monkeypatch):
+    """huggingface_hub's constants (its reading of HF_HUB_CACHE, HF_ENDPOINT, HF_HUB_OFFLINE at import) decide."""
+    from huggingface_hub import constants
+
     repo_id = "codellama/CodeLlama-7b-Instruct-hf"
     cache = tmp_path / "hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_ENDPOINT", DEAD_HUB)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "ENDPOINT", DEAD_HUB)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     _fake_cache(cache, repo_id, ["config.json"])  # config without weights: not usable
     assert cached_snapshot(repo_id) is None
     with pytest.raises(FileNotFoundError, match="unreachable"):
         check_model_path(repo_id)
     snap = _fake_cache(tmp_path / "hub2", repo_id, ["config.json", "model.safetensors.index.json"])
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub2"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub2"))
     assert cached_snapshot(repo_id) == str(snap)
     assert check_model_path(repo_id) == str(snap)  # dead hub, cached weights: load the snapshot dir directly
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert check_model_path(repo_id) == repo_id  # offline mode: transformers reads the cache itself
     probes = []
     monkeypatch.setattr(load_mod, "hub_reachable", lambda *a, **k: probes.append(1) or (True, ""))
-    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     assert check_model_path(repo_id) == repo_id and probes == [1]  # reachable hub: the hub id as given
+
+
+def test_offline_mode_and_cache_dir_are_the_hubs(tmp_path):
+    """As a run sees them: the variables set before it starts, read by huggingface_hub itself (TRANSFORMERS_OFFLINE
+    counts as HF_HUB_OFFLINE; HF_HOME -> its hub/ when HF_HUB_CACHE is not set)."""
+    code = "from text2sql.model.load import _hub_cache, _offline; print(_offline(), _hub_cache())"
+    base = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT,
+                          env={**base, "TRANSFORMERS_OFFLINE": "yes", "HF_HOME": str(tmp_path),
+                               "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.stdout.split() == ["True", str(tmp_path / "hub")]

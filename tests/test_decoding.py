@@ -11,7 +11,9 @@ import torch
 
 from tiny import tiny_model, tiny_setup
 from text2sql.errors import ConfigError
-from text2sql.eval.decoding import STRATEGIES, Candidate, Decoding, Execution, Prediction, decode, decode_local, vote
+from text2sql.config.decoding import STRATEGIES, Decoding
+from text2sql.eval.candidates import decode_local
+from text2sql.eval.decoding import Candidate, Execution, Prediction, decode, vote
 from text2sql.eval.execute import ExecutionEvaluator
 
 

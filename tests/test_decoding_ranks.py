@@ -40,7 +40,7 @@ def sweep(cache, tmp_path_factory):
 
 @pytest.mark.parametrize("job,strategy", [(0, "execution_guided"), (1, "self_consistency")])
 def test_two_ranks_decode_as_one(sweep, cache, monkeypatch, job, strategy):
-    from text2sql.eval.decoding import Decoding
+    from text2sql.config.decoding import Decoding
 
     run = sweep[job]
     rows = predictions(run, 1)

@@ -13,9 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
-from text2sql.training import strategy as hw_strategy
+from text2sql.machine import setup as machine_setup
 from text2sql.errors import HardwareError
-from text2sql.training.strategy import check_hardware, deepspeed_config
+from text2sql.machine.setup import check_gpus
+from text2sql.training.strategy import deepspeed_config
 
 CONF = REPO_ROOT / "conf"
 PRESETS = sorted(p.stem for p in (CONF / "hardware").glob("*.yaml") if p.stem != "auto")  # auto: test_auto.py
@@ -93,20 +94,36 @@ def test_deepspeed_config_refuses_duplicated_keys():
 
 @pytest.mark.parametrize("preset", GPU_PRESETS)
 def test_gpu_presets_refused_without_cuda(preset, monkeypatch):
-    monkeypatch.setattr(hw_strategy, "_cuda_count", lambda: 0)
+    monkeypatch.setattr(machine_setup, "_cuda_count", lambda: 0)
     with pytest.raises(HardwareError) as err:
-        check_hardware(compose_cfg([f"hardware={preset}"]).hardware)
+        check_gpus(compose_cfg([f"hardware={preset}"]).hardware)
     assert "\n" not in str(err.value) and f"hardware={preset}" in str(err.value)
 
 
 def test_cpu_presets_pass_and_too_many_gpus_refused(monkeypatch):
-    monkeypatch.setattr(hw_strategy, "_cuda_count", lambda: 0)
+    monkeypatch.setattr(machine_setup, "_cuda_count", lambda: 0)
     for preset in ("cpu", "deepspeed_zero2_cpu"):
-        check_hardware(compose_cfg([f"hardware={preset}"]).hardware)
-    monkeypatch.setattr(hw_strategy, "_cuda_count", lambda: 2)
-    check_hardware(compose_cfg(["hardware=gpu", "hardware.devices=2"]).hardware)
+        check_gpus(compose_cfg([f"hardware={preset}"]).hardware)
+    monkeypatch.setattr(machine_setup, "_cuda_count", lambda: 2)
+    check_gpus(compose_cfg(["hardware=gpu", "hardware.devices=2"]).hardware)
     with pytest.raises(HardwareError, match="hardware.devices=2"):
-        check_hardware(compose_cfg(["hardware=deepspeed_zero2", "hardware.devices=4"]).hardware)
+        check_gpus(compose_cfg(["hardware=deepspeed_zero2", "hardware.devices=4"]).hardware)
+
+
+def test_machine_set_up_checks_gpus_except_for_a_dry_run(monkeypatch):
+    """set_up_machine: a GPU preset without a GPU is one line (a dry run only sizes it); a CPU run gets DeepSpeed's
+    CPU accelerator and its OpenMP waiting (the user's variables win)."""
+    from text2sql.machine.setup import set_up_machine
+
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
+                                        if k not in ("DS_ACCELERATOR", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")})
+    monkeypatch.setattr(machine_setup, "_cuda_count", lambda: 0)
+    with pytest.raises(HardwareError, match="hardware=gpu needs a CUDA GPU"):
+        set_up_machine(compose_cfg(["hardware=gpu"]))
+    set_up_machine(compose_cfg(["hardware=gpu"]), dry_run=True)
+    assert "DS_ACCELERATOR" not in os.environ and "GOMP_SPINCOUNT" not in os.environ  # a GPU run: untouched
+    set_up_machine(compose_cfg(["hardware=deepspeed_zero2_cpu"]))
+    assert os.environ["DS_ACCELERATOR"] == "cpu" and os.environ["GOMP_SPINCOUNT"] == "100"
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")

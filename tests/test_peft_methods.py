@@ -126,7 +126,7 @@ def test_ptuning_trains_prefixes_through_the_peft_forward_and_cannot_be_merged(q
     assert got != base
     from text2sql.errors import UserError
     from text2sql.eval.candidates import generate_candidates
-    from text2sql.eval.decoding import Decoding
+    from text2sql.config.decoding import Decoding
 
     with pytest.raises(UserError, match="peft=ptuning"):  # beam/sample would silently drop the prefixes
         generate_candidates(again, tokenizer, prompts, "beam", Decoding(strategy="beam"), max_new_tokens=6)

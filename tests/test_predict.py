@@ -156,7 +156,7 @@ def test_predict_prints_no_third_party_noise(trained_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     output = proc.stdout + proc.stderr
     assert "wrote 2 predictions" in output
-    # the CPU policy of training (text2sql/config/threads.py), set by the verb before torch loaded OpenMP
+    # the CPU policy of training (text2sql/machine/threads.py), set by the verb before torch loaded OpenMP
     assert "generating on cpu; CPU threads: " in proc.stderr and "OpenMP waiting: GOMP_SPINCOUNT=100" in proc.stderr
     assert "gemm_4bit_forward" not in output and "Warning" not in output, output
 

@@ -99,7 +99,7 @@ def assert_one_run_per_job(run_dir: Path) -> None:
 
 def one_rank_predictions(run_dir: Path, cache: Path, monkeypatch, decoding=None) -> list[str]:
     """The last epoch's dev examples generated again in this one process with the run's exported adapter (greedy,
-    or with `decoding`: a text2sql.eval.decoding.Decoding, candidates run on the dataset's databases)."""
+    or with `decoding`: a text2sql.config.decoding.Decoding, candidates run on the dataset's databases)."""
     from text2sql.data.prompt import encode_source
     from text2sql.eval.generate import generate_sql
     from text2sql.inference.predict import _resolve_subtree, compose_config, load_for_inference
@@ -117,7 +117,7 @@ def one_rank_predictions(run_dir: Path, cache: Path, monkeypatch, decoding=None)
                              system_prompt=data.system_prompt)[0] for r in predictions(run_dir, 1)]
     if decoding is None:
         return generate_sql(model, tokenizer, sources, batch_size=2, max_new_tokens=16)
-    from text2sql.eval.decoding import decode_local
+    from text2sql.eval.candidates import decode_local
     from text2sql.eval.execute import ExecutionEvaluator
 
     db_ids = [r["db_id"] for r in predictions(run_dir, 1)]

@@ -1,4 +1,4 @@
-"""CPU runs that share cores (text2sql/config/threads.py): how OpenMP threads wait is set before torch is imported,
+"""CPU runs that share cores (text2sql/machine/threads.py): how OpenMP threads wait is set before torch is imported,
 torch threads never exceed the CPUs this process may use, and an explicit setting always wins."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
-from text2sql.config.threads import cgroup_cpus, preset_wait_policy, set_wait_policy, threads_for, usable_cpus
+from text2sql.machine.threads import cgroup_cpus, preset_wait_policy, set_wait_policy, threads_for, usable_cpus
 from text2sql.errors import ConfigError
 
 CPU = {"accelerator": "cpu", "devices": 1, "threads": None, "wait_policy": None, "spin_count": 100}
@@ -27,7 +27,7 @@ def test_cgroup_quota(tmp_path, cpu_max, expected):
 
 def test_usable_cpus_follows_the_affinity_mask():
     assert usable_cpus() <= len(os.sched_getaffinity(0))
-    code = "from text2sql.config.threads import usable_cpus; print(usable_cpus())"
+    code = "from text2sql.machine.threads import usable_cpus; print(usable_cpus())"
     one = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, check=True)
     assert one.stdout.strip() == "1"
@@ -56,6 +56,21 @@ def test_bad_openmp_settings_are_one_line():
                             ({**CPU, "spin_count": "lots"}, "hardware.spin_count=lots: a whole number")]:
         with pytest.raises(ConfigError, match=words):
             set_wait_policy(hardware, {})
+
+
+def test_the_config_check_refuses_bad_openmp_settings():
+    """The same lines come from `check_config`, which train.py runs before the machine set-up."""
+    from hydra import compose, initialize_config_dir
+
+    from text2sql.config.schema import check_config
+
+    for override, words in [("hardware.wait_policy=sleepy", "hardware.wait_policy=sleepy: choose PASSIVE"),
+                            ("hardware.spin_count=-1", "hardware.spin_count=-1: a whole number"),
+                            ("hardware.spin_count=lots", "hardware.spin_count=lots: a whole number")]:
+        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=["hardware=cpu", override])
+        with pytest.raises(ConfigError, match=words):
+            check_config(cfg)
 
 
 def test_verbs_use_the_cpu_presets_waiting():

@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return 0
-    if args.verb in MODEL_VERBS:  # before torch loads OpenMP, as train.py does (text2sql/config/threads.py)
-        from text2sql.config.threads import preset_wait_policy, set_wait_policy
+    if args.verb in MODEL_VERBS:  # before torch loads OpenMP, as train.py does (text2sql/machine/threads.py)
+        from text2sql.machine.threads import preset_wait_policy, set_wait_policy
 
         set_wait_policy(preset_wait_policy())
     module = importlib.import_module(VERBS[args.verb][0])

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from text2sql.errors import ConfigError
-from text2sql.eval.decoding import FALLBACKS, STRATEGIES, Decoding
+from text2sql.config.decoding import FALLBACKS, STRATEGIES, Decoding
 
 # --- schemas -----------------------------------------------------------------------------------------------
 # Fields without a default are MISSING until a YAML sets them; `Any` where Lightning/PEFT accept several types.
@@ -61,7 +61,7 @@ class ProgressSchema:
     every_s: Optional[float] = 30.0
 
 
-# `eval.decoding`: the fields, types and defaults of `Decoding` (eval/decoding.py, their one owner), as the mutable
+# `eval.decoding`: the fields, types and defaults of `Decoding` (config/decoding.py, their one owner), as the mutable
 # dataclass Hydra merges overrides into (a frozen one would make the node read-only). Ranges: RANGES below.
 DecodingSchema = make_dataclass("DecodingSchema", [(f.name, get_type_hints(Decoding)[f.name], field(default=f.default))
                                                    for f in fields(Decoding)])
@@ -256,7 +256,8 @@ def _value(cfg: DictConfig, key: str):
 def check_config(cfg: DictConfig) -> None:
     """Resolve the typed keys and check their ranges; the first problem is one ConfigError line naming the key.
 
-    Needs no torch: train.py calls it before the heavy imports, so a bad value fails in about a second.
+    Needs no torch: train.py calls it first, before the machine set-up and the heavy imports, so a bad value fails in
+    about a second.
     """
     for section in ("optim", "data", "eval", "progress", "trainer", "dataset", "peft"):
         node = cfg.get(section)
@@ -274,6 +275,20 @@ def check_config(cfg: DictConfig) -> None:
         problem = check(value)
         if problem:
             raise ConfigError(f"{key}={value} {problem}")
+    check_openmp_keys(cfg)
+
+
+WAIT_POLICIES = ("PASSIVE", "ACTIVE")  # OMP_WAIT_POLICY's values (text2sql/machine/threads.py sets it)
+
+
+def check_openmp_keys(cfg: DictConfig) -> None:
+    """`hardware.wait_policy` and `hardware.spin_count`, which the machine set-up puts in the environment before torch
+    loads OpenMP: one ConfigError line naming the key and what it takes."""
+    policy, spins = _value(cfg, "hardware.wait_policy"), _value(cfg, "hardware.spin_count")
+    if policy is not None and str(policy).upper() not in WAIT_POLICIES:
+        raise ConfigError(f"hardware.wait_policy={policy}: choose PASSIVE, ACTIVE or null (libgomp's default)")
+    if spins is not None and (isinstance(spins, bool) or not isinstance(spins, int) or spins < 0):
+        raise ConfigError(f"hardware.spin_count={spins}: a whole number of spins >= 0, or null (libgomp's default)")
 
 
 def check_source_budget(stats: dict, max_source_length: int, needed: int | None = None) -> None:

@@ -7,12 +7,13 @@ deletes a complete dir another process may be reading.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock
 
 COMPLETE = ".complete"  # written last into every dir atomic_dir builds
 
@@ -49,13 +50,10 @@ def is_complete(out_dir: str | os.PathLike) -> bool:
 def build_lock(out_dir: str | os.PathLike):
     """Hold an exclusive lock named after `out_dir` (a `.NAME.lock` file beside it) while checking/building it.
 
-    `fcntl.flock` is released by the kernel when the process dies, so a killed build never leaves a stale lock.
+    `filelock` locks with `fcntl.flock` on Linux, which the kernel releases when the process dies, so a killed build
+    never leaves a stale lock.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_dir.parent / f".{out_dir.name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(out_dir.parent / f".{out_dir.name}.lock"):
+        yield

@@ -24,11 +24,10 @@ import json
 import os
 import random
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 
 from text2sql.data.cache import atomic_dir
-from text2sql.data.sample_templates import TEMPLATES, Ctx
+from text2sql.data.sample_templates import TEMPLATES, Column, Ctx, Table
 from text2sql.sql.hardness import hardness
 
 SAMPLE_VERSION = 2
@@ -42,27 +41,6 @@ LAST = ["Novak", "Silva", "Okafor", "Larsen", "Kowalski", "Haddad", "Moreau", "T
         "Ivanova", "Garcia", "Nakamura", "Dubois", "Fischer", "Costa", "Berg", "Popescu"]
 CITIES = ["Lisbon", "Oslo", "Kyoto", "Lima", "Cairo", "Dublin", "Quebec", "Perth", "Austin", "Porto", "Riga"]
 COUNTRIES = ["France", "Japan", "Brazil", "Canada", "Kenya", "Norway", "India", "Mexico", "Poland", "Egypt"]
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: str  # "number" or "text" (Spider's column_types vocabulary)
-    phrase: str  # how a question names it
-    values: tuple = ()  # a pool for text columns; numeric columns use `low`/`high`
-    low: int = 0
-    high: int = 0
-
-
-@dataclass(frozen=True)
-class Table:
-    name: str
-    singular: str
-    plural: str
-    key: str  # integer primary key
-    columns: tuple[Column, ...]  # non-key, non-foreign-key columns
-    rows: int
-    parent: tuple[str, str] | None = None  # (foreign-key column, parent table)
 
 
 def _names(first: list[str], last: list[str]) -> tuple[str, ...]:

@@ -1,7 +1,9 @@
 """The question templates of the generated sample: each draws a (question, gold SQL) pair from one database.
 
 Split from `text2sql.data.sample` (databases, rows, the Spider-layout writer), which picks templates by level in
-Spider dev's proportions and checks every query's level with the official hardness rules.
+Spider dev's proportions and checks every query's level with the official hardness rules. `Column` and `Table`, what
+a template sees of a database, are defined here and used there to declare the four domains (so neither module
+needs the other's import back).
 """
 
 from __future__ import annotations
@@ -9,12 +11,32 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from text2sql.sql.hardness import HARDNESS_LEVELS
 
-if TYPE_CHECKING:
-    from text2sql.data.sample import Column, Table
+# -- the databases as the templates see them (text2sql.data.sample defines the four domains with these) -------------
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # "number" or "text" (Spider's column_types vocabulary)
+    phrase: str  # how a question names it
+    values: tuple = ()  # a pool for text columns; numeric columns use `low`/`high`
+    low: int = 0
+    high: int = 0
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    singular: str
+    plural: str
+    key: str  # integer primary key
+    columns: tuple[Column, ...]  # non-key, non-foreign-key columns
+    rows: int
+    parent: tuple[str, str] | None = None  # (foreign-key column, parent table)
+
 
 # -- question templates ------------------------------------------------------------------------------------------
 # Each template draws a (question, gold SQL) pair from one database. The question names everything the query

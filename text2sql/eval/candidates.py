@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from text2sql.eval.decoding import Candidate, Decoding
+from text2sql.config.decoding import Decoding
+from text2sql.eval.decoding import Candidate, Prediction, Timings, decode, executor
 from text2sql.errors import UserError
 from text2sql.eval.generate import eval_mode, extract_sql, generate_sql, left_pad, prefix_length
 
@@ -126,3 +127,22 @@ def _generate_rows(model, tokenizer, input_ids, attention, mode, n, decoding, so
     new_tokens = out.sequences[:, width:]
     return [Candidate(extract_sql(tokenizer.decode(new_tokens[r], skip_special_tokens=True)), float(scores[r]))
             for r in range(new_tokens.shape[0])]
+
+
+# --- one process: the model here, executions through an evaluator --------------------------------------------------
+
+
+def decode_local(model, tokenizer, sources: Sequence[Sequence[int]], db_files: Sequence[str], decoding: Decoding, *,
+                 evaluator=None, batch_size: int = 16, max_new_tokens: int = 128, progress=None,
+                 synced_gpus: bool = False, timings: Timings | None = None) -> list[Prediction]:
+    """`decode` with this process's model; `evaluator` (an ExecutionEvaluator) runs candidates when the strategy
+    executes them. `db_files[i]`: the SQLite file example i's SQL runs on (ignored by non-executing strategies)."""
+
+    def generate(indices: list[int], mode: str) -> list[list[Candidate]]:
+        return generate_candidates(model, tokenizer, [sources[i] for i in indices], mode, decoding,
+                                   batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                   progress=progress if mode == decoding.first_mode else None,
+                                   synced_gpus=synced_gpus)
+
+    execute = executor(evaluator) if evaluator is not None else None
+    return decode(len(sources), db_files, decoding, generate, execute, timings)

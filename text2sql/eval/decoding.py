@@ -1,5 +1,5 @@
 """Decoding strategies in one place (`eval.decoding`): the EX callback, `text2sql predict` and `text2sql ask` call
-:func:`decode` (through :func:`decode_local` in one process) and differ only in how they generate and execute.
+:func:`decode` (in one process through :func:`~text2sql.eval.candidates.decode_local`) and differ only in how they generate and execute.
 
 * ``greedy``: today's batched greedy decoding (:func:`~text2sql.eval.generate.generate_sql`), unchanged.
 * ``beam``: the top sequence of a ``num_beams`` beam search.
@@ -12,66 +12,17 @@
 
 Sampling is reproducible per example: each row draws from its own stream, seeded by (seed, the prompt's token ids,
 sample number), so the samples do not depend on batch size, batch composition or the number of ranks.
-Candidates run through the evaluator's worker pool (read-only guard, timeouts, write refusal).
+Candidates run through the evaluator's worker pool (read-only guard, timeouts, write refusal). The settings
+(`Decoding`: strategy, beams, samples, ...) are checked in text2sql/config/decoding.py.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from text2sql.errors import ConfigError
-
-STRATEGIES = ("greedy", "beam", "sample", "execution_guided", "self_consistency")
-FALLBACKS = ("beam", "sample")  # execution_guided's candidates after greedy
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """The `eval.decoding` block, checked."""
-
-    strategy: str = "greedy"
-    num_beams: int = 4
-    num_samples: int = 8
-    temperature: float = 0.7
-    top_p: float = 0.95
-    seed: int = 0
-    fallback: str = "beam"
-    require_rows: bool = False
-
-    def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"eval.decoding.strategy={self.strategy} is not one of {', '.join(STRATEGIES)}")
-        if self.fallback not in FALLBACKS:
-            raise ConfigError(f"eval.decoding.fallback={self.fallback} is not one of {', '.join(FALLBACKS)}")
-        for name, ok in (("num_beams", self.num_beams >= 1), ("num_samples", self.num_samples >= 1),
-                         ("temperature", self.temperature > 0), ("top_p", 0 < self.top_p <= 1)):
-            if not ok:
-                raise ConfigError(f"eval.decoding.{name}={getattr(self, name)} is out of range")
-
-    @classmethod
-    def from_config(cls, cfg: Mapping | str | None) -> "Decoding":
-        """From a config block (DictConfig or dict), a strategy name, or None (greedy)."""
-        if cfg is None:
-            return cls()
-        if isinstance(cfg, str):
-            return cls(strategy=cfg)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError(f"eval.decoding.{unknown[0]} is not a decoding key ({', '.join(sorted(known))})")
-        return cls(**{k: cfg[k] for k in cfg})
-
-    @property
-    def first_mode(self) -> str:
-        """The generation mode every example goes through ("greedy", "beam" or "sample"): the one to show progress of."""
-        return {"execution_guided": "greedy", "self_consistency": "sample"}.get(self.strategy, self.strategy)
-
-    @property
-    def executes(self) -> bool:
-        """Whether candidates are executed (the caller must provide an executor)."""
-        return self.strategy in ("execution_guided", "self_consistency")
+from text2sql.config.decoding import Decoding
 
 
 @dataclass
@@ -193,24 +144,7 @@ def vote(votes: Sequence[tuple[Candidate, Execution]]) -> str:
     return max(best, key=lambda c: c.score).sql
 
 
-# --- one process: the model here, executions through an evaluator --------------------------------------------------
-
-
-def decode_local(model, tokenizer, sources: Sequence[Sequence[int]], db_files: Sequence[str], decoding: Decoding, *,
-                 evaluator=None, batch_size: int = 16, max_new_tokens: int = 128, progress=None,
-                 synced_gpus: bool = False, timings: Timings | None = None) -> list[Prediction]:
-    """`decode` with this process's model; `evaluator` (an ExecutionEvaluator) runs candidates when the strategy
-    executes them. `db_files[i]`: the SQLite file example i's SQL runs on (ignored by non-executing strategies)."""
-    from text2sql.eval.candidates import generate_candidates
-
-    def generate(indices: list[int], mode: str) -> list[list[Candidate]]:
-        return generate_candidates(model, tokenizer, [sources[i] for i in indices], mode, decoding,
-                                   batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                   progress=progress if mode == decoding.first_mode else None,
-                                   synced_gpus=synced_gpus)
-
-    execute = executor(evaluator) if evaluator is not None else None
-    return decode(len(sources), db_files, decoding, generate, execute, timings)
+# --- executions through an evaluator ---------------------------------------------------------------------------
 
 
 def executor(evaluator) -> Execute:

@@ -42,7 +42,8 @@ from text2sql.eval.compare import (
     replace_cur_year,
 )
 from text2sql.eval.pool import _shutdown, _Worker
-from text2sql.config.threads import usable_cpus
+from text2sql.eval.progress import progress_bar
+from text2sql.machine.threads import usable_cpus
 from text2sql.eval.query import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ROWS,
@@ -243,12 +244,9 @@ class ExecutionEvaluator:
                 todo.append((i, {"paths": files, "gold": g, "candidates": candidates, "ordered": ordered,
                                  "rule": self.style.rule}))
 
-        bar = _Progress(len(items), enabled=progress)
-        bar.advance(len(items) - len(todo))
-
         def finish(i: int, res: dict) -> None:
             results[i] = (res["status"], res.get("error"))
-            bar.advance(1)
+            advance(1)
 
         def derive() -> list[str | None]:
             from text2sql.sql.hardness import hardness
@@ -256,14 +254,13 @@ class ExecutionEvaluator:
             derive_ = self.style.derive_levels
             return [lv if lv is not None or not derive_ else hardness(gold) for lv, (_, gold, _) in zip(stated, items)]
 
-        try:
+        with progress_bar("evaluating", len(items), enabled=progress) as advance:
+            advance(len(items) - len(todo))
             if self.workers == 0:
                 self._run_local(todo, finish)
                 levels = derive()
             else:
                 levels = self._run_pool(todo, finish, derive)  # hardness (sqlglot) runs here while workers execute
-        finally:
-            bar.close()
         out = []
         for (db_id, _, _), level, res in zip(items, levels, results):
             status, error = res if res is not None else ("exec_error", "not evaluated")
@@ -425,28 +422,3 @@ class _PoolRun:
         self.finish(i, res)
         with self.lock:
             self.queue.extendleft(reversed(list(pending)))
-
-
-class _Progress:
-    """A rich progress bar on stderr (silent when disabled)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self._bar = None
-        self._lock = threading.Lock()
-        if enabled and total:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), transient=False)
-            self._bar.start()
-            self._task = self._bar.add_task("eval", total=total)
-
-    def advance(self, n: int) -> None:
-        if self._bar is not None and n:
-            with self._lock:
-                self._bar.advance(self._task, n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None

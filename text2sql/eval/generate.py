@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 import torch
 
+from text2sql.eval.progress import progress_bar
+
 _FENCE = re.compile(r"```(?:sql)?\s*(.*?)(?:```|$)", re.S | re.I)
 
 
@@ -27,15 +29,9 @@ def extract_sql(text: str) -> str:
     return " ".join(text.split())
 
 
-@contextmanager
 def generation_progress(description: str, total: int, enabled: bool = True, transient: bool = False):
-    """A rich progress bar for generation; yields the `progress` callback `generate_sql` takes."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not enabled, transient=transient) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+    """The progress bar (`text2sql.eval.progress.progress_bar`); yields the `progress` callback `generate_sql` takes."""
+    return progress_bar(description, total, enabled, transient)
 
 
 @contextmanager

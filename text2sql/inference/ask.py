@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from text2sql.errors import UserError
-from text2sql.eval.decoding import STRATEGIES
+from text2sql.config.decoding import STRATEGIES
 from text2sql.inference.predict import DEVICES
 
 ROW_CAP = 100_000  # rows fetched at most; the table shows --rows of them
@@ -93,7 +93,7 @@ class Asker:
         self.data_cfg, eval_cfg = _resolve_subtree(cfg, "data"), _resolve_subtree(cfg, "eval")
         self.prompt_form = str(cfg.dataset.get("prompt", "zero_shot"))  # the run's prompt form (data/forms.py)
         self.timeout = args.timeout if args.timeout is not None else float(eval_cfg.timeout)
-        from text2sql.eval.decoding import Decoding
+        from text2sql.config.decoding import Decoding
 
         self.decoding = Decoding.from_config(eval_cfg.get("decoding"))  # the run's eval.decoding
         self._evaluator = None  # runs candidates on --db, made when a strategy first executes
@@ -126,7 +126,7 @@ class Asker:
         """The SQL for one prompt by the chosen strategy (the run's when None), as the EX callback decodes."""
         import dataclasses
 
-        from text2sql.eval.decoding import decode_local
+        from text2sql.eval.candidates import decode_local
 
         decoding = self.decoding if strategy is None else dataclasses.replace(self.decoding, strategy=strategy)
         if decoding.executes and self._evaluator is None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from text2sql.atomic import atomic_path
 from text2sql.config.paths import check_writable
 from text2sql.errors import UserError
 from text2sql.job.run_dir import RunDir
@@ -99,23 +98,12 @@ def merge(base: str, adapter: Path, out: Path, dtype: str = "auto", overwrite: b
     tokenizer = AutoTokenizer.from_pretrained(tok_src)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_path(out) as tmp:  # an existing `out` is replaced whole, and only once the new one is complete
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "merge_info.json").write_text(json.dumps(
             {"base": str(base), "adapter": str(adapter), "dtype": str(torch_dtype).removeprefix("torch.")},
             indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

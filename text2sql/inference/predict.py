@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from text2sql.atomic import atomic_path
 from text2sql.config.paths import check_writable, conf_dir
 from text2sql.errors import UserError
 from text2sql.job.run_dir import RunDir
@@ -129,11 +130,11 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def place_model(model, device: str = "auto") -> str:
     """Put `model` where generation runs and say where. `auto`: this process's GPU (LOCAL_RANK) when torch sees
-    one, else the CPU under the CPU thread policy train.py applies (text2sql/config/threads.py). Weights that
+    one, else the CPU under the CPU thread policy train.py applies (text2sql/machine/threads.py). Weights that
     bitsandbytes placed while loading (load_model's device_map) stay where they are."""
     import torch
 
-    from text2sql.config.threads import set_torch_threads
+    from text2sql.machine.threads import set_torch_threads
 
     check_device(device)
     if getattr(model, "hf_device_map", None):
@@ -217,8 +218,9 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
 
     from text2sql.data.datamodule import eval_subset
     from text2sql.data.prompt import encode_source
-    from text2sql.eval.decoding import Decoding, decode_local
-    from text2sql.eval.generate import generation_progress
+    from text2sql.config.decoding import Decoding
+    from text2sql.eval.candidates import decode_local
+    from text2sql.eval.progress import progress_bar
     from text2sql.eval.interaction import pred_lines
 
     dataset = instantiate(_resolve_subtree(cfg, "dataset"))
@@ -242,7 +244,7 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
                                        style=dataset.eval_style)
         db_files = [evaluator.db_file(r["db_id"]) for r in records]
     try:
-        with generation_progress("predicting", len(sources), progress) as advance:
+        with progress_bar("predicting", len(sources), progress) as advance:
             decoded = decode_local(model, tokenizer, sources, db_files, decoding, evaluator=evaluator,
                                    batch_size=batch_size or eval_cfg.batch_size,
                                    max_new_tokens=max_new_tokens or eval_cfg.max_new_tokens, progress=advance)
@@ -251,9 +253,8 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
             evaluator.close()
     preds = [d.sql for d in decoded]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(pred_lines(preds, ids) if ids else "".join(p + "\n" for p in preds), encoding="utf-8")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        tmp.write_text(pred_lines(preds, ids) if ids else "".join(p + "\n" for p in preds), encoding="utf-8")
     return dataset, records, preds, ids
 
 
@@ -318,10 +319,9 @@ def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Pa
     from text2sql.eval.interaction import sessions_text
 
     gold = pred.with_name(f"{split}_gold.sql")
-    tmp = gold.with_name(gold.name + ".tmp")
     lines = [f"{_one_line(r['output'])}\t{r['db_id']}" for r in records]
-    tmp.write_text(sessions_text(lines, ids) if ids else "".join(f"{line}\n" for line in lines), encoding="utf-8")
-    tmp.replace(gold)
+    with atomic_path(gold) as tmp:
+        tmp.write_text(sessions_text(lines, ids) if ids else "".join(f"{line}\n" for line in lines), encoding="utf-8")
     eval_cfg = _resolve_subtree(cfg, "eval")
     db_dir = dataset.db_dir(split)
     argv = ["--gold", str(gold), "--pred", str(pred), "--db", str(db_dir), "--style", dataset.eval_style,

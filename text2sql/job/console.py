@@ -12,7 +12,6 @@ above the bar. Everything also goes to the run's `train.log`. Importing this mod
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import warnings
 
@@ -81,13 +80,6 @@ def quiet_resume() -> None:
     """A resumed run's checkpoint dir holds the checkpoints it resumes from: Lightning's warning that the dir
     "exists and is not empty" is then expected (call after Lightning's import, which resets filters)."""
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-
-
-def quiet_before_imports(accelerator: str | None = None) -> None:
-    """Settings that must precede the heavy imports (called first thing in `train`)."""
-    quiet_libraries()
-    if accelerator == "cpu":  # DeepSpeed would probe for a GPU and warn that it found none
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def quiet_after_imports(local_model: bool = False) -> None:

@@ -148,16 +148,20 @@ def resolve_model_path(model_cfg: DictConfig, corpus: Callable[[], Iterable[str]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+# Offline mode, the cache dir and the endpoint as huggingface_hub (and so transformers) sees them: its constants,
+# read from HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, HF_HUB_CACHE / HF_HOME and HF_ENDPOINT when it is imported.
+
+
 def _offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _hub_cache() -> str:
     from huggingface_hub import constants
 
-    return os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME")
-                                              else constants.HF_HUB_CACHE)
+    return constants.HF_HUB_CACHE
 
 
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
@@ -180,7 +184,7 @@ def cached_snapshot(repo_id: str, cache_dir: str | None = None) -> str | None:
 def hub_endpoint() -> str:
     from huggingface_hub import constants
 
-    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    return constants.ENDPOINT
 
 
 def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> tuple[bool, str]:

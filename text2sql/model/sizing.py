@@ -28,6 +28,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from text2sql.atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 GIB = 1024 ** 3
@@ -193,9 +195,8 @@ def dry_run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "dry_run.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / "dry_run.json")
+    with atomic_path(out / "dry_run.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     _print(record, out / "dry_run.json")
     return record
 

@@ -18,6 +18,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from text2sql.atomic import atomic_path
 from text2sql.errors import MetricsFileError
 from text2sql.eval.metric_names import EX, EX_BY_HARDNESS, EXACT_MATCH, TRAIN_LOSS, VAL_LOSS
 from text2sql.sweep.jobs import Job, declared_log_keys, declared_sweep_keys, find_job_dirs, rank, read_job, swept_keys
@@ -68,16 +69,6 @@ def check_metric(metric: str, jobs: list[Job], recorded: set[str]) -> None:
         raise UserError(f"no job has a value of {metric}: {why}; nothing written")
 
 
-def _write_atomically(path: Path, write) -> None:
-    """`write(tmp_path)`, then rename over `path`: a crash never leaves a half-written summary."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _job_dirs(sweep_dir: Path) -> list[Path]:
     from text2sql.errors import UserError
 
@@ -100,13 +91,16 @@ def build_report(sweep_dir: str | Path, metric: str = EX, *, png: bool = True) -
     ranked = rank(jobs)
     files = {name: sweep_dir / name for name in SUMMARY_FILES}
     text = markdown(sweep_dir, ranked, swept, metric)
-    _write_atomically(files["summary.md"], lambda p: p.write_text(text))
-    _write_atomically(files["summary.csv"], lambda p: write_csv(p, ranked, swept, metric))
+    with atomic_path(files["summary.md"]) as tmp:  # a crash never leaves a half-written summary
+        tmp.write_text(text)
+    with atomic_path(files["summary.csv"]) as tmp:
+        write_csv(tmp, ranked, swept, metric)
     if png:
         from text2sql.sweep.plot import plot
 
         title, log_keys = f"{sweep_dir.parent.name}/{sweep_dir.name}", declared_log_keys(sweep_dir)
-        _write_atomically(files["summary.png"], lambda p: plot(p, ranked, swept, metric, title, log_keys))
+        with atomic_path(files["summary.png"]) as tmp:
+            plot(tmp, ranked, swept, metric, title, log_keys)
     else:
         files.pop("summary.png")
     return Report(sweep_dir, metric, ranked, swept, files)

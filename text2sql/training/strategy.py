@@ -1,4 +1,5 @@
-"""Lightning strategies for the `hardware` presets: fail fast without the hardware, DeepSpeed ZeRO on GPU and CPU.
+"""Lightning strategies for the `hardware` presets: DeepSpeed ZeRO on GPU and CPU (the GPU check before a run:
+text2sql/machine/setup.py).
 
 `conf/hardware/*.yaml` hold the DeepSpeed config as YAML under `strategy.config`; `deepspeed_strategy` (the
 `_target_` Hydra instantiates) adds the ZeRO stage and offload blocks from the flat `hardware.zero_stage` /
@@ -13,40 +14,9 @@ Lightning refuses DeepSpeed without CUDA. DeepSpeed itself runs ZeRO-2/3 on CPU 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-
-from text2sql.errors import HardwareError
-
-GPU_ACCELERATORS = ("gpu", "cuda")
-
-
-def _cuda_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def check_hardware(hw: DictConfig | dict) -> None:
-    """Raise a one-line HardwareError before anything heavy loads when `hw` needs GPUs this machine lacks."""
-    name = hw.get("name", "?")
-    accelerator = str(hw.get("accelerator", "cpu"))
-    if accelerator not in GPU_ACCELERATORS and not (accelerator == "auto" and hw.get("requires_cuda")):
-        return
-    have = _cuda_count()
-    if have == 0:
-        import torch
-
-        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
-        raise HardwareError(
-            f"hardware={name} needs a CUDA GPU but none is available here ({build}); "
-            "use hardware=cpu, or hardware=deepspeed_zero2_cpu to run DeepSpeed ZeRO on CPU")
-    devices = hw.get("devices", 1)
-    if isinstance(devices, int) and devices > have:
-        raise HardwareError(f"hardware={name} asks for hardware.devices={devices} GPUs per node but this machine "
-                            f"has {have}; set hardware.devices={have} (or -1 for all)")
 
 
 def deepspeed_config(config: dict | DictConfig | None, zero_stage: int, offload_optimizer: bool = False,
@@ -103,7 +73,9 @@ def _make_cpu_strategy_class():
         """
 
         def __init__(self, *args, **kwargs):
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed first picks its accelerator
+            from text2sql.machine.setup import set_deepspeed_accelerator
+
+            set_deepspeed_accelerator("cpu")  # before DeepSpeed first picks its accelerator
             kwargs.setdefault("process_group_backend", "gloo")
             super().__init__(*args, **kwargs)
 
