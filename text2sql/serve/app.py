@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from text2sql.errors import UserError
@@ -146,10 +146,3 @@ def create_app(service: Service, api_key: str | None = None) -> FastAPI:
 
     add_routes(app, service, guarded)
     return app
-
-
-def respond(body: dict, stream: bool):
-    """A JSON answer, or the same answer as server-sent events when the client asked to stream."""
-    if stream:
-        return StreamingResponse(wire.stream_events(body), media_type="text/event-stream")
-    return body

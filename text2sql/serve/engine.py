@@ -57,7 +57,7 @@ class RunSpec:
 
     def __init__(self, run_dir: Path, best: bool = False, overrides: Sequence[str] = (), name: str | None = None,
                  tokenizer=None) -> None:
-        from text2sql.eval.decoding import Decoding
+        from text2sql.config.decoding import Decoding
         from text2sql.inference.predict import _resolve_subtree, resolve_source
 
         if not Path(run_dir).is_dir():
@@ -152,7 +152,7 @@ class LocalGenerator:
     def generate(self, sources: list[list[int]], max_new_tokens: int, strategy: str | None,
                  db_files: list[str]) -> list:
         """Predictions (`decoding.Prediction`) for `sources`, in order, from one decode call over all of them."""
-        from text2sql.eval.decoding import decode_local
+        from text2sql.eval.candidates import decode_local
 
         decoding = self.spec.decoding if strategy is None else dataclasses.replace(self.spec.decoding,
                                                                                    strategy=strategy)

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
 from text2sql.serve import wire
 from text2sql.serve.service import ApiError, Service
@@ -40,7 +41,6 @@ def _one_choice(req) -> None:
 
 
 def add_routes(app: FastAPI, service: Service, guarded: list) -> None:
-    from text2sql.serve.app import respond
 
     @app.post("/v1/chat/completions", dependencies=guarded)
     async def chat(req: wire.ChatRequest, request: Request):
@@ -112,3 +112,10 @@ def add_routes(app: FastAPI, service: Service, guarded: list) -> None:
         timings["total_s"] = round(time.perf_counter() - start, 6)
         return {**out, "sql": text, **result, "truncated": result["row_count"] > len(result["rows"]),
                 "timings": timings}
+
+
+def respond(body: dict, stream: bool):
+    """A JSON answer, or the same answer as server-sent events when the client asked to stream."""
+    if stream:
+        return StreamingResponse(wire.stream_events(body), media_type="text/event-stream")
+    return body

@@ -73,7 +73,7 @@ class Service:
         return asked or min(self.spec.max_new_tokens, self.limits.max_tokens)
 
     def check_strategy(self, strategy: str | None, schema: Schema | None) -> None:
-        from text2sql.eval.decoding import STRATEGIES, Decoding
+        from text2sql.config.decoding import STRATEGIES, Decoding
 
         if strategy is None:
             strategy = self.spec.decoding.strategy
