@@ -1,0 +1,287 @@
+"""Near-miss mutants of a gold query, made on sqlglot's AST: the wrong queries a test suite must tell apart.
+
+Every single-edit mutant is enumerated (deterministically, in the AST's walk order), each labelled with its kind:
+comparison operators, AND/OR, a negation added or dropped, literals (a number +- 1, a string swapped for another
+value of the column, a LIKE pattern without its wildcards), DISTINCT, aggregates swapped or dropped, GROUP BY /
+HAVING / WHERE / a conjunct dropped, ORDER BY direction or dropped, LIMIT dropped, a column or table swapped for
+another of the schema, a join made LEFT or its condition dropped, and set operations swapped. `sample_mutants`
+draws `k` of them round-robin over the kinds (so column swaps do not crowd out the rest), with a seed: another seed
+draws another sample, which is how held-out mutants are made.
+
+Also here: the literals the gold queries compare each column with (`query_literals`), which the neighbours' fill
+uses so that filters select something.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Callable, Iterable
+
+import sqlglot
+from sqlglot import exp
+
+from text2sql.testsuite.schema import DbSchema
+
+__all__ = ["parse", "all_mutants", "sample_mutants", "query_literals", "render"]
+
+_CMP = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+_AGG = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
+_SETOPS = (exp.Union, exp.Intersect, exp.Except)
+_PREDICATES = (exp.Like, exp.In, exp.Between, exp.Is)
+
+
+def parse(sql: str) -> exp.Expression | None:
+    """sqlglot's AST of one query (SQLite dialect), None when it cannot parse it."""
+    try:
+        tree = sqlglot.parse_one(sql, read="sqlite")
+    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError, RecursionError):
+        return None
+    return tree if isinstance(tree, exp.Query) else None
+
+
+def render(tree: exp.Expression) -> str:
+    return tree.sql(dialect="sqlite")
+
+
+class _Ctx:
+    """What the operators need to know about the database: columns per table, tables, column pools."""
+
+    def __init__(self, schema: DbSchema, tree: exp.Expression) -> None:
+        self.tables = {t.name.lower(): [c.name for c in t.columns] for t in schema.tables}
+        self.table_names = [t.name for t in schema.tables]
+        self.known = {c.lower() for cols in self.tables.values() for c in cols}
+        self.pools = defaultdict(list)
+        for t in schema.tables:
+            for c in t.columns:
+                self.pools[c.name.lower()] += [v for v in c.pool[:20] if isinstance(v, (str, int, float))]
+        self.aliases: dict[str, str] = {}
+        for tab in tree.find_all(exp.Table):
+            name = tab.name.lower()
+            if name in self.tables:
+                self.aliases[(tab.alias or tab.name).lower()] = name
+        self.in_query = sorted(set(self.aliases.values()))
+
+    def is_value(self, node: exp.Expression) -> bool:
+        """A literal, or a double-quoted "string" that names no column (SQLite reads it as a string)."""
+        if isinstance(node, exp.Literal):
+            return True
+        return isinstance(node, exp.Column) and not node.table and node.this.args.get("quoted") \
+            and node.name.lower() not in self.known
+
+    def columns_for(self, col: exp.Column) -> list[str]:
+        qual = col.table.lower() if col.table else ""
+        if qual:
+            return self.tables.get(self.aliases.get(qual, qual), [])
+        return [c for t in self.in_query for c in self.tables[t]]
+
+
+# An operator: (kind, node) -> list of edits; an edit changes the node (in a copy of the tree) and may return a
+# replacement root.
+Edit = Callable[[exp.Expression], "exp.Expression | None"]
+
+
+def _replace_with(cls, **keep) -> Edit:
+    def edit(node):
+        args = {k: node.args.get(k) for k in ("this", "expression") if node.args.get(k) is not None}
+        new = cls(**args, **keep)
+        return _swap(node, new)
+    return edit
+
+
+def _swap(node: exp.Expression, new: exp.Expression) -> exp.Expression | None:
+    if node.parent is None:
+        return new
+    node.replace(new)
+    return None
+
+
+def _pop(node):
+    node.pop()
+
+
+def _set(key, value) -> Edit:
+    def edit(node):
+        node.set(key, value)
+    return edit
+
+
+def _to(value_node_factory) -> Edit:
+    return lambda node: _swap(node, value_node_factory())
+
+
+def _ops(node: exp.Expression, ctx: _Ctx) -> Iterable[tuple[str, Edit]]:
+    if isinstance(node, _CMP):
+        for cls in _CMP:
+            if cls is not type(node):
+                yield "comparison", _replace_with(cls)
+    elif isinstance(node, (exp.And, exp.Or)):
+        yield "and_or", _replace_with(exp.Or if isinstance(node, exp.And) else exp.And)
+        yield "drop_condition", lambda n: _swap(n, n.this)
+        yield "drop_condition", lambda n: _swap(n, n.expression)
+    elif isinstance(node, exp.Not):
+        yield "negation", lambda n: _swap(n, n.this)
+    if isinstance(node, exp.Like):
+        yield "negation", _set("negate", not node.args.get("negate"))
+    elif isinstance(node, _PREDICATES) and not isinstance(node.parent, exp.Not):
+        yield "negation", lambda n: _swap(n, exp.Not(this=n.copy()))
+    if ctx.is_value(node):
+        yield from _value_ops(node, ctx)
+    elif isinstance(node, exp.Column) and node.name.lower() in ctx.known:
+        for other in ctx.columns_for(node):
+            if other.lower() != node.name.lower():
+                yield "column", _set("this", exp.to_identifier(other))
+    if isinstance(node, _AGG):
+        yield from _agg_ops(node)
+    elif isinstance(node, exp.Select):
+        yield "distinct", _set("distinct", None if node.args.get("distinct") else exp.Distinct())
+    elif isinstance(node, (exp.Group, exp.Having, exp.Where, exp.Order, exp.Limit)):
+        yield f"drop_{node.key}", _pop
+    elif isinstance(node, exp.Ordered):
+        yield "order_direction", _set("desc", not node.args.get("desc"))
+    elif isinstance(node, exp.Table) and node.name.lower() in ctx.tables:
+        for other in ctx.table_names:
+            if other.lower() != node.name.lower():
+                yield "table", _set("this", exp.to_identifier(other))
+    elif isinstance(node, exp.Join):
+        if not node.args.get("side"):
+            yield "join", _set("side", "LEFT")
+        if node.args.get("on") is not None:
+            yield "join", _set("on", None)
+    elif isinstance(node, _SETOPS):
+        yield from _setop_ops(node)
+
+
+def _value_ops(node: exp.Expression, ctx: _Ctx) -> Iterable[tuple[str, Edit]]:
+    if isinstance(node, exp.Literal) and not node.is_string:
+        try:
+            v = int(node.this)
+            alts = [v + 1, v - 1]
+        except ValueError:
+            v = float(node.this)
+            alts = [v + 1, v * 1.1]
+        for a in alts:
+            yield "literal", _to(lambda a=a: exp.Literal.number(a))
+        return
+    text = node.name
+    if "%" in text:
+        yield "literal", _to(lambda: exp.Literal.string(text.replace("%", "")))
+    other = _compared_column(node, ctx)
+    seen = {text}
+    for v in ctx.pools.get(other, []):
+        if isinstance(v, str) and v not in seen and len(seen) < 4:
+            seen.add(v)
+            yield "literal", _to(lambda v=v: exp.Literal.string(v))
+
+
+def _compared_column(node: exp.Expression, ctx: _Ctx) -> str:
+    parent = node.parent
+    while parent is not None and not isinstance(parent, _CMP + _PREDICATES):
+        parent = parent.parent
+    if parent is not None and isinstance(parent.this, exp.Column):
+        return parent.this.name.lower()
+    return ""
+
+
+def _agg_ops(node: exp.Expression) -> Iterable[tuple[str, Edit]]:
+    for cls in _AGG:
+        if cls is not type(node):
+            yield "aggregate", lambda n, cls=cls: _swap(n, cls(this=n.this))
+    arg = node.this
+    if isinstance(node, exp.Count) and isinstance(arg, exp.Distinct):
+        yield "aggregate", lambda n: _swap(n, exp.Count(this=n.this.expressions[0]))
+    elif isinstance(node, exp.Count) and isinstance(arg, exp.Column):
+        yield "aggregate", lambda n: _swap(n, exp.Count(this=exp.Distinct(expressions=[n.this])))
+        yield "aggregate", lambda n: _swap(n, exp.Count(this=exp.Star()))
+    if arg is not None and not isinstance(arg, (exp.Star, exp.Distinct)):
+        yield "aggregate", lambda n: _swap(n, n.this)
+
+
+def _setop_ops(node: exp.Expression) -> Iterable[tuple[str, Edit]]:
+    for cls in _SETOPS:
+        if cls is not type(node):
+            yield "set_operation", lambda n, cls=cls: _swap(n, cls(this=n.this, expression=n.expression, distinct=True))
+    if isinstance(node, exp.Union):
+        yield "set_operation", _set("distinct", not node.args.get("distinct"))
+    if isinstance(node, exp.Except):
+        yield "set_operation", lambda n: _swap(n, exp.Except(this=n.expression, expression=n.this, distinct=True))
+
+
+def all_mutants(sql: str, schema: DbSchema) -> list[tuple[str, str]]:
+    """Every single-edit mutant of `sql` as (kind, SQL), deduplicated, never the gold's own rendering; [] when
+    sqlglot cannot parse it."""
+    tree = parse(sql)
+    if tree is None:
+        return []
+    ctx = _Ctx(schema, tree)
+    seen = {render(tree), sql.strip()}
+    out = []
+    nodes = list(tree.walk())
+    for i, node in enumerate(nodes):
+        for kind, edit in _ops(node, ctx):
+            copy = tree.copy()
+            target = list(copy.walk())[i]
+            try:
+                root = edit(target) or copy
+                text = render(root)
+            except (sqlglot.errors.SqlglotError, ValueError, AttributeError, TypeError, IndexError):
+                continue
+            if text not in seen:
+                seen.add(text)
+                out.append((kind, text))
+    return out
+
+
+def sample_mutants(mutants: list[tuple[str, str]], k: int, rng: random.Random,
+                   exclude: set[str] = frozenset()) -> list[str]:
+    """`k` mutants (fewer when there are fewer), round-robin over their kinds in a random order, random within a
+    kind; none of `exclude`."""
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    for kind, sql in mutants:
+        if sql not in exclude:
+            by_kind[kind].append(sql)
+    kinds = sorted(by_kind)
+    rng.shuffle(kinds)
+    for kind in kinds:
+        rng.shuffle(by_kind[kind])
+    out: list[str] = []
+    while len(out) < k and any(by_kind.values()):
+        for kind in kinds:
+            if by_kind[kind] and len(out) < k:
+                out.append(by_kind[kind].pop())
+    return out
+
+
+def query_literals(sqls: Iterable[str], schema: DbSchema) -> dict[str, list]:
+    """Lower-case column name -> the values gold queries compare it with, and their neighbours (n - 1, n + 1; a LIKE
+    pattern's text bare and with something around it), each once, in first-seen order."""
+    out: dict[str, dict] = defaultdict(dict)
+    for sql in sqls:
+        tree = parse(sql)
+        if tree is None:
+            continue
+        ctx = _Ctx(schema, tree)
+        for node in tree.walk():
+            if not ctx.is_value(node):
+                continue
+            col = _compared_column(node, ctx)
+            if not col:
+                continue
+            for v in _value_family(node):
+                out[col].setdefault((v, type(v)), v)
+    return {col: list(vals.values()) for col, vals in out.items()}
+
+
+def _value_family(node: exp.Expression) -> list:
+    if isinstance(node, exp.Literal) and not node.is_string:
+        try:
+            v = int(node.this)
+            return [v, v - 1, v + 1]
+        except ValueError:
+            v = float(node.this)
+            return [v, v - 0.5, v + 0.5]
+    text = node.name
+    if "%" in text or "_" in text:
+        bare = text.replace("%", "")
+        return [bare, "x" + bare + "x", bare + "x", "x" + bare]
+    return [text]
