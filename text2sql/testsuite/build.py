@@ -36,6 +36,7 @@ __all__ = ["BuildOptions", "build_suite", "find_databases", "open_dataset", "Dis
 
 MANIFEST_VERSION = 1
 BATCH = 8  # candidates tried together (one evaluator call)
+PER_KIND = 3  # mutants of one kind per gold query: no kind (column swaps, the most numerous) crowds out the rest
 
 
 @dataclass(frozen=True)
@@ -126,29 +127,32 @@ class Distiller:
         return name
 
     def mutants(self, db_id: str, schema: DbSchema, golds: list[str], seed: int, k: int,
-                exclude: dict[str, set[str]] | None = None) -> tuple[list[tuple[str, str]], set[int]]:
-        """Up to `k` mutants per gold that run on the original: [(gold, sql)], and those the original kills."""
-        drawn: list[tuple[str, str]] = []
-        per_gold: list[int] = []
+                exclude: dict[str, set[str]] | None = None) -> tuple[list[tuple[str, str, str]], set[int]]:
+        """Up to `k` mutants per gold that run on the original: [(gold, sql, kind)], and those the original kills.
+        Twice `k` are drawn, so that mutants that cannot run there (or time out: they test nothing) leave room."""
+        drawn: list[tuple[str, str, str]] = []
         for gi, gold in enumerate(golds):
             rng = random.Random(f"{seed}/{db_id}/mutants/{gi}")
-            picks = sample_mutants(all_mutants(gold, schema), 2 * k, rng, (exclude or {}).get(gold, set()))
-            drawn += [(gold, m) for m in picks]
-            per_gold.append(len(picks))
-        statuses = self.runner.statuses([(db_id, g, m) for g, m in drawn])
-        out: list[tuple[str, str]] = []
+            picks = sample_mutants(all_mutants(gold, schema), 2 * k, rng, (exclude or {}).get(gold, set()),
+                                   per_kind=2 * PER_KIND)
+            drawn += [(gold, m, kind) for kind, m in picks]
+        statuses = self.runner.statuses([(db_id, g, m) for g, m, _ in drawn])
+        out: list[tuple[str, str, str]] = []
         killed: set[int] = set()
-        count: dict[str, int] = {}
-        for (gold, m), status in zip(drawn, statuses):
-            if status not in ("correct", "wrong_result") or count.get(gold, 0) >= k:
-                continue  # a mutant that cannot run (or times out) on the original tests nothing
-            count[gold] = count.get(gold, 0) + 1
+        count: dict[tuple[str, ...], int] = {}
+        for mutant, status in zip(drawn, statuses):
+            gold, _, kind = mutant
+            if status not in ("correct", "wrong_result") or count.get((gold,), 0) >= k \
+                    or count.get((gold, kind), 0) >= PER_KIND:
+                continue
+            count[(gold,)] = count.get((gold,), 0) + 1
+            count[(gold, kind)] = count.get((gold, kind), 0) + 1
             if status == "wrong_result":
                 killed.add(len(out))
-            out.append((gold, m))
+            out.append(mutant)
         return out, killed
 
-    def pool(self, schema: DbSchema, literals: dict, golds: list[str], mutants: list[tuple[str, str]],
+    def pool(self, schema: DbSchema, literals: dict, golds: list[str], mutants: list[tuple[str, str, str]],
              alive: set[int], n: int, tag: str) -> tuple[Kills, int]:
         """Try up to `n` candidates (tagged `tag`) in batches on the mutants still alive; (kills, candidates
         dropped because a gold query failed on them). Stops early once every mutant is killed."""

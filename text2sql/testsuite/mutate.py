@@ -29,6 +29,7 @@ _CMP = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
 _AGG = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
 _SETOPS = (exp.Union, exp.Intersect, exp.Except)
 _PREDICATES = (exp.Like, exp.In, exp.Between, exp.Is)
+_BOUNDARY = ({exp.GT, exp.GTE}, {exp.LT, exp.LTE})  # the near-misses an off-by-one makes
 
 
 def parse(sql: str) -> exp.Expression | None:
@@ -52,8 +53,10 @@ class _Ctx:
         self.table_names = [t.name for t in schema.tables]
         self.known = {c.lower() for cols in self.tables.values() for c in cols}
         self.pools = defaultdict(list)
+        self.kinds: dict[str, str] = {}
         for t in schema.tables:
             for c in t.columns:
+                self.kinds.setdefault(c.name.lower(), "text" if c.affinity in ("text", "blob") else "number")
                 self.pools[c.name.lower()] += [v for v in c.pool[:20] if isinstance(v, (str, int, float))]
         self.aliases: dict[str, str] = {}
         for tab in tree.find_all(exp.Table):
@@ -70,10 +73,15 @@ class _Ctx:
             and node.name.lower() not in self.known
 
     def columns_for(self, col: exp.Column) -> list[str]:
+        """Columns a swap may put in `col`'s place: those of its table (or of the query's tables when it is not
+        qualified) with the same coarse type (number / text): the confusions a model makes."""
         qual = col.table.lower() if col.table else ""
         if qual:
-            return self.tables.get(self.aliases.get(qual, qual), [])
-        return [c for t in self.in_query for c in self.tables[t]]
+            names = self.tables.get(self.aliases.get(qual, qual), [])
+        else:
+            names = [c for t in self.in_query for c in self.tables[t]]
+        kind = self.kinds.get(col.name.lower())
+        return [c for c in names if kind is None or self.kinds.get(c.lower()) in (None, kind)]
 
 
 # An operator: (kind, node) -> list of edits; an edit changes the node (in a copy of the tree) and may return a
@@ -114,7 +122,8 @@ def _ops(node: exp.Expression, ctx: _Ctx) -> Iterable[tuple[str, Edit]]:
     if isinstance(node, _CMP):
         for cls in _CMP:
             if cls is not type(node):
-                yield "comparison", _replace_with(cls)
+                pair = {type(node), cls}
+                yield "boundary" if pair in _BOUNDARY else "comparison", _replace_with(cls)
     elif isinstance(node, (exp.And, exp.Or)):
         yield "and_or", _replace_with(exp.Or if isinstance(node, exp.And) else exp.And)
         yield "drop_condition", lambda n: _swap(n, n.this)
@@ -132,7 +141,7 @@ def _ops(node: exp.Expression, ctx: _Ctx) -> Iterable[tuple[str, Edit]]:
             if other.lower() != node.name.lower():
                 yield "column", _set("this", exp.to_identifier(other))
     if isinstance(node, _AGG):
-        yield from _agg_ops(node)
+        yield from _agg_ops(node, ctx)
     elif isinstance(node, exp.Select):
         yield "distinct", _set("distinct", None if node.args.get("distinct") else exp.Distinct())
     elif isinstance(node, (exp.Group, exp.Having, exp.Where, exp.Order, exp.Limit)):
@@ -161,7 +170,7 @@ def _value_ops(node: exp.Expression, ctx: _Ctx) -> Iterable[tuple[str, Edit]]:
             v = float(node.this)
             alts = [v + 1, v * 1.1]
         for a in alts:
-            yield "literal", _to(lambda a=a: exp.Literal.number(a))
+            yield "boundary", _to(lambda a=a: exp.Literal.number(a))
         return
     text = node.name
     if "%" in text:
@@ -183,16 +192,21 @@ def _compared_column(node: exp.Expression, ctx: _Ctx) -> str:
     return ""
 
 
-def _agg_ops(node: exp.Expression) -> Iterable[tuple[str, Edit]]:
-    for cls in _AGG:
-        if cls is not type(node):
-            yield "aggregate", lambda n, cls=cls: _swap(n, cls(this=n.this))
+def _agg_ops(node: exp.Expression, ctx: _Ctx) -> Iterable[tuple[str, Edit]]:
     arg = node.this
+    for cls in _AGG:
+        if cls is not type(node) and not isinstance(arg, exp.Star):
+            yield "aggregate", lambda n, cls=cls: _swap(n, cls(this=n.this))
     if isinstance(node, exp.Count) and isinstance(arg, exp.Distinct):
-        yield "aggregate", lambda n: _swap(n, exp.Count(this=n.this.expressions[0]))
+        yield "count_distinct", lambda n: _swap(n, exp.Count(this=n.this.expressions[0]))
     elif isinstance(node, exp.Count) and isinstance(arg, exp.Column):
-        yield "aggregate", lambda n: _swap(n, exp.Count(this=exp.Distinct(expressions=[n.this])))
-        yield "aggregate", lambda n: _swap(n, exp.Count(this=exp.Star()))
+        yield "count_distinct", lambda n: _swap(n, exp.Count(this=exp.Distinct(expressions=[n.this])))
+        yield "count_null", lambda n: _swap(n, exp.Count(this=exp.Star()))
+    elif isinstance(node, exp.Count) and isinstance(arg, exp.Star):  # COUNT(*) -> COUNT(col): NULLs are not counted
+        qualify = len(ctx.aliases) > 1
+        for alias, table in sorted(ctx.aliases.items()):
+            for col in ctx.tables[table]:
+                yield "count_null", _to(lambda a=alias, c=col: exp.Count(this=exp.column(c, a if qualify else None)))
     if arg is not None and not isinstance(arg, (exp.Star, exp.Distinct)):
         yield "aggregate", lambda n: _swap(n, n.this)
 
@@ -233,9 +247,9 @@ def all_mutants(sql: str, schema: DbSchema) -> list[tuple[str, str]]:
 
 
 def sample_mutants(mutants: list[tuple[str, str]], k: int, rng: random.Random,
-                   exclude: set[str] = frozenset()) -> list[str]:
-    """`k` mutants (fewer when there are fewer), round-robin over their kinds in a random order, random within a
-    kind; none of `exclude`."""
+                   exclude: set[str] = frozenset(), per_kind: int | None = None) -> list[tuple[str, str]]:
+    """`k` mutants (kind, SQL) (fewer when there are fewer), round-robin over their kinds in a random order, random
+    within a kind, at most `per_kind` of a kind; none whose SQL is in `exclude`."""
     by_kind: dict[str, list[str]] = defaultdict(list)
     for kind, sql in mutants:
         if sql not in exclude:
@@ -244,17 +258,20 @@ def sample_mutants(mutants: list[tuple[str, str]], k: int, rng: random.Random,
     rng.shuffle(kinds)
     for kind in kinds:
         rng.shuffle(by_kind[kind])
-    out: list[str] = []
+        if per_kind is not None:
+            del by_kind[kind][:-per_kind]
+    out: list[tuple[str, str]] = []
     while len(out) < k and any(by_kind.values()):
         for kind in kinds:
             if by_kind[kind] and len(out) < k:
-                out.append(by_kind[kind].pop())
+                out.append((kind, by_kind[kind].pop()))
     return out
 
 
 def query_literals(sqls: Iterable[str], schema: DbSchema) -> dict[str, list]:
-    """Lower-case column name -> the values gold queries compare it with, and their neighbours (n - 1, n + 1; a LIKE
-    pattern's text bare and with something around it), each once, in first-seen order."""
+    """Lower-case column name -> the values gold queries compare it with, and their neighbours (n - 1, n + 1; a string
+    cut by one character and extended by one; a LIKE pattern's text bare and with something around it), each once,
+    in first-seen order."""
     out: dict[str, dict] = defaultdict(dict)
     for sql in sqls:
         tree = parse(sql)
@@ -284,4 +301,4 @@ def _value_family(node: exp.Expression) -> list:
     if "%" in text or "_" in text:
         bare = text.replace("%", "")
         return [bare, "x" + bare + "x", bare + "x", "x" + bare]
-    return [text]
+    return [text, text[:-1], text + "x"] if len(text) > 1 else [text]  # just below and just above, in text order
