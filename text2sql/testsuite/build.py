@@ -29,7 +29,7 @@ from text2sql.config.paths import check_writable
 from text2sql.errors import UserError
 from text2sql.testsuite.distil import Kills, Runner, greedy_cover, try_candidates
 from text2sql.testsuite.fill import neighbour_rows
-from text2sql.testsuite.mutate import all_mutants, query_literals, sample_mutants
+from text2sql.testsuite.mutate import query_literals, sample_mutants
 from text2sql.testsuite.schema import DbSchema, read_db, write_db
 
 __all__ = ["BuildOptions", "build_suite", "find_databases", "open_dataset", "Distiller"]
@@ -133,8 +133,7 @@ class Distiller:
         drawn: list[tuple[str, str, str]] = []
         for gi, gold in enumerate(golds):
             rng = random.Random(f"{seed}/{db_id}/mutants/{gi}")
-            picks = sample_mutants(all_mutants(gold, schema), 2 * k, rng, (exclude or {}).get(gold, set()),
-                                   per_kind=2 * PER_KIND)
+            picks = sample_mutants(gold, schema, 2 * k, rng, (exclude or {}).get(gold, ()), per_kind=2 * PER_KIND)
             drawn += [(gold, m, kind) for kind, m in picks]
         statuses = self.runner.statuses([(db_id, g, m) for g, m, _ in drawn])
         out: list[tuple[str, str, str]] = []

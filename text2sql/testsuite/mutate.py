@@ -221,50 +221,70 @@ def _setop_ops(node: exp.Expression) -> Iterable[tuple[str, Edit]]:
         yield "set_operation", lambda n: _swap(n, exp.Except(this=n.expression, expression=n.this, distinct=True))
 
 
+def _edits(sql: str, schema: DbSchema) -> tuple[exp.Expression | None, list[tuple[str, int, Edit]]]:
+    """The parsed gold and every single edit of it: (kind, node index in walk order, edit); nothing is rendered."""
+    tree = parse(sql)
+    if tree is None:
+        return None, []
+    ctx = _Ctx(schema, tree)
+    return tree, [(kind, i, edit) for i, node in enumerate(tree.walk()) for kind, edit in _ops(node, ctx)]
+
+
+def _apply(tree: exp.Expression, i: int, edit: Edit) -> str | None:
+    """The SQL of `tree` with `edit` made to its i-th node (in a copy); None when the edit makes no valid tree."""
+    copy = tree.copy()
+    target = list(copy.walk())[i]
+    try:
+        return render(edit(target) or copy)
+    except (sqlglot.errors.SqlglotError, ValueError, AttributeError, TypeError, IndexError):
+        return None
+
+
 def all_mutants(sql: str, schema: DbSchema) -> list[tuple[str, str]]:
     """Every single-edit mutant of `sql` as (kind, SQL), deduplicated, never the gold's own rendering; [] when
     sqlglot cannot parse it."""
-    tree = parse(sql)
+    tree, edits = _edits(sql, schema)
     if tree is None:
         return []
-    ctx = _Ctx(schema, tree)
     seen = {render(tree), sql.strip()}
     out = []
-    nodes = list(tree.walk())
-    for i, node in enumerate(nodes):
-        for kind, edit in _ops(node, ctx):
-            copy = tree.copy()
-            target = list(copy.walk())[i]
-            try:
-                root = edit(target) or copy
-                text = render(root)
-            except (sqlglot.errors.SqlglotError, ValueError, AttributeError, TypeError, IndexError):
-                continue
-            if text not in seen:
-                seen.add(text)
-                out.append((kind, text))
+    for kind, i, edit in edits:
+        text = _apply(tree, i, edit)
+        if text is not None and text not in seen:
+            seen.add(text)
+            out.append((kind, text))
     return out
 
 
-def sample_mutants(mutants: list[tuple[str, str]], k: int, rng: random.Random,
-                   exclude: set[str] = frozenset(), per_kind: int | None = None) -> list[tuple[str, str]]:
-    """`k` mutants (kind, SQL) (fewer when there are fewer), round-robin over their kinds in a random order, random
-    within a kind, at most `per_kind` of a kind; none whose SQL is in `exclude`."""
-    by_kind: dict[str, list[str]] = defaultdict(list)
-    for kind, sql in mutants:
-        if sql not in exclude:
-            by_kind[kind].append(sql)
+def sample_mutants(sql: str, schema: DbSchema, k: int, rng: random.Random, exclude: Iterable[str] = (),
+                   per_kind: int | None = None) -> list[tuple[str, str]]:
+    """`k` mutants (kind, SQL) of `sql` (fewer when there are fewer), round-robin over their kinds in a random order,
+    random within a kind, at most `per_kind` of a kind; none whose SQL is in `exclude`. Only the drawn edits are
+    rendered (a query has hundreds of column swaps)."""
+    tree, edits = _edits(sql, schema)
+    if tree is None:
+        return []
+    by_kind: dict[str, list[tuple[int, Edit]]] = defaultdict(list)
+    for kind, i, edit in edits:
+        by_kind[kind].append((i, edit))
     kinds = sorted(by_kind)
     rng.shuffle(kinds)
     for kind in kinds:
         rng.shuffle(by_kind[kind])
-        if per_kind is not None:
-            del by_kind[kind][:-per_kind]
+    seen = {render(tree), sql.strip(), *exclude}
+    taken: dict[str, int] = defaultdict(int)
     out: list[tuple[str, str]] = []
     while len(out) < k and any(by_kind.values()):
         for kind in kinds:
-            if by_kind[kind] and len(out) < k:
-                out.append((kind, by_kind[kind].pop()))
+            while by_kind[kind] and len(out) < k:
+                text = _apply(tree, *by_kind[kind].pop())
+                if text is not None and text not in seen:
+                    seen.add(text)
+                    out.append((kind, text))
+                    taken[kind] += 1
+                    break
+            if per_kind is not None and taken[kind] >= per_kind:
+                by_kind[kind] = []
     return out
 
 
