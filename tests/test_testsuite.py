@@ -169,3 +169,43 @@ def test_a_schema_sqlite_cannot_recreate_is_one_line(tmp_path, capsys):
                              "--no-progress"], "cannot recreate")
     assert _hashes(root / "database") == before
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))  # nothing half-built is left
+
+
+def test_bird_suite_is_scored_by_birds_rule(tmp_path, capsys):
+    """A BIRD-layout dataset gets a suite whose manifest says BIRD's rule; `evaluate --test-suite --style bird` scores
+    gold 100 % on it, and the scorer for Spider's rule refuses it."""
+    from text2sql.errors import UserError
+    from text2sql.testsuite.score import SuiteScorer
+
+    data, out = tmp_path / "bird", tmp_path / "bird_suite"
+    assert main(["sample", "--layout", "bird", "--out", str(data), "--n-train", "4", "--n-dev", "12"]) == 0
+    assert main(["testsuite", "build", "--data", str(data), "--out", str(out), "--workers", "0", "--no-progress",
+                 "--per-db", "4", "--mutants", "4"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["style"] == "bird"
+    pred = tmp_path / "pred.sql"
+    pred.write_text("".join(line.split("\t")[0] + "\n" for line in (out / "dev_gold.sql").read_text().splitlines()))
+    assert _evaluate(capsys, out / "dev_gold.sql", pred, out / "database", "--test-suite", "--style", "bird") == 1.0
+    with pytest.raises(UserError, match="bird's rule"):
+        SuiteScorer(out, style="spider", workers=0)
+
+
+@pytest.mark.slow
+def test_bench_held_out_measure_runs(built, tmp_path):
+    """bench/test_suite.py's part (a) on the small suite: held-out mutants (another seed, none the distillation saw),
+    a pool of fresh neighbours, and the shares killed by the original and by the suite."""
+    import argparse
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import test_suite as bench
+
+    data, out, _ = built
+    suite = tmp_path / "suite"
+    shutil.copytree(out, suite)
+    args = argparse.Namespace(seed=3, heldout_seed=4, mutants=8, timeout=10.0, workers=0, pool=6, dbs="company")
+    result = bench.held_out(data, suite, args)
+    t = result["totals"]
+    assert t["held_out_mutants"] > 0 and list(result["databases"]) == ["company"]
+    assert t["original_kills"] <= t["suite_kills"] <= t["pool_tells_apart"] + t["suite_kills_outside_pool"]
+    assert sorted(p.name for p in (suite / "database").iterdir()) == sorted(p.name for p in (out / "database").iterdir())

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--workers", type=int, default=None,
                        help=f"worker processes (default: {WORKERS_HELP}; 0 = in-process)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.epilog = "actions:\n  " + build.format_usage().replace("usage: ", "", 1).strip()  # `testsuite --help`
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def run(args: argparse.Namespace) -> int:
