@@ -93,7 +93,8 @@ def part_a(args) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="bench_test_suite-"))
     try:
-        opts = BuildOptions(per_db=args.per_db, seed=args.seed, mutants=args.mutants, timeout=args.timeout,
+        opts = BuildOptions(per_db=args.per_db, seed=args.seed, mutants=args.mutants, cover=args.cover,
+                            timeout=args.timeout,
                             workers=args.workers, progress=False)
         t0 = time.monotonic()
         manifest = build_suite(args.spider, work / "suite", opts)
@@ -105,7 +106,8 @@ def part_a(args) -> dict:
                       suite={"databases": len(manifest["databases"]), "neighbours": len(files),
                              "neighbour_mib": round(sum(f.stat().st_size for f in files) / 2**20, 2),
                              "distillation": manifest["totals"]},
-                      settings={"per_db": args.per_db, "mutants_per_query": args.mutants, "seed": args.seed,
+                      settings={"per_db": args.per_db, "mutants_per_query": args.mutants, "cover": args.cover,
+                                "seed": args.seed,
                                 "heldout_seed": args.heldout_seed, "pool_per_db": args.pool})
         return result
     finally:
@@ -125,7 +127,8 @@ def part_b(args) -> dict:
     try:
         t0 = time.monotonic()
         manifest = build_suite(data.root, work / "suite", BuildOptions(per_db=args.per_db, seed=args.seed,
-                                                                       mutants=args.mutants, progress=False))
+                                                                       mutants=args.mutants, cover=args.cover,
+                                                                       progress=False))
         out["build_seconds"] = round(time.monotonic() - t0, 1)
         out["distillation"] = manifest["totals"]
         db = work / "suite" / "database"
@@ -156,11 +159,14 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=100, help="fresh neighbours per database in the undistilled pool")
     p.add_argument("--per-db", type=int, default=40)
     p.add_argument("--mutants", type=int, default=20)
+    p.add_argument("--cover", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--heldout-seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--run", default=None, help="a run dir whose predictions/epoch_N_pred.sql part (b) scores")
+    p.add_argument("--run-label", default="the default run's predictions (`python train.py`, 8 epochs)",
+                   help="what --run is, for the README")
     p.add_argument("--parts", default="a,b")
     p.add_argument("--dbs", default=None, help="part (a): only these databases (comma-separated; the build is whole)")
     p.add_argument("--out", default=str(RESULTS / "test_suite.json"))
@@ -174,7 +180,27 @@ def main() -> None:
               f"{record['spider_dev']['build_seconds']} s", file=sys.stderr)
     if "b" in args.parts and args.run:
         record["sample"] = part_b(args)
+        record["sample"]["which"] = args.run_label
+    record["command"] = "python bench/test_suite.py --pool {} --run RUN".format(args.pool)
+    record["summary"] = _summary(record)
     print(write_json(args.out, record))
+
+
+def _summary(record: dict) -> dict:
+    out = {"compares": "held-out near-miss mutants of Spider dev's gold queries killed by our distilled suite vs by "
+                       "the original database alone, among those a pool of fresh neighbours tells apart from gold"}
+    a = record.get("spider_dev")
+    if a:
+        t = a["totals"]
+        out.update(ours=f"{t['suite_rate']:.1%} (suite: {a['suite']['neighbours']} neighbours, built in "
+                        f"{a['build_seconds']:.0f} s, shared machine)",
+                   baseline=f"{t['original_rate']:.1%} (original database)",
+                   ratio=round((t["suite_rate"] - t["original_rate"]) * 100, 1), ratio_label="points")
+    b = record.get("sample")
+    if b and b["epochs"]:
+        last = b["epochs"][max(b["epochs"], key=int)]
+        out["compares"] += f"; sample: EX {last['ex']:.3f} -> test-suite {last['test_suite']:.3f} (last epoch)"
+    return out
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class BuildOptions:
     per_db: int = 40  # candidate neighbours tried per database (the suite keeps the fewest that kill the most)
     seed: int = 0
     mutants: int = 20  # mutants per gold query
+    cover: int = 1  # kept neighbours that must kill each mutant (where that many candidates do)
     timeout: float = 10.0
     workers: int | None = None
     progress: bool = True
@@ -152,7 +153,7 @@ class Distiller:
         return out, killed
 
     def pool(self, schema: DbSchema, literals: dict, golds: list[str], mutants: list[tuple[str, str, str]],
-             alive: set[int], n: int, tag: str) -> tuple[Kills, int]:
+             alive: set[int], n: int, tag: str, cover: int = 1) -> tuple[Kills, int]:
         """Try up to `n` candidates (tagged `tag`) in batches on the mutants still alive; (kills, candidates
         dropped because a gold query failed on them). Stops early once every mutant is killed."""
         kills, dropped = Kills(), 0
@@ -164,7 +165,8 @@ class Distiller:
             dropped += len(bad)
             for name in bad:
                 shutil.rmtree(self.root / name, ignore_errors=True)
-            alive = try_candidates(self.runner, [n_ for n_ in names if n_ not in bad], mutants, alive, kills)
+            alive = try_candidates(self.runner, [n_ for n_ in names if n_ not in bad], mutants, alive, kills,
+                                   cover)
         return kills, dropped
 
     def build_db(self, db_id: str, source: Path, golds: list[str]) -> dict:
@@ -178,8 +180,8 @@ class Distiller:
         mutants, by_original = self.mutants(db_id, schema, ok, self.opts.seed, self.opts.mutants)
         literals = query_literals(ok, schema)
         alive = set(range(len(mutants))) - by_original
-        kills, dropped = self.pool(schema, literals, ok, mutants, alive, self.opts.per_db, "cand")
-        kept = greedy_cover(kills)
+        kills, dropped = self.pool(schema, literals, ok, mutants, alive, self.opts.per_db, "cand", self.opts.cover)
+        kept = greedy_cover(kills, self.opts.cover)
         sizes = []
         for j, name in enumerate(kept, 1):
             target = folder / f"{db_id}_ts{j:03d}.sqlite"
@@ -197,8 +199,8 @@ def build_suite(data: str | Path, out: str | Path, opts: BuildOptions = BuildOpt
     """Build the suite of `data`'s databases into `out` (which must not exist or be empty); returns the manifest."""
     dataset, layout = open_dataset(data)
     splits = _splits(opts.split)
-    if opts.per_db < 1 or opts.mutants < 1:
-        raise UserError("--per-db and --mutants must be at least 1")
+    if opts.per_db < 1 or opts.mutants < 1 or opts.cover < 1:
+        raise UserError("--per-db, --mutants and --cover must be at least 1")
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} already exists and is not empty; pick a new directory")
@@ -253,7 +255,7 @@ def _manifest(layout: str, style: str, opts: BuildOptions, entries: dict, missin
             "neighbour_bytes", "mutants", "killed_by_original", "killed_by_suite")
     totals = {k: sum(e[k] for e in entries.values()) for k in keys}
     return {"version": MANIFEST_VERSION, "layout": layout, "style": style, "split": opts.split, "seed": opts.seed,
-            "per_db": opts.per_db, "mutants_per_query": opts.mutants, "databases_missing": sorted(missing),
+            "per_db": opts.per_db, "mutants_per_query": opts.mutants, "cover": opts.cover, "databases_missing": sorted(missing),
             "totals": totals, "databases": entries}
 
 

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="candidate neighbours tried per database; the suite keeps the fewest that kill the most "
                             "mutants (default 40)")
     build.add_argument("--mutants", type=int, default=20, metavar="K", help="mutants per gold query (default 20)")
+    build.add_argument("--cover", type=int, default=1, metavar="C",
+                       help="kept neighbours that must kill each mutant, where that many can (default 1: the "
+                            "fewest neighbours; 2 kills more of the near-misses the distillation never saw)")
     build.add_argument("--seed", type=int, default=0, help="seed of neighbours and mutants (default 0)")
     build.add_argument("--timeout", type=float, default=10.0, help="per-query timeout in seconds (default 10)")
     build.add_argument("--workers", type=int, default=None,
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.timeout <= 0:
         raise UserError(f"--timeout must be positive, got {args.timeout}")
-    opts = BuildOptions(split=args.split, per_db=args.per_db, seed=args.seed, mutants=args.mutants,
+    opts = BuildOptions(split=args.split, per_db=args.per_db, seed=args.seed, mutants=args.mutants, cover=args.cover,
                         timeout=args.timeout, workers=args.workers, progress=not args.no_progress)
     build_suite(args.data, args.out, opts)
     print(f"test suite written to {args.out}; score predictions with: text2sql evaluate --test-suite "

@@ -12,6 +12,7 @@ mutants not yet covered (ties: the earlier candidate), until every killed mutant
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,29 +61,37 @@ class Kills:
     def killed(self) -> set[int]:
         return set().union(*self.by_candidate.values()) if self.by_candidate else set()
 
+    def counts(self) -> Counter:
+        """How many candidates killed each mutant."""
+        return Counter(i for killed in self.by_candidate.values() for i in killed)
 
-def try_candidates(runner: Runner, names: list[str], mutants: list[tuple[str, str]], alive: set[int],
-                   kills: Kills) -> set[int]:
-    """Run the `alive` mutants (gold, SQL) on candidates `names`; record the kills; return the mutants still alive."""
+
+def try_candidates(runner: Runner, names: list[str], mutants: list[tuple[str, str, str]], alive: set[int],
+                   kills: Kills, cover: int = 1) -> set[int]:
+    """Run the `alive` mutants (gold, SQL, kind) on candidates `names`; record the kills; return the mutants still
+    alive: killed by fewer than `cover` candidates so far."""
     order = sorted(alive)
     items = [(n, mutants[i][0], mutants[i][1]) for n in names for i in order]
     statuses = runner.statuses(items)
     for j, name in enumerate(names):
         chunk = statuses[j * len(order):(j + 1) * len(order)]
         kills.add(name, {i for i, s in zip(order, chunk) if s != "correct"})
-    return alive - kills.killed()
+    counts = kills.counts()
+    return {i for i in alive if counts[i] < cover}
 
 
-def greedy_cover(kills: Kills, universe: set[int] | None = None) -> list[str]:
-    """The candidates a greedy set cover keeps (in the order it picks them) to cover every mutant of `universe`
-    (default: every killed mutant) that some candidate kills."""
-    left = set(kills.killed() if universe is None else universe) & kills.killed()
+def greedy_cover(kills: Kills, cover: int = 1) -> list[str]:
+    """The candidates a greedy set multicover keeps, in the order it picks them: each time the one that kills the most
+    mutants still short of `cover` killers (ties: the earlier candidate), until every killed mutant has
+    min(cover, its killers) of them kept."""
+    need = {i: min(cover, n) for i, n in kills.counts().items()}
     chosen: list[str] = []
-    while left:
-        best = max(kills.order, key=lambda n: (len(kills.by_candidate[n] & left), -kills.order.index(n)))
-        gain = kills.by_candidate[best] & left
-        if not gain:
-            break
+    rank = {name: k for k, name in enumerate(kills.order)}
+    while any(need.values()):
+        best = max((n for n in kills.order if n not in chosen),
+                   key=lambda n: (sum(1 for i in kills.by_candidate[n] if need[i]), -rank[n]))
         chosen.append(best)
-        left -= gain
+        for i in kills.by_candidate[best]:
+            if need[i]:
+                need[i] -= 1
     return chosen
