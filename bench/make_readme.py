@@ -243,12 +243,22 @@ def test_suite_details(r: dict) -> list[str]:
                   f"({s['neighbour_mib']} MiB). Held-out mutants (seed {st['heldout_seed']}, none the distillation saw) "
                   f"that a pool of {st['pool_per_db']} fresh neighbours per database (plus the original) tells apart "
                   f"from gold: {t['pool_tells_apart']} of {t['held_out_mutants']}. Killed by the original database "
-                  f"alone: {t['original_rate']:.1%}; by the suite: {t['suite_rate']:.1%}.", "",
-                  "| mutant kind | held out | pool tells apart | original kills | suite kills |", "|---|---|---|---|---|"]
+                  f"alone: {t['original_rate']:.1%}; by the suite: {t['suite_rate']:.1%} "
+                  f"(--cover {st.get('cover', 1)})."]
+        other = a.get("cover_1")
+        if other:
+            lines[-1] += (f" With --cover 1 (the default: the fewest neighbours): {other['suite']['neighbours']} "
+                          f"neighbours ({other['suite']['neighbour_mib']} MiB), built in {other['build_seconds']:.0f} s, "
+                          f"kills {other['totals']['suite_rate']:.1%}.")
+        if r.get("note"):
+            lines[-1] += f" Note: {r['note']}"
+        lines += ["", "| mutant kind | held out | pool tells apart | original kills | suite kills"
+                  + (" | --cover 1 kills |" if other else " |"), "|---|---|---|---|---|" + ("---|" if other else "")]
         for kind, x in a["by_kind"].items():
             n = x["pool_tells_apart"] or 1
+            extra = f" {other['by_kind'][kind]['suite_kills'] / n:.1%} |" if other and kind in other["by_kind"] else ""
             lines.append(f"| {kind} | {x['held_out']} | {x['pool_tells_apart']} | {x['original_kills'] / n:.1%} | "
-                         f"{x['suite_kills'] / n:.1%} |")
+                         f"{x['suite_kills'] / n:.1%} |" + extra)
     b = r.get("sample")
     if b:
         lines += ["", f"Generated sample (200 dev questions, suite built in {b['build_seconds']:.0f} s): EX on the "

@@ -181,7 +181,8 @@ def main() -> None:
     if "b" in args.parts and args.run:
         record["sample"] = part_b(args)
         record["sample"]["which"] = args.run_label
-    record["command"] = "python bench/test_suite.py --pool {} --run RUN".format(args.pool)
+    cover = f" --cover {args.cover}" if args.cover != 1 else ""
+    record["command"] = f"python bench/test_suite.py --pool {args.pool}{cover} --run RUN"
     record["summary"] = _summary(record)
     print(write_json(args.out, record))
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "multirun/README.md", "bench/README.md")
+DOCS = ("README.md", "multirun/README.md", "bench/README.md", "docs/testsuite.md")
 STARTS = ("python ", "text2sql ", "torchrun ", "bash ", "wandb ", "pip ", "srun ", "WANDB_MODE=", "SPIDER_DIR=",
           "MODEL_PATH=", ". .venv")
 
@@ -242,6 +242,18 @@ EXAMPLES: dict[str, object] = {
     "python bench/decoding.py --run RUN": Covered("tests/test_decoding_ranks.py"),
     "python bench/train_throughput.py --once hf_default,ours_full_head,ours_packed --steps 12 --warmup 2": Covered(
         "tests/test_throughput.py"),
+    # -- docs/testsuite.md and its bench (issue 31: `text2sql testsuite build`)
+    "text2sql testsuite build --data ../shared/spider --out data/spider_dev_suite": Run(
+        extra=("--per-db", "2", "--mutants", "2", "--no-progress"), spider=True, fresh=("data/spider_dev_suite",)),
+    "text2sql testsuite build --data DIR --out DIR [--split dev|train|both] [--per-db N] [--mutants K] [--cover C] "
+    "[--seed S]": Synopsis("testsuite"),
+    "text2sql testsuite build": Synopsis("testsuite"),
+    "text2sql evaluate --test-suite": Synopsis("evaluate"),
+    "text2sql evaluate --test-suite --gold OUT/dev_gold.sql --pred PRED --db OUT/database": Synopsis("evaluate"),
+    "text2sql evaluate --test-suite --style bird --gold OUT/dev_gold.sql --pred PRED --db OUT/database": Synopsis(
+        "evaluate"),
+    "text2sql prepare --from-sqlite": Synopsis("prepare"),
+    "python bench/test_suite.py --pool 100 --cover 2 --run RUN": Covered("tests/test_testsuite.py"),
 }
 
 PLACEHOLDERS = {  # documented path -> (provider, how to derive the real path from the provider's dir)
