@@ -121,7 +121,7 @@ def _link(schema, table, rows, cols, parent_name, parent_cols, done, profile, rn
         elif nullable:
             values = [None] * len(own)
         else:
-            continue  # no parent row to point at: the row is dropped below (its key is None -> filtered)
+            continue  # an empty parent: every row goes below; a cycle's parent without values: drawn values stay
         for col, v in zip(own, values):
             row[col.name] = v
     if not parent_rows and not nullable and parent_rows is not None:
