@@ -16,11 +16,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 ORDER = ["train_throughput", "eval_cost", "cpu_share", "bench_evaluate", "bird_eval", "bench_predict", "decoding",
-         "gpu_acceptance", "gpu_scale", "serve"]
+         "gpu_acceptance", "gpu_scale", "serve", "test_suite"]
 GOALS = {"train_throughput": ">= 1.2", "cpu_share": "after < before at every load; idle no slower",
          "bench_evaluate": ">= 3x", "bench_predict": ">= 5x", "eval_cost": "—",
          "decoding": "EX >= +2 points at <= 3x time (sample)", "gpu_acceptance": "all pass",
-         "gpu_scale": ">= 1.5x, MFU >= 40 % (13B)", "serve": "c=32: >= 5x c=1, >= 20x ask"}
+         "gpu_scale": ">= 1.5x, MFU >= 40 % (13B)", "serve": "c=32: >= 5x c=1, >= 20x ask",
+         "test_suite": "suite kills >= 95 % of held-out mutants the pool tells apart, >= 20 points over the original; "
+                       "Spider dev build < 10 min on 2 cores"}
 
 INTRO = """# Benchmarks
 
@@ -230,6 +232,45 @@ def gpu_scale_details(r: dict) -> list[str]:
     return lines
 
 
+def test_suite_details(r: dict) -> list[str]:
+    lines = ["", "## Distilled test suites (`bench/test_suite.py`)", ""]
+    a = r.get("spider_dev")
+    if a:
+        t, s, st = a["totals"], a["suite"], a["settings"]
+        lines += [f"Spider dev ({s['databases']} databases): the suite (`text2sql testsuite build`, "
+                  f"--per-db {st['per_db']}, --mutants {st['mutants_per_query']}, seed {st['seed']}) was built in "
+                  f"{a['build_seconds']:.0f} s on a shared 2-core machine and keeps {s['neighbours']} neighbours "
+                  f"({s['neighbour_mib']} MiB). Held-out mutants (seed {st['heldout_seed']}, none the distillation saw) "
+                  f"that a pool of {st['pool_per_db']} fresh neighbours per database (plus the original) tells apart "
+                  f"from gold: {t['pool_tells_apart']} of {t['held_out_mutants']}. Killed by the original database "
+                  f"alone: {t['original_rate']:.1%}; by the suite: {t['suite_rate']:.1%} "
+                  f"(--cover {st.get('cover', 1)})."]
+        other = a.get("cover_1")
+        if other:
+            lines[-1] += (f" With --cover 1 (the default: the fewest neighbours): {other['suite']['neighbours']} "
+                          f"neighbours ({other['suite']['neighbour_mib']} MiB), built in {other['build_seconds']:.0f} s, "
+                          f"kills {other['totals']['suite_rate']:.1%}.")
+        if r.get("note"):
+            lines[-1] += f" Note: {r['note']}"
+        lines += ["", "| mutant kind | held out | pool tells apart | original kills | suite kills"
+                  + (" | --cover 1 kills |" if other else " |"), "|---|---|---|---|---|" + ("---|" if other else "")]
+        for kind, x in a["by_kind"].items():
+            n = x["pool_tells_apart"] or 1
+            extra = f" {other['by_kind'][kind]['suite_kills'] / n:.1%} |" if other and kind in other["by_kind"] else ""
+            lines.append(f"| {kind} | {x['held_out']} | {x['pool_tells_apart']} | {x['original_kills'] / n:.1%} | "
+                         f"{x['suite_kills'] / n:.1%} |" + extra)
+    b = r.get("sample")
+    if b:
+        lines += ["", f"Generated sample (200 dev questions, suite built in {b['build_seconds']:.0f} s): EX on the "
+                  f"original databases vs test-suite accuracy of {b['which']}.", "",
+                  "| epoch | EX | test-suite accuracy | EX-correct, suite-wrong | suite-correct, EX-wrong |",
+                  "|---|---|---|---|---|"]
+        for epoch, x in b["epochs"].items():
+            lines.append(f"| {epoch} | {x['ex']:.3f} | {x['test_suite']:.3f} | {x['ex_right_suite_wrong']} | "
+                         f"{x['suite_right_ex_wrong']} |")
+    return lines
+
+
 def render(records: dict[str, dict], notes: str = "") -> str:
     lines = [INTRO, *summary_table(records)]
     if "train_throughput" in records:
@@ -244,6 +285,8 @@ def render(records: dict[str, dict], notes: str = "") -> str:
         lines += gpu_acceptance_details(records["gpu_acceptance"])
     if "gpu_scale" in records:
         lines += gpu_scale_details(records["gpu_scale"])
+    if "test_suite" in records:
+        lines += test_suite_details(records["test_suite"])
     if notes:
         lines += ["", notes.rstrip()]
     return "\n".join(lines) + "\n"

@@ -260,6 +260,20 @@ EXAMPLES: dict[str, object] = {
     "python bench/serve.py --run RUN --concurrency 1,8,32 --requests 64 --questions 32 --ask 3": Run(
         extra=("--concurrency", "2", "--requests", "4", "--questions", "2", "--ask", "0", "--json", ""),
         needs=("run",)),  # never over the committed results
+    # -- docs/testsuite.md and its bench (issue 31: `text2sql testsuite build`)
+    "text2sql testsuite build --data ../shared/spider --out data/spider_dev_suite": Run(
+        extra=("--per-db", "2", "--mutants", "2", "--no-progress"), spider=True, fresh=("data/spider_dev_suite",)),
+    "text2sql testsuite build --data DIR --out DIR [--split dev|train|both] [--per-db N] [--mutants K] [--cover C] "
+    "[--seed S]": Synopsis("testsuite"),
+    "text2sql testsuite build": Synopsis("testsuite"),
+    "text2sql testsuite build --data DIR --out DIR [--split dev\\|train\\|both] [--per-db N] [--seed S]": Synopsis(
+        "testsuite"),  # docs/cli.md's row
+    "text2sql evaluate --test-suite": Synopsis("evaluate"),
+    "text2sql evaluate --test-suite --gold OUT/dev_gold.sql --pred PRED --db OUT/database": Synopsis("evaluate"),
+    "text2sql evaluate --test-suite --style bird --gold OUT/dev_gold.sql --pred PRED --db OUT/database": Synopsis(
+        "evaluate"),
+    "text2sql prepare --from-sqlite": Synopsis("prepare"),
+    "python bench/test_suite.py --pool 100 --cover 2 --run RUN": Covered("tests/test_testsuite.py"),
 }
 
 PLACEHOLDERS = {  # documented path -> (provider, how to derive the real path from the provider's dir)

@@ -20,6 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "predict": ("text2sql.inference.predict", "generate SQL for the dev split with a trained model -> pred.sql"),
     "ask": ("text2sql.inference.ask", "answer a question on any SQLite database with a trained model: SQL and result rows"),
     "evaluate": ("text2sql.eval.evaluate", "execution accuracy and exact set match of pred.sql against gold, official semantics, safe"),
+    "testsuite": ("text2sql.testsuite.cli", "build a distilled test suite (neighbour databases) for a dataset's databases"),
     "merge": ("text2sql.inference.merge", "merge a LoRA adapter into its base model for serving"),
     "serve": ("text2sql.serve.cli", "serve a trained run over HTTP: OpenAI-compatible API, /v1/sql with rows, batched"),
     "report": ("text2sql.sweep.report", "rank the jobs of a multirun dir: summary.md / .csv / .png"),
