@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
 from text2sql.config.schema import (LoraSchema, OptimSchema, QLoraSchema, SampleDatasetSchema, TrainerSchema,
-                                    check_config, check_source_budget, describe_compose_error)
+                                    check_added_keys, check_config, check_source_budget, describe_compose_error)
 from text2sql.errors import ConfigError
 
 CONF = REPO_ROOT / "conf"
@@ -72,11 +72,35 @@ def test_unknown_key_in_a_yaml_file_fails_at_compose(tmp_path):
 def test_compose_errors_are_one_line_from_train_py(tmp_path):
     """Before: a traceback from inside the optimizer after ~15 s (optim.lr) or Lightning (max_epochs)."""
     for override, key in (("optim.lr=abc", "optim.lr"), ("trainer.max_epochs=abc", "trainer.max_epochs"),
-                          ("optim.lrr=1", "optim.lrr")):
+                          ("optim.lrr=1", "optim.lrr"), ("+optim.lrr=1e-3", "optim.lrr")):
         proc = train(override, tmp_path=tmp_path)
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 1 and len(lines) == 1, proc.stderr
         assert lines[0].startswith(f"error: {key}:") and "Traceback" not in proc.stderr
+        if "lrr" in override:  # issue 29: `+optim.lrr` ran with rc 0 and lr unchanged, as Hydra's advice said
+            assert lines[0] == "error: optim.lrr: no such key; did you mean optim.lr?", lines
+
+
+def test_unknown_keys_are_refused_with_or_without_plus_naming_the_key_meant():
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg(["optim.lrr=1e-3"])
+    assert describe_compose_error(info.value) == "optim.lrr: no such key; did you mean optim.lr?"
+    for overrides, said in ((["+optim.lrr=1e-3"], "optim.lrr: no such key; did you mean optim.lr?"),
+                            (["++optim.lrr=1e-3"], "optim.lrr: no such key; did you mean optim.lr?"),
+                            (["+hardware.spincount=3"], "hardware.spincount: no such key; did you mean "
+                                                        "hardware.spin_count?"),
+                            (["+lrr=1"], "lrr: no such key; did you mean optim.lr?"),
+                            (["+peft.r=4"], "peft.r: not a key of the chosen config (other presets have it; this one "
+                                             "would never read it)")):  # peft=full has no r
+        with pytest.raises(ConfigError) as info:
+            check_added_keys(overrides)
+        assert str(info.value) == said
+    check_added_keys(["optim.lr=1", "++optim.lr=2", "+launcher=slurm", "+trainer.fast_dev_run=1",
+                      "+callbacks.probe._target_=x.Y"])  # Trainer arguments, callbacks and groups may be added
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg(["trainer.fast_dev_run=1"])
+    assert describe_compose_error(info.value) == ("trainer.fast_dev_run: no such key (a Lightning Trainer argument "
+                                                  "the config does not set: +trainer.fast_dev_run=1)")
 
 
 @pytest.mark.parametrize("override,key", [
