@@ -72,13 +72,23 @@ def test_unknown_key_in_a_yaml_file_fails_at_compose(tmp_path):
 def test_compose_errors_are_one_line_from_train_py(tmp_path):
     """Before: a traceback from inside the optimizer after ~15 s (optim.lr) or Lightning (max_epochs)."""
     for override, key in (("optim.lr=abc", "optim.lr"), ("trainer.max_epochs=abc", "trainer.max_epochs"),
-                          ("optim.lrr=1", "optim.lrr"), ("+optim.lrr=1e-3", "optim.lrr")):
+                          ("optim.lrr=1", "optim.lrr")):
         proc = train(override, tmp_path=tmp_path)
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 1 and len(lines) == 1, proc.stderr
         assert lines[0].startswith(f"error: {key}:") and "Traceback" not in proc.stderr
-        if "lrr" in override:  # issue 29: `+optim.lrr` ran with rc 0 and lr unchanged, as Hydra's advice said
+        if "lrr" in override:
             assert lines[0] == "error: optim.lrr: no such key; did you mean optim.lr?", lines
+
+
+def test_a_config_error_before_any_work_leaves_no_run_dir(tmp_path):
+    """Issue 29: `+optim.lrr=1e-3` ran with rc 0 and lr unchanged (as Hydra's advice said), and every config error
+    left a `failed` run dir under outputs/ (10 after ten typos). A dir named with hydra.run.dir keeps its record."""
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "+optim.lrr=1e-3", "logger=none"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 1 and lines == ["error: optim.lrr: no such key; did you mean optim.lr?"], proc.stderr
+    assert [p for p in (tmp_path / "outputs").glob("*/*")] == []
 
 
 def test_unknown_keys_are_refused_with_or_without_plus_naming_the_key_meant():
