@@ -347,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
     if weights is None:
         print("text2sql predict: no --run/--adapter/--checkpoint given: predicting with the untrained base model",
               file=sys.stderr)
-    else:
+    elif which:  # a run's final or best epoch: say which
         print(f"text2sql predict: weights: {weights_line(weights, which)}", file=sys.stderr)
     out = args.out if args.out is not None else (run_dir / "pred.sql" if run_dir is not None else Path("pred.sql"))
     check_writable(out)  # before the model loads
