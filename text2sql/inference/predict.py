@@ -211,9 +211,10 @@ def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | Non
 
 
 def _load_weights(cfg: DictConfig, dataset, weights: tuple[str, Path] | None):
-    from text2sql.job.console import quiet_libraries
+    from text2sql.job.console import quiet_libraries, quiet_model_bars
 
     quiet_libraries()  # before the imports: bitsandbytes logs its CPU kernel hint at import
+    quiet_model_bars(local_model=bool(cfg.model.get("build")))  # the tiny model's "Loading weights" bar is noise
     import torch
 
     from text2sql.data.datasets import corpus
