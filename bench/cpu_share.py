@@ -86,7 +86,8 @@ def summary(results: dict, sides: list[str], steps: int) -> dict:
     levels = sorted(results, key=int)
     one = "1" if "1" in results else levels[-1]
     out = {"compares": f"`python train.py` (model=tiny, sample; first {steps} steps of an epoch + EX on 32) beside "
-                       f"{one} busy process(es): after (GOMP_SPINCOUNT auto: 10000 idle, 100 busy; threads = usable CPUs) vs before "
+                       f"{one} busy process(es): after (GOMP_SPINCOUNT auto: 10000 idle, 100 busy; threads = usable "
+                       "CPUs) vs before "
                        "(libgomp's default waiting); run s, best of the repeats"}
     if {"before", "after"} <= set(sides):
         out.update(ours=f"{best(one, 'after'):.0f} s", baseline=f"{best(one, 'before'):.0f} s",
