@@ -102,6 +102,7 @@ def test_train_help_is_written_for_people():
         assert line, f"group {group} missing from --help"
         listed = set(re.findall(r"[a-z0-9_]+", line.group(1).split(":")[0].split("(")[0]))
         assert listed >= set(group_options(group)), (group, listed)
-    for word in ("ckpt_path=", "resume=auto", "-m sweep=", "text2sql report", "README.md", "--cfg job"):
+    for word in ("ckpt_path=", "resume=auto hydra.run.dir=DIR", "-m sweep=", "text2sql report", "README.md",
+                 "--cfg job"):
         assert word in text
     assert all(re.search(rf"\b{verb}\b", text) for verb in VERBS)

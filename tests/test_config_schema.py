@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
 from text2sql.config.schema import (LoraSchema, OptimSchema, QLoraSchema, SampleDatasetSchema, TrainerSchema,
-                                    check_config, check_source_budget, describe_compose_error)
+                                    check_added_keys, check_config, check_source_budget, describe_compose_error)
 from text2sql.errors import ConfigError
 
 CONF = REPO_ROOT / "conf"
@@ -77,6 +77,40 @@ def test_compose_errors_are_one_line_from_train_py(tmp_path):
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 1 and len(lines) == 1, proc.stderr
         assert lines[0].startswith(f"error: {key}:") and "Traceback" not in proc.stderr
+        if "lrr" in override:
+            assert lines[0] == "error: optim.lrr: no such key; did you mean optim.lr?", lines
+
+
+def test_a_config_error_before_any_work_leaves_no_run_dir(tmp_path):
+    """Issue 29: `+optim.lrr=1e-3` ran with rc 0 and lr unchanged (as Hydra's advice said), and every config error
+    left a `failed` run dir under outputs/ (10 after ten typos). A dir named with hydra.run.dir keeps its record."""
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "+optim.lrr=1e-3", "logger=none"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 1 and lines == ["error: optim.lrr: no such key; did you mean optim.lr?"], proc.stderr
+    assert [p for p in (tmp_path / "outputs").glob("*/*")] == []
+
+
+def test_unknown_keys_are_refused_with_or_without_plus_naming_the_key_meant():
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg(["optim.lrr=1e-3"])
+    assert describe_compose_error(info.value) == "optim.lrr: no such key; did you mean optim.lr?"
+    for overrides, said in ((["+optim.lrr=1e-3"], "optim.lrr: no such key; did you mean optim.lr?"),
+                            (["++optim.lrr=1e-3"], "optim.lrr: no such key; did you mean optim.lr?"),
+                            (["+hardware.spincount=3"], "hardware.spincount: no such key; did you mean "
+                                                        "hardware.spin_count?"),
+                            (["+lrr=1"], "lrr: no such key; did you mean optim.lr?"),
+                            (["+peft.r=4"], "peft.r: not a key of the chosen config (other presets have it; this one "
+                                             "would never read it)")):  # peft=full has no r
+        with pytest.raises(ConfigError) as info:
+            check_added_keys(overrides)
+        assert str(info.value) == said
+    check_added_keys(["optim.lr=1", "++optim.lr=2", "+launcher=slurm", "+trainer.fast_dev_run=1",
+                      "+callbacks.probe._target_=x.Y"])  # Trainer arguments, callbacks and groups may be added
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg(["trainer.fast_dev_run=1"])
+    assert describe_compose_error(info.value) == ("trainer.fast_dev_run: no such key (a Lightning Trainer argument "
+                                                  "the config does not set: +trainer.fast_dev_run=1)")
 
 
 @pytest.mark.parametrize("override,key", [

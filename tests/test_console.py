@@ -85,7 +85,45 @@ def test_smoke_run_prints_each_message_once_and_the_ex_line(smoke_run, smoke_out
     assert re.search(r"epoch 0: execution accuracy \d\.\d{3} \(first\) on 16 dev examples; easy", out)
     assert re.search(r"epoch 1: execution accuracy \d\.\d{3} \([+-]\d\.\d{3}\) on 16 dev examples", out)
     for noise in ("FutureWarning", "Tip:", "litlogger", "anonymous", "LeafSpec", "Loading weights",
-                  "Setting accelerator to CPU", "kernels-community"):
+                  "Setting accelerator to CPU", "kernels-community",
+                  "Run summary", "Run history", "Epoch 1/1", "it/s", "weights_only"):  # issue 29: in a `> log`
         assert noise not in out, (noise, out[-4000:])
     log = (run_dir / "train.log").read_text()
     assert log.count("GPU available: False") == 1 and "epoch 1: execution accuracy" in log
+
+
+def test_noise_of_issue_29_is_dropped(capsys):
+    """`past_key_values` FutureWarnings (even behind a filter a later import put in front), Lightning's
+    "`weights_only` was not set", DeepSpeed's "Setting accelerator to CPU"; what a user acts on stays."""
+    import logging
+    import warnings
+
+    from text2sql.job.console import DropNoise, quiet_libraries
+
+    quiet_libraries()
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda m, c, *args, **kwargs: print(f"{c.__name__}: {m}", file=sys.stderr)
+        quiet_libraries()  # wraps the display hook in place now
+        warnings.simplefilter("always")  # a library's filter in front of ours
+        warnings.warn("`past_key_values` is deprecated and will be removed in version 5.40.0 for `f`. Use `cache` "
+                      "instead.", FutureWarning)
+        warnings.warn("a warning a user acts on", UserWarning)
+    err = capsys.readouterr().err
+    assert "past_key_values" not in err and "a warning a user acts on" in err
+    record = logging.LogRecord("lightning", logging.INFO, "", 0, "`weights_only` was not set, defaulting to `False`.",
+                               None, None)
+    assert not DropNoise().filter(record)
+    deepspeed = logging.getLogger("DeepSpeed")
+    assert not deepspeed.filter(logging.LogRecord("DeepSpeed", logging.WARNING, "", 0, "Setting accelerator to CPU. "
+                                                  "If you have GPU or other accelerator, ...", None, None))
+    assert deepspeed.filter(logging.LogRecord("DeepSpeed", logging.WARNING, "", 0, "a real problem", None, None))
+
+
+def test_the_training_bar_is_off_when_stdout_is_a_file(monkeypatch):
+    """A `> log` held the Rich bar's last frame (issue 29); TrainingProgress's plain lines stand in there."""
+    from text2sql.job.console import rich_progress_bar
+
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False, raising=False)
+    assert rich_progress_bar().is_disabled
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True, raising=False)
+    assert rich_progress_bar().is_enabled

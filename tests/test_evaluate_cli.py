@@ -191,3 +191,52 @@ def test_malformed_tables_json_is_one_error(files, capsys):
                "--etype", "match"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "tables.json" in err
+
+
+def test_component_f1_is_na_when_no_prediction_parses(files, capsys):
+    """Issue 29: every component printed F1 1.000 when all predictions failed to parse (the official rule)."""
+    tmp_path, gold, pred = files
+    (tmp_path / "tables.json").write_text(json.dumps(ZOO_TABLES))
+    pred.write_text("not sql at all\n" * 5)
+    assert main(["evaluate", "--gold", str(gold), "--pred", str(pred), "--db", str(tmp_path / "database"),
+                 "--etype", "all", "--workers", "0", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    partial = text.split("partial matching F1")[1].split("n/a: no parsable")[0]
+    assert "1.000" not in partial and "n/a" in partial, partial
+    assert "n/a: no parsable prediction at that level" in text
+
+
+def test_a_gold_file_with_swapped_columns_says_so(files, capsys):
+    tmp_path, gold, pred = files
+    gold.write_text("zoo\tSELECT count(*) FROM animal\n" * 5)
+    assert main(["evaluate", "--gold", str(gold), "--pred", str(pred), "--db", str(tmp_path / "database")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{gold}:1: the columns look swapped" in err[0] and "'SQL<TAB>db_id'" in err[0]
+
+
+def test_a_subsets_questions_file_beside_its_gold_is_read(files, capsys):
+    """A run that scored eval.limit examples writes epoch_N_questions.json beside epoch_N_gold.sql
+    (text2sql.eval.questions.write_questions): evaluate re-scores it with the subset's questions (BIRD: its
+    difficulties), where the whole dev.json no longer aligns."""
+    from text2sql.eval.questions import questions_beside, write_questions
+
+    tmp_path, gold, pred = files
+    split = tmp_path / "dev.json"
+    split.write_text(json.dumps([{"question": f"q{i}", "db_id": "zoo"} for i in range(9)]))
+    epoch_gold = tmp_path / "predictions" / "epoch_1_gold.sql"
+    epoch_gold.parent.mkdir()
+    epoch_gold.write_text(gold.read_text())
+    assert questions_beside(epoch_gold) == tmp_path / "predictions" / "epoch_1_questions.json"
+    assert questions_beside(tmp_path / "pred.gold.sql") == tmp_path / "pred.questions.json"
+    assert write_questions(epoch_gold, [split], [8, 2, 0, 5, 1]) == questions_beside(epoch_gold)
+    out = tmp_path / "v.jsonl"
+    assert main(["evaluate", "--gold", str(epoch_gold), "--pred", str(pred), "--db", str(tmp_path / "database"),
+                 "--out", str(out), "--workers", "0", "--no-progress"]) == 0
+    assert [json.loads(x)["question"] for x in out.read_text().splitlines()] == ["q8", "q2", "q0", "q5", "q1"]
+
+
+def test_evaluate_help_describes_the_multi_turn_layout(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a blank line after each interaction, as in the gold file" in text and "epoch_N_questions.json" in text

@@ -283,7 +283,7 @@ def test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end(tmp_path, la
         assert main(["predict", "--run", str(run), "--evaluate", "--no-progress", "--max-new-tokens", "24"]) == 0
         assert "MULTI-TURN" in capsys.readouterr().out
         assert len(read_sessions(run / "pred.sql")) == len(set(dataset.interaction_ids("dev")))
-        assert (run / "dev_gold.sql").read_text() == dataset.dev_gold().read_text()
+        assert (run / "pred.gold.sql").read_text() == dataset.dev_gold().read_text()
 
 
 def test_an_eval_limit_takes_whole_interactions():

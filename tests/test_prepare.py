@@ -126,3 +126,33 @@ def test_prepare_real_spider(spider_dir: Path, tmp_path: Path) -> None:
     assert (len(train), len(dev)) == (7000, 1034)
     assert FIRST_TRAIN_SCHEMA in train[0]["instruction"]
     assert dev[0]["db_id"] == "concert_singer"
+
+
+def test_from_sqlite_refuses_a_non_empty_out_and_never_deletes_what_it_did_not_write(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 29: into a SParC folder it replaced dev.json / tables.json, deleted the 4 databases and left train.json
+    and dev_gold.txt: a mixed dataset and lost data."""
+    from test_sqlite_schema import QUESTIONS, _pairs, _shop_dir
+
+    dbs = _shop_dir(tmp_path)
+    pairs = _pairs(tmp_path / "p.jsonl", [dict(zip(("db_id", "question", "query"), q)) for q in QUESTIONS * 2])
+    out = tmp_path / "sparc"
+    (out / "database" / "flight_2").mkdir(parents=True)
+    (out / "database" / "flight_2" / "flight_2.sqlite").write_bytes(b"theirs")
+    for name in ("train.json", "dev.json", "dev_gold.txt"):
+        (out / name).write_text("theirs")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    args = ["prepare", "--from-sqlite", str(dbs), "--pairs", str(pairs), "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out {out} exists and is not empty; pick a new directory or pass --overwrite" in err[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # untouched
+    assert main([*args, "--overwrite"]) == 0
+    said = capsys.readouterr().out
+    assert "kept in" in said and "database/flight_2, dev_gold.txt, train.json" in said
+    assert (out / "database" / "flight_2" / "flight_2.sqlite").read_bytes() == b"theirs"  # not ours: kept
+    assert (out / "train.json").read_text() == "theirs" and (out / "database" / "zoo" / "zoo.sqlite").is_file()
+    assert (out / "dev.json").read_text() != "theirs"  # ours, replaced as --overwrite says
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["prepare", "--from-sqlite", str(dbs), "--pairs", str(pairs), "--out", str(empty)]) == 0

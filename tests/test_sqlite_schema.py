@@ -134,7 +134,7 @@ def test_prepare_from_sqlite_bad_input_is_one_line_and_writes_nothing(tmp_path: 
 
     def prepare(pairs: list[dict], *extra: str, db_dir: Path = dbs) -> int:
         return main(["prepare", "--from-sqlite", str(db_dir), "--pairs", str(_pairs(tmp_path / "p.jsonl", pairs)),
-                     "--out", str(out), *extra])
+                     "--out", str(out), "--overwrite", *extra])  # OUT holds the --drop-invalid run below
 
     assert prepare(rows + [{"db_id": "shopp", "question": "q", "query": "SELECT 1"}]) == 2
     assert "p.jsonl:6: db_id 'shopp' is not a database in the --from-sqlite dir (found: shop, zoo)" in \

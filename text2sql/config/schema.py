@@ -7,15 +7,19 @@ file misspells. Interpolations such as `${model.recommended.lr}` are kept and co
 when they resolve. `check_config` then checks ranges (lr > 0, r >= 1, ...) before torch is imported.
 
 A new key under optim/data/eval/trainer (conf/train.yaml) or in a typed group file needs its field here;
-`+trainer.KEY=V` on the command line adds any Lightning Trainer argument without one.
+`+trainer.KEY=V` on the command line adds any Lightning Trainer argument without one, `+callbacks.NAME...` a
+callback. Any other key the config does not have is refused, with or without `+` (`check_added_keys`), and the
+error names the closest known key (`optim.lrr=1e-3`: "did you mean optim.lr").
 Registered on `import text2sql`, so every compose (train.py, `text2sql predict`, tests) sees the schemas.
 """
 
 from __future__ import annotations
 
+import difflib
 import errno
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Dict, List, Optional, get_type_hints
 
@@ -257,8 +261,12 @@ def check_config(cfg: DictConfig) -> None:
     """Resolve the typed keys and check their ranges; the first problem is one ConfigError line naming the key.
 
     Needs no torch: train.py calls it first, before the machine set-up and the heavy imports, so a bad value fails in
-    about a second.
+    about a second. Under Hydra, a `+KEY=V` override that adds a key nothing reads is refused too (`check_added_keys`).
     """
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        check_added_keys(HydraConfig.get().overrides.task)
     for section in ("optim", "data", "eval", "progress", "trainer", "dataset", "peft"):
         node = cfg.get(section)
         if isinstance(node, DictConfig):
@@ -279,16 +287,90 @@ def check_config(cfg: DictConfig) -> None:
 
 
 WAIT_POLICIES = ("PASSIVE", "ACTIVE")  # OMP_WAIT_POLICY's values (text2sql/machine/threads.py sets it)
+AUTO_SPINS = "auto"  # hardware.spin_count: chosen at start from what the machine is doing (machine/threads.py)
 
 
 def check_openmp_keys(cfg: DictConfig) -> None:
     """`hardware.wait_policy` and `hardware.spin_count`, which the machine set-up puts in the environment before torch
     loads OpenMP: one ConfigError line naming the key and what it takes."""
-    policy, spins = _value(cfg, "hardware.wait_policy"), _value(cfg, "hardware.spin_count")
+    check_openmp(_value(cfg, "hardware.wait_policy"), _value(cfg, "hardware.spin_count"))
+
+
+def check_openmp(policy, spins) -> None:
+    """The one check of the two OpenMP keys: the config check's and the verbs' (which apply a preset's keys)."""
     if policy is not None and str(policy).upper() not in WAIT_POLICIES:
         raise ConfigError(f"hardware.wait_policy={policy}: choose PASSIVE, ACTIVE or null (libgomp's default)")
-    if spins is not None and (isinstance(spins, bool) or not isinstance(spins, int) or spins < 0):
-        raise ConfigError(f"hardware.spin_count={spins}: a whole number of spins >= 0, or null (libgomp's default)")
+    if spins is not None and spins != AUTO_SPINS and (isinstance(spins, bool) or not isinstance(spins, int)
+                                                      or spins < 0):
+        raise ConfigError(f"hardware.spin_count={spins}: a whole number of spins >= 0, auto (chosen at start from "
+                          "the busy CPUs) or null (libgomp's default)")
+
+
+EXTENSIBLE = ("trainer.", "callbacks.", "hydra.")  # `+trainer.KEY=V`: a Trainer argument; `+callbacks.NAME`
+
+
+def known_keys() -> set[str]:
+    """Every key some YAML under conf/ (train.yaml, each group's files under its group name) or a schema gives."""
+    from text2sql.config.paths import conf_dir
+
+    def flat(node, prefix: str) -> Iterable[str]:
+        for key, value in (node.items() if isinstance(node, dict) else ()):
+            if key not in ("defaults", "hydra"):
+                yield f"{prefix}{key}"
+                yield from flat(value, f"{prefix}{key}.")
+
+    root = conf_dir()
+    keys = set(flat(OmegaConf.to_container(OmegaConf.load(root / "train.yaml")), ""))
+    for path in root.glob("*/*.yaml"):
+        if "@package" not in path.read_text(encoding="utf-8").split("\n", 1)[0]:  # _global_ files: no new keys
+            keys |= set(flat(OmegaConf.to_container(OmegaConf.load(path)), f"{path.parent.name}."))
+    for section, schemas in (("optim", [OptimSchema]), ("data", [DataSchema]), ("eval", [EvalSchema]),
+                             ("eval.decoding", [DecodingSchema]), ("progress", [ProgressSchema]),
+                             ("trainer", [TrainerSchema]),
+                             ("dataset", [MultiTurnDatasetSchema, SampleDatasetSchema, BirdDatasetSchema]),
+                             ("peft", [QLoraSchema, PtuningSchema, FreezeSchema])):
+        keys |= {f"{section}.{f.name}" for schema in schemas for f in fields(schema)}
+    return keys
+
+
+def unknown_key(key: str, value: str | None = None) -> str:
+    """One line for a key no config has: the closest known key (same section first) and, under `trainer.`, how
+    to pass a Lightning Trainer argument the config does not set."""
+    if key in known_keys():  # `+peft.r=4` with peft=full: Hydra let it add a key another preset has
+        return f"{key}: not a key of the chosen config (other presets have it; this one would never read it)"
+    section, _, leaf = key.rpartition(".")
+    by_leaf: dict[str, list[str]] = {}
+    for known in sorted(known_keys()):
+        by_leaf.setdefault(known.rpartition(".")[2], []).append(known)
+    siblings = {known.rpartition(".")[2]: known for known in sorted(known_keys())
+                if known.rpartition(".")[0] == section}
+    close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)
+    if close:
+        meant = siblings[close[0]]
+    else:  # another section's key of that name (`lrr=1` -> optim.lr)
+        close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)
+        meant = min(by_leaf[close[0]], key=len) if close else None
+    hint = f"; did you mean {meant}?" if meant else ""
+    if key.startswith("trainer."):
+        hint += f" (a Lightning Trainer argument the config does not set: +{key}={value if value else 'V'})"
+    return f"{key}: no such key{hint}"
+
+
+def check_added_keys(overrides: Iterable[str]) -> None:
+    """`+KEY=V` adds KEY (Hydra refuses a key the config has), so outside `EXTENSIBLE` it is a key nothing reads:
+    a ConfigError naming the closest known key. `++KEY=V` likewise when no config knows KEY. `+GROUP=OPTION`
+    (`+launcher=slurm`) picks a config group and passes."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from text2sql.config.paths import conf_dir
+
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if not (override.is_add() or override.is_force_add()) or key.startswith(EXTENSIBLE):
+            continue
+        if (conf_dir() / key).is_dir() or (override.is_force_add() and key in known_keys()):
+            continue
+        raise ConfigError(unknown_key(key, override.value()))
 
 
 def check_source_budget(stats: dict, max_source_length: int, needed: int | None = None) -> None:
@@ -329,6 +411,10 @@ def describe_compose_error(ex: BaseException) -> str | None:
         return None
     cause = ex.__cause__
     head = one_line(ex)
+    missing = re.search(r"Could not override '([^']+)'", head)
+    if missing:  # Hydra's advice (`+KEY=V`) would add a key nothing reads: name the key meant instead
+        value = re.search(r"use \+\S+?=(\S+)$", head)
+        return unknown_key(missing[1], value[1] if value else None)
     if isinstance(cause, OmegaConfBaseException):
         key = getattr(cause, "full_key", None)
         detail = one_line(cause)

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from text2sql.data.spider import SpiderDataset, SpiderExample
+from text2sql.data.spider import SpiderDataset, SpiderExample, root_source
 from text2sql.errors import DataError
 
 ENV_VAR = "BIRD_DIR"
@@ -36,7 +36,7 @@ def resolve_bird_root(root: str | os.PathLike | None) -> Path:
     """explicit root > $BIRD_DIR > data/bird; a missing or non-BIRD directory is one line saying what to pass."""
     given = root not in (None, "")
     path = Path(root if given else os.environ.get(ENV_VAR) or DEFAULT_ROOT).expanduser()
-    source = "given" if given else (f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "the default")
+    source = root_source(root, ENV_VAR, DEFAULT_ROOT)
     if not (path / "dev" / "dev.json").is_file():
         what = "not found" if not path.is_dir() else "has no dev/dev.json"
         raise DataError(

@@ -206,20 +206,42 @@ def write_layout(out: Path, schemas: list[SpiderSchema], databases: dict[str, Pa
         if not out.exists():
             os.replace(tmp, out)
             return
-        for entry in sorted(tmp.iterdir()):
-            target = out / entry.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            os.replace(entry, target)
+        _move_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _move_in(tmp: Path, out: Path) -> None:
+    """Move what `write_layout` built into an existing OUT (`--overwrite`): its five files replace theirs, and each
+    database/<db_id> replaces only the database of that name; nothing else in OUT is touched or deleted."""
+    (out / "database").mkdir(exist_ok=True)
+    for db in sorted((tmp / "database").iterdir()):
+        target = out / "database" / db.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(db, target)
+    for entry in sorted(tmp.iterdir()):
+        if entry.name != "database":
+            os.replace(entry, out / entry.name)
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """An existing, non-empty OUT is refused unless `overwrite`: a dataset there would be mixed with this one."""
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not overwrite):
+        what = "is a file" if out.is_file() else "exists and is not empty"
+        raise UserError(f"--out {out} {what}; pick a new directory" + ("" if out.is_file() else
+                        " or pass --overwrite (replaces tables.json, train_spider.json, dev.json, the gold files and "
+                        "the databases of the same name; deletes nothing else)"))
+
+
 def prepare_from_sqlite(db_dir: Path, pairs_file: Path, out: Path, check: Checker, *, dev_fraction: float = 0.2,
                         split_by: str = "random", seed: int = 0, drop_invalid: bool = False,
-                        report: Callable[[str], None] = print) -> tuple[list[Pair], list[Pair], list]:
+                        report: Callable[[str], None] = print, overwrite: bool = False
+                        ) -> tuple[list[Pair], list[Pair], list]:
     """Read, check, split, write; returns (train, dev, dropped (pair, error) list). Raises UserError with the
-    failures listed through `report` first when a gold query does not run and drop_invalid is off."""
+    failures listed through `report` first when a gold query does not run and drop_invalid is off, and before
+    any work when OUT exists with something in it and `overwrite` is off (`check_out`)."""
+    check_out(out, overwrite)
     databases = find_databases(db_dir)
     schemas = [read_schema(path, db_id) for db_id, path in databases.items()]
     pairs = read_pairs(pairs_file)

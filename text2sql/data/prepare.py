@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from text2sql.data.datasets import InstructionDataset
-from text2sql.data.from_sqlite import SPLIT_BY, gold_checker, prepare_from_sqlite
+from text2sql.data.from_sqlite import SPLIT_BY, find_databases, gold_checker, prepare_from_sqlite
 from text2sql.data.prompt import TEMPLATES, encode_record, length_stats, record_lengths, truncation_counts
 from text2sql.data.spider import ENV_VAR
 from text2sql.errors import UserError
 
 FILES = {"train": "example_text2sql_train.json", "dev": "example_text2sql_dev.json"}
+LAYOUT_FILES = ("tables.json", "train_spider.json", "dev.json", "train_gold.sql", "dev_gold.sql", "database")
 COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history"}
 
 
@@ -57,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mine.add_argument("--drop-invalid", action="store_true",
                       help="leave out pairs whose gold query does not run (listed) instead of stopping")
     mine.add_argument("--timeout", type=float, default=30.0, help="seconds per gold query (default 30)")
+    mine.add_argument("--overwrite", action="store_true",
+                      help="write into an existing, non-empty OUT (refused without it): replaces the files this "
+                      "command writes and the databases of the same name under OUT/database; deletes nothing else")
     parser.add_argument(
         "--tokenizer", metavar="PATH", default=None,
         help="local Hugging Face tokenizer directory (never downloaded) for token-length statistics and "
@@ -112,12 +116,17 @@ def run_from_sqlite(args: argparse.Namespace) -> int:
     train, dev, dropped = prepare_from_sqlite(
         args.from_sqlite, args.pairs, Path(args.out), gold_checker(args.timeout), dev_fraction=args.dev_fraction,
         split_by=args.split_by, seed=args.seed, drop_invalid=args.drop_invalid,
-        report=lambda line: print(line, file=sys.stderr))
+        report=lambda line: print(line, file=sys.stderr), overwrite=args.overwrite)
     if dropped:
         print(f"dropped {len(dropped)} pairs whose gold query does not run (listed above)")
-    dbs = sum(1 for _ in (Path(args.out) / "database").iterdir())
+    ours = find_databases(args.from_sqlite)
     print(f"wrote {args.out}: tables.json, train_spider.json ({len(train)}), dev.json ({len(dev)}), "
-          f"train_gold.sql, dev_gold.sql, database/ ({dbs} databases)")
+          f"train_gold.sql, dev_gold.sql, database/ ({len(ours)} databases)")
+    out = Path(args.out)
+    kept = [p.name for p in out.iterdir() if p.name not in LAYOUT_FILES] + [
+        f"database/{p.name}" for p in (out / "database").iterdir() if p.name not in ours]
+    if kept:  # --overwrite into a folder that held more: say what was left as it was
+        print(f"kept in {args.out} (not written by this command): {', '.join(sorted(kept))}")
     print(f"train on it: python train.py dataset=spider dataset.root={args.out}")
     return 0
 

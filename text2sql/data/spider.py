@@ -43,15 +43,21 @@ class SpiderExample:
     query: str
 
 
+def root_source(root: str | os.PathLike | None, env_var: str, default: str) -> str:
+    """Where a dataset root came from, truthfully: the config's `${oc.env:VAR,default}` hands over the
+    environment variable's value or the default as if it were given."""
+    from_env = bool(os.environ.get(env_var)) and root in (None, "", os.environ[env_var])
+    if from_env:
+        return f"${env_var}"
+    if root in (None, "") or (str(root) == default and not os.environ.get(env_var)):
+        return f"the default, {default}: neither dataset.root nor ${env_var} set"
+    return "what was given"
+
+
 def resolve_root(root: str | os.PathLike | None) -> Path:
     """explicit root > $SPIDER_DIR > data/spider; a missing directory is one line saying how to point at it."""
-    if root not in (None, ""):
-        path, source = Path(root), "given"
-    elif os.environ.get(ENV_VAR):
-        path, source = Path(os.environ[ENV_VAR]), f"${ENV_VAR}"
-    else:
-        path, source = Path(DEFAULT_ROOT), "the default"
-    path = path.expanduser()
+    path = Path(root if root not in (None, "") else os.environ.get(ENV_VAR) or DEFAULT_ROOT).expanduser()
+    source = root_source(root, ENV_VAR, DEFAULT_ROOT)
     if not path.is_dir():
         raise DataError(
             f"Spider directory not found: {path.resolve()} (from {source}); "

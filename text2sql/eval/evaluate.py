@@ -4,7 +4,8 @@ GOLD: one ``SQL<TAB>db_id`` per line (Spider's ``dev_gold.sql``, BIRD's ``dev.sq
 aligned with GOLD (DB-GPT-Hub's ``pred.sql``). ``--etype exec|match|all`` as the official tool (default ``exec``).
 ``--style spider|bird`` picks the dataset's EX rule (text2sql.eval.style), inferred from the files when not given.
 A multi-turn gold file (SParC's / CoSQL's ``dev_gold.txt``) separates interactions with blank lines and so must
-PRED; then question and interaction match are printed too (text2sql.eval.interaction).
+PRED; then question and interaction match are printed too (text2sql.eval.interaction). A questions file beside
+GOLD (``epoch_N_questions.json`` beside ``epoch_N_gold.sql``, text2sql.eval.questions) is read as ``--questions``.
 Prints the official-style table (count, EX and/or EM per hardness level, or per BIRD difficulty; "—" for an empty
 level), the component F1s for ``match`` and the count of each status; ``--out`` writes one JSON line per example.
 """
@@ -25,8 +26,13 @@ __all__ = ["add_arguments", "run", "read_gold", "read_pred"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gold", required=True, help="gold file: one 'SQL<TAB>db_id' per line")
-    parser.add_argument("--pred", required=True, help="predictions: one SQL per line, aligned with --gold")
+    parser.add_argument("--gold", required=True,
+                        help="gold file: one 'SQL<TAB>db_id' per line; multi-turn (SParC's / CoSQL's dev_gold.txt, "
+                        "a run's epoch_N_gold.sql): a blank line after each interaction")
+    parser.add_argument("--pred", required=True,
+                        help="predictions: one SQL per line, aligned with --gold; for a multi-turn gold file, one "
+                        "SQL per turn with a blank line after each interaction, as in the gold file (what "
+                        "`text2sql predict` and a run's predictions/epoch_N_pred.sql write)")
     parser.add_argument("--db", required=True, help="database dir holding <db_id>/<db_id>.sqlite")
     parser.add_argument("--plug-value", action="store_true",
                         help="also accept the prediction with the gold query's values plugged in")
@@ -44,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Spider tables.json for --etype match/all (default: beside --db, i.e. <db>/../tables.json)")
     parser.add_argument("--questions", default=None,
                         help="split JSON (e.g. dev.json) aligned with --gold: --out lines carry the question; "
-                             "BIRD's gives each example's difficulty (default: a dev.json beside --gold)")
+                             "BIRD's gives each example's difficulty (default: the questions file a run writes "
+                             "beside its gold, epoch_N_questions.json, else a dev.json beside --gold)")
     parser.add_argument("--style", choices=("spider", "bird"), default=None,
                         help="whose execution-accuracy rule: spider (bags of rows, column permutations, DISTINCT "
                              "dropped) or bird (set of rows, queries as written); default: bird when the split "
@@ -65,6 +72,9 @@ def read_gold(path: str | Path) -> list[tuple[str, str]]:
         sql, sep, db_id = line.strip().rpartition("\t")
         if not sep or not sql.strip() or not db_id.strip():
             raise UserError(f"{path}:{n}: expected 'SQL<TAB>db_id'")
+        if len(db_id.split()) > 1 and len(sql.split()) == 1:  # a db_id never holds spaces; a query does
+            raise UserError(f"{path}:{n}: the columns look swapped ('{sql.strip()}<TAB>{db_id.strip()[:40]}...'): "
+                            "a gold file holds 'SQL<TAB>db_id'")
         out.append((sql.strip(), db_id.strip()))
     return out
 
@@ -129,8 +139,14 @@ def _read_questions(path: str | Path, n: int) -> list[dict]:
 
 
 def _split_records(args: argparse.Namespace, n: int) -> list[dict] | None:
-    """--questions, else a dev.json beside the gold file when it aligns with it (BIRD's dev/ folder); None: none."""
+    """--questions, else the questions file a run wrote beside its gold (text2sql.eval.questions), else a dev.json
+    beside the gold file when it aligns with it (BIRD's dev/ folder); None: none."""
+    from text2sql.eval.questions import questions_beside
+
     if args.questions:
+        return _read_questions(args.questions, n)
+    if questions_beside(args.gold).is_file():
+        args.questions = str(questions_beside(args.gold))  # as if given: --out lines carry its questions too
         return _read_questions(args.questions, n)
     beside = Path(args.gold).parent / "dev.json"
     try:
@@ -237,7 +253,7 @@ def _print_tables(console, args, style, levels, verdicts, matches, match_summary
         table.add_row("exact match", *[_fmt(match_summary[lv]["exact"]) for lv in level_names])
     console.print(table)
     if matches is not None:
-        _print_partial(console, matches, match_summary, level_names)
+        _print_partial(console, matches, match_summary, level_names, levels)
     if verdicts is not None:
         vc = Counter(v.status for v in verdicts)
         st = Table(title="status")
@@ -248,19 +264,28 @@ def _print_tables(console, args, style, levels, verdicts, matches, match_summary
         console.print(st)
 
 
-def _print_partial(console, matches, match_summary, level_names) -> None:
+def _print_partial(console, matches, match_summary, level_names, levels) -> None:
+    """The official component F1s; "n/a" where no prediction of the level parses (the official rule, F1 = 1
+    when nothing was predicted and nothing recalled, would print 1.000 there)."""
     from rich.table import Table
 
     from text2sql.eval.match import PARTIAL_TYPES
 
+    parsed = Counter()
+    for m, level in zip(matches, levels):
+        parsed[level] += int(bool(m.parsed))
+        parsed["all"] += int(bool(m.parsed))
     pt = Table(title="partial matching F1 (official components)")
     pt.add_column("")
     for level in level_names:
         pt.add_column(level, justify="right")
     for t in PARTIAL_TYPES:
-        pt.add_row(t, *[_fmt(match_summary[lv]["partial"][t] and match_summary[lv]["partial"][t]["f1"])
+        pt.add_row(t, *["n/a" if match_summary[lv]["count"] and not parsed[lv] else
+                        _fmt(match_summary[lv]["partial"][t] and match_summary[lv]["partial"][t]["f1"])
                         for lv in level_names])
     console.print(pt)
+    if any(match_summary[lv]["count"] and not parsed[lv] for lv in level_names):
+        console.print("n/a: no parsable prediction at that level (the official tool prints 1.000 there)")
     unparsed = sum(not m.parsed and not m.gold_error for m in matches)
     gold_bad = sum(bool(m.gold_error) for m in matches)
     console.print(f"predictions the official parser rejects (scored as the empty query): {unparsed}"

@@ -79,9 +79,10 @@ def _dtype(name: str, base: str):
 
 def merge(base: str, adapter: Path, out: Path, dtype: str = "auto", overwrite: bool = False) -> Path:
     """Load base (unquantised) + adapter, `merge_and_unload`, save model + tokenizer to `out` atomically."""
-    from text2sql.job.console import quiet_libraries
+    from text2sql.job.console import quiet_libraries, quiet_model_bars
 
     quiet_libraries()  # before peft imports bitsandbytes
+    quiet_model_bars(local_model=False)  # the load/save bars stay on a terminal only
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

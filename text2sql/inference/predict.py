@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from text2sql.atomic import atomic_path
 from text2sql.config.paths import check_writable, conf_dir
 from text2sql.errors import UserError
+from text2sql.config.decoding import STRATEGIES
 from text2sql.job.run_dir import RunDir
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,18 +33,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--adapter", type=Path, help="a PEFT adapter dir (adapter_config.json) to load on the base model, "
                      "or a W&B artifact entity/project/name:alias (downloaded with W&B's API)")
     src.add_argument("--checkpoint", type=Path, help="a Lightning .ckpt written by train.py")
+    add_weight_choice(parser)
     parser.add_argument("--out", type=Path, default=None,
-                        help="where to write one SQL per line (default: <run dir>/pred.sql, else ./pred.sql)")
+                        help="where to write one SQL per line (default: <run dir>/pred.sql, else ./pred.sql); with "
+                        "--evaluate the gold of the same examples goes beside it as <OUT stem>.gold.sql")
     parser.add_argument("--split", default="dev", help="dataset split to predict (default dev)")
     parser.add_argument("--limit", type=int, default=None, help="only N examples: the fixed-seed subset (eval.seed) that training scores with "
                         "eval.limit=N (default all)")
     parser.add_argument("--batch-size", type=int, default=None, help="generation batch size (default eval.batch_size)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default eval.max_new_tokens")
     parser.add_argument("--evaluate", action="store_true", help="also score the predictions (execution accuracy)")
+    parser.add_argument("--decoding", choices=STRATEGIES, default=None,
+                        help="decoding strategy (default: the run's eval.decoding, greedy unless set; the same as "
+                        "eval.decoding.strategy=...); execution_guided and self_consistency run their candidates on "
+                        "the example's database")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="where generation runs (default auto: this process's GPU if torch sees one, else the CPU)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py: model=... peft.r=8 dataset.root=...")
+
+
+def add_weight_choice(parser: argparse.ArgumentParser) -> None:
+    """`--best`, shared by `predict` and `ask`."""
+    parser.add_argument("--best", action="store_true",
+                        help="with --run: the weights of the run's best epoch (metrics.json's best: its "
+                        "checkpoint, or adapter_best/) instead of the final ones (adapter/ or model/, the last "
+                        "epoch's); the load line says which")
 
 
 def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictConfig:
@@ -125,6 +139,37 @@ def find_weights(run_dir: Path) -> tuple[str, Path]:
     raise UserError(f"no adapter/, model/ or checkpoints/*.ckpt in {run_dir}")
 
 
+def find_best_weights(run_dir: Path) -> tuple[tuple[str, Path], str]:
+    """(weights of the run's best epoch, which epoch in words): adapter_best/ (model_best/) when the run exported
+    them, else the best epoch's checkpoint (`epoch{NN}.ckpt`, kept by ModelCheckpoint), else the final weights
+    when the best epoch is the last one."""
+    record = RunDir(run_dir).read_metrics() or {}
+    best = record.get("best")
+    if not best:
+        raise UserError(f"--best: {run_dir} records no best epoch (metrics.json: no epoch was scored)")
+    epoch = int(best["epoch"])
+    metric = next((f"{k} {v:.4f}" for k, v in best.items() if k != "epoch" and isinstance(v, (int, float))), "")
+    said = f"the best epoch, {epoch}" + (f": {metric}" if metric else "")
+    for kind, name in (("adapter", "adapter_best"), ("model", "model_best")):
+        if (run_dir / name).is_dir():
+            return (kind, run_dir / name), said
+    ckpt = run_dir / "checkpoints" / f"epoch{epoch:02d}.ckpt"
+    if ckpt.exists():
+        return ("checkpoint", ckpt), said
+    last = max((row.get("epoch", -1) for row in record.get("history", [])), default=None)
+    if last == epoch:
+        return find_weights(run_dir), f"{said}, also the last"
+    raise UserError(f"--best: the best epoch is {epoch}, but {run_dir} keeps none of its weights "
+                    f"(checkpoints/epoch{epoch:02d}.ckpt, adapter_best/)")
+
+
+def weights_line(weights: tuple[str, Path] | None, which: str | None) -> str:
+    """What the load line says about the weights: kind, path and which epoch they are."""
+    if weights is None:
+        return "none (the untrained base model)"
+    return f"{weights[0]} {weights[1]}" + (f" ({which})" if which else "")
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -167,9 +212,10 @@ def load_for_inference(cfg: DictConfig, dataset, weights: tuple[str, Path] | Non
 
 
 def _load_weights(cfg: DictConfig, dataset, weights: tuple[str, Path] | None):
-    from text2sql.job.console import quiet_libraries
+    from text2sql.job.console import quiet_libraries, quiet_model_bars
 
     quiet_libraries()  # before the imports: bitsandbytes logs its CPU kernel hint at import
+    quiet_model_bars(local_model=bool(cfg.model.get("build")))  # the tiny model's "Loading weights" bar is noise
     import torch
 
     from text2sql.data.datasets import corpus
@@ -266,18 +312,23 @@ def _interaction_ids(dataset, split: str) -> list[int] | None:
 
 
 def resolve_source(args: argparse.Namespace, overrides: list[str], verb: str = "predict"):
-    """(config, weights, run dir) from --run / --adapter / --checkpoint and overrides; weights None: the base
-    model. Shared by the verbs that load a trained model (`predict`, `ask`)."""
+    """(config, weights, run dir, which epoch in words) from --run / --adapter / --checkpoint / --best and
+    overrides; weights None: the base model. Shared by the verbs that load a trained model (`predict`, `ask`)."""
     run_dir = args.run
+    if getattr(args, "best", False) and args.run is None:
+        raise UserError("--best needs --run RUN_DIR (the run whose best epoch to load)")
     if run_dir is None and (args.checkpoint or args.adapter) is not None:
         found = RunDir.find(args.checkpoint or args.adapter)
         if found is not None and not _group_choices(overrides):
             run_dir = found.path
             print(f"text2sql {verb}: using the config of run {run_dir}", file=sys.stderr)
     cfg = compose_config(overrides, run_dir)
-    weights = None
-    if args.run is not None:
+    weights, which = None, None
+    if args.run is not None and getattr(args, "best", False):
+        weights, which = find_best_weights(args.run)
+    elif args.run is not None:
         weights = find_weights(args.run)
+        which = "the final weights, the last epoch's; --best: the best epoch's"
     elif args.adapter is not None:
         from text2sql.tracking.artifacts import is_artifact_ref, resolve_artifact
 
@@ -289,14 +340,17 @@ def resolve_source(args: argparse.Namespace, overrides: list[str], verb: str = "
         weights = ("checkpoint", args.checkpoint)
     if weights and not weights[1].exists():
         raise UserError(f"{weights[0]} not found: {weights[1]}")
-    return cfg, weights, run_dir
+    return cfg, weights, run_dir, which
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg, weights, run_dir = resolve_source(args, list(args.overrides))
+    overrides = list(args.overrides) + ([f"eval.decoding.strategy={args.decoding}"] if args.decoding else [])
+    cfg, weights, run_dir, which = resolve_source(args, overrides)
     if weights is None:
         print("text2sql predict: no --run/--adapter/--checkpoint given: predicting with the untrained base model",
               file=sys.stderr)
+    elif which:  # a run's final or best epoch: say which
+        print(f"text2sql predict: weights: {weights_line(weights, which)}", file=sys.stderr)
     out = args.out if args.out is not None else (run_dir / "pred.sql" if run_dir is not None else Path("pred.sql"))
     check_writable(out)  # before the model loads
     dataset, records, preds, ids = predict(cfg, weights, out, args.split, args.limit, args.batch_size,
@@ -307,6 +361,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def gold_beside(pred: Path) -> Path:
+    """Where `predict --evaluate` writes the gold of the predicted examples: `<pred stem>.gold.sql`, named after
+    the predictions so it never replaces a dataset's own `dev_gold.sql` (or another run's) in that folder."""
+    return pred.with_name(f"{pred.stem}.gold.sql")
+
+
 def _one_line(sql: str) -> str:
     return sql.replace("\r", " ").replace("\n", " ").replace("\t", " ")
 
@@ -314,11 +374,11 @@ def _one_line(sql: str) -> str:
 def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Path, split: str,
                          ids: list[int] | None = None, progress: bool = True) -> None:
     """Score `pred` with `text2sql evaluate` itself: the same tables (per hardness, per status), and a gold
-    file (`<split>_gold.sql`, Spider's `SQL<TAB>db_id`) beside it to rerun the evaluation later."""
+    file (`gold_beside(pred)`, Spider's `SQL<TAB>db_id`) to rerun the evaluation later."""
     from text2sql.eval import evaluate
     from text2sql.eval.interaction import sessions_text
 
-    gold = pred.with_name(f"{split}_gold.sql")
+    gold = gold_beside(pred)
     lines = [f"{_one_line(r['output'])}\t{r['db_id']}" for r in records]
     with atomic_path(gold) as tmp:
         tmp.write_text(sessions_text(lines, ids) if ids else "".join(f"{line}\n" for line in lines), encoding="utf-8")

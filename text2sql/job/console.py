@@ -12,16 +12,21 @@ above the bar. Everything also goes to the run's `train.log`. Importing this mod
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 import warnings
 
 # Warnings the user cannot act on (they come from inside transformers / Lightning / PEFT).
 _IGNORED_WARNINGS = (
     (FutureWarning, r".*is_gradient_checkpointing.*is deprecated"),      # transformers 5, called by PEFT
+    (FutureWarning, r"`past_key_values` is deprecated"),                 # transformers 5, called by PEFT
     (Warning, r".*isinstance\(treespec, LeafSpec\). is deprecated"),    # torch 2.13, called by Lightning
 )
 # Log records that are advertising, not information.
-_IGNORED_MESSAGES = ("💡 Tip:",)
+_IGNORED_MESSAGES = ("💡 Tip:",
+                     "`weights_only` was not set")  # Lightning, at every checkpoint it saves (info, not a choice)
+_DEEPSPEED_CPU = "Setting accelerator to CPU"  # DeepSpeed at import without a GPU (merge, predict, CPU runs)
 
 
 class LiveStdoutHandler(logging.StreamHandler):
@@ -61,6 +66,53 @@ class DropNoise(logging.Filter):
 def _ignore_warnings() -> None:
     for category, message in _IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    _drop_at_display()
+
+
+def _is_noise(message, category) -> bool:
+    return any(issubclass(category, cat) and re.match(pattern, str(message)) for cat, pattern in _IGNORED_WARNINGS)
+
+
+def _drop_at_display() -> None:
+    """Also drop the listed warnings where they are shown (`warnings.showwarning`, the documented hook): a library
+    imported later (Lightning, DeepSpeed) puts its own filters in front of ours, and the first filter wins."""
+    shown = warnings.showwarning
+    if getattr(shown, "_text2sql", False):
+        return
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not _is_noise(message, category):
+            shown(message, category, filename, lineno, file, line)
+
+    showwarning._text2sql = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
+
+
+class _DropDeepSpeedCpu(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_DEEPSPEED_CPU)
+
+
+def quiet_model_bars(local_model: bool) -> None:
+    """transformers' "Loading weights" / "Writing model shards" bars: off for the locally built tiny model
+    (milliseconds each) and when stderr is not a terminal (a file would keep every frame); a real checkpoint on a
+    terminal keeps them."""
+    if local_model or not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def rich_progress_bar(**kwargs):
+    """The training bar (conf/callbacks/default.yaml): Lightning's RichProgressBar on a terminal; when stdout is a
+    file (`> log`, SLURM, nohup) it is disabled with Lightning's own switch (`ProgressBar.disable`), so the log holds
+    no bar frames: job/progress.py's plain lines stand in."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    bar = RichProgressBar(**kwargs)
+    if not sys.stdout.isatty():
+        bar.disable()
+    return bar
 
 
 def quiet_libraries() -> None:
@@ -73,6 +125,11 @@ def quiet_libraries() -> None:
     """
     for name in ("bitsandbytes", "kernels"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    deepspeed = logging.getLogger("DeepSpeed")  # DeepSpeed's own logger: its level is set at import, filters stay
+    if not any(isinstance(f, _DropDeepSpeedCpu) for f in deepspeed.filters):
+        deepspeed.addFilter(_DropDeepSpeedCpu())
+    os.environ.setdefault("WANDB_QUIET", "true")  # no history/summary block at the end (the run's metrics.json
+    # and W&B hold them); an offline run's header still says where its data is (`text2sql sync RUN_DIR`)
     _ignore_warnings()
 
 
@@ -97,7 +154,4 @@ def quiet_after_imports(local_model: bool = False) -> None:
                 if type(handler) is logging.StreamHandler:  # Lightning's, added at import
                     logger.removeHandler(handler)
             logger.propagate = True
-    if local_model:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    quiet_model_bars(local_model)

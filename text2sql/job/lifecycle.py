@@ -62,6 +62,8 @@ def run_job(cfg: DictConfig, train_fn) -> float:
     except RunStopped as stop:
         _stopped(run, stop, history, metric, time.time() - start)
     except Exception as err:  # noqa: BLE001 - recorded, then re-raised or turned into the worst value
+        if _user_error(err) is not None and _discard_unused(out_dir):  # a typo before any work: no run dir left
+            raise SystemExit(f"error: {_user_error(err)}") from None
         shown = _user_error(err) or err  # the user error, not Hydra's InstantiationException around it
         message = f"{type(shown).__name__}: {shown}".splitlines()[0]
         rank = global_rank()  # several ranks share out_dir: rank 0 alone writes metrics.json and prints
@@ -111,6 +113,25 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from text2sql.errors import CheckpointWriteError, UserError
 
     return (FileNotFoundError, UserError, CheckpointWriteError)
+
+
+def _discard_unused(out_dir: Path) -> bool:
+    """Remove the dir Hydra made for a single run (not one named with hydra.run.dir) that stopped on a user error
+    before writing anything but Hydra's own files: ten typos leave no ten `failed` run dirs (issue 29)."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from text2sql.job.ranks import global_rank
+
+    hydra = HydraConfig.get()
+    named = any(o.lstrip("+").startswith("hydra.run.dir=") for o in hydra.overrides.hydra)
+    ours = [p for p in out_dir.iterdir() if p.name not in (".hydra", f"{hydra.job.name}.log")]
+    if hydra.mode == RunMode.MULTIRUN or named or global_rank() != 0 or ours:
+        return False
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return True
 
 
 def _user_error(err: BaseException) -> BaseException | None:

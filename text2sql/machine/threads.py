@@ -11,6 +11,11 @@ with libgomp's default, 20-22 s with 100 spins or PASSIVE (medians of six: 19.1 
 costs: 3,000 or more spins match the default idle but lose 25-80 % beside one busy process. The default here is
 ``GOMP_SPINCOUNT=100`` (libgomp's own choice when it knows its threads outnumber the CPUs): ~11 % on idle cores
 for a run that stays at its fair share beside a busy process (2 of 3 processes on 2 cores: 1.5x idle, 30 s).
+A second box (issue 29, idle Xeon 2 cores) paid 1.27-1.46x for 100 spins idle, where 10,000 spins ran 0.86x of
+libgomp's default; beside one busy process 10,000 spins cost 1.6x. So no fixed count serves both, and the default
+(``spin_count: auto``) looks at the machine once, at start: ``busy_cpus`` samples /proc/stat for 0.15 s (this
+process sleeps meanwhile) and counts the usable CPUs other processes keep busy. Half a CPU or more busy: 100 spins
+(``SPIN_BUSY``); idle: 10,000 (``SPIN_IDLE``). The choice and its reason end the run's "CPU threads" log line.
 libgomp reads both once, when torch loads it, so they are set before torch is imported; the thread count can
 change later (``torch.set_num_threads``). torch's own default count is the machine's physical cores, blind to a
 CPU affinity mask (taskset, SLURM's cpusets) or a cgroup quota (containers).
@@ -24,16 +29,22 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from text2sql.errors import ConfigError
+from text2sql.config.schema import AUTO_SPINS as AUTO
+from text2sql.config.schema import check_openmp
 
 WAIT_POLICY_VAR = "OMP_WAIT_POLICY"
 SPIN_VAR = "GOMP_SPINCOUNT"  # libgomp's spins before a waiting thread sleeps (LLVM's libomp ignores it)
-WAIT_POLICIES = ("PASSIVE", "ACTIVE")
 THREADS_VAR = "OMP_NUM_THREADS"
 CPU_ACCELERATORS = ("cpu", "auto")  # before hardware=auto is resolved a CPU run cannot be told from a GPU one
+SPIN_IDLE = 10_000  # idle cores: as fast as libgomp's default (0.86-1.0x), 1.6x if a busy process comes later
+SPIN_BUSY = 100  # a busy CPU beside the run: its fair share (libgomp's own count when threads outnumber CPUs)
+BUSY_CPUS = 0.5  # this many CPUs busy outside the run (of the usable ones) makes the machine "busy"
+SAMPLE_S = 0.15
+_chosen: dict[str, str] = {}  # GOMP_SPINCOUNT value chosen by `auto_spin_count` -> why, for the threads log line
 
 
 def cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> int | None:
@@ -62,27 +73,77 @@ def usable_cpus() -> int:
 
 def set_wait_policy(hardware: Mapping, env: dict | None = None) -> str:
     """Before torch is imported, for a CPU run: `hardware.wait_policy` (OMP_WAIT_POLICY) and `hardware.spin_count`
-    (GOMP_SPINCOUNT) into the environment, unless the user set either variable (then both are theirs). Returns
-    how OpenMP threads wait, in words (`openmp_wait`)."""
+    (GOMP_SPINCOUNT; "auto": `auto_spin_count`) into the environment, unless the user set either variable (then
+    both are theirs). Returns how OpenMP threads wait, in words (`openmp_wait`)."""
     env = os.environ if env is None else env
     policy, spins = hardware.get("wait_policy"), hardware.get("spin_count")
-    if policy is not None and str(policy).upper() not in WAIT_POLICIES:
-        raise ConfigError(f"hardware.wait_policy={policy}: choose PASSIVE, ACTIVE or null (libgomp's default)")
-    if spins is not None and (isinstance(spins, bool) or not isinstance(spins, int) or spins < 0):
-        raise ConfigError(f"hardware.spin_count={spins}: a whole number of spins >= 0, or null (libgomp's default)")
+    check_openmp(policy, spins)
     user_chose = WAIT_POLICY_VAR in env or SPIN_VAR in env
     if not user_chose and hardware.get("accelerator") in CPU_ACCELERATORS:
         if policy is not None:
             env[WAIT_POLICY_VAR] = str(policy).upper()
-        if spins is not None:
+        if spins == AUTO and str(policy).upper() != "PASSIVE":  # PASSIVE never spins: nothing to choose
+            spins, why = auto_spin_count()
+            _chosen[str(spins)] = why
+        if spins is not None and spins != AUTO:
             env[SPIN_VAR] = str(spins)
     return openmp_wait(env)
 
 
+def _cpu_times(stat: Path, cpus: set[int] | None) -> tuple[int, int]:
+    """(busy, total) jiffies of the `cpus` lines of /proc/stat (all CPUs when None); iowait counts as idle."""
+    busy = total = 0
+    for line in stat.read_text().splitlines():
+        name, *ticks = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit()) or (cpus is not None and int(name[3:]) not in cpus):
+            continue
+        values = [int(t) for t in ticks[:8]]  # user nice system idle iowait irq softirq steal
+        total += sum(values)
+        busy += sum(values) - values[3] - values[4]
+    return busy, total
+
+
+def busy_cpus(seconds: float = SAMPLE_S, stat: Path = Path("/proc/stat"), cpus: set[int] | None = None,
+              sleep=time.sleep) -> tuple[float, int] | None:
+    """(CPUs kept busy by other processes, CPUs looked at) over `seconds`, from /proc/stat's per-CPU lines for the
+    CPUs this process may run on (it sleeps meanwhile, before torch or any thread of ours starts). None where
+    /proc/stat cannot be read (not Linux)."""
+    if cpus is None:
+        try:
+            cpus = set(os.sched_getaffinity(0))
+        except AttributeError:
+            cpus = None
+    try:
+        busy0, total0 = _cpu_times(stat, cpus)
+        sleep(seconds)
+        busy1, total1 = _cpu_times(stat, cpus)
+    except (OSError, ValueError, IndexError):
+        return None
+    count = len(cpus) if cpus else max(1, os.cpu_count() or 1)
+    if total1 <= total0:
+        return None
+    return count * (busy1 - busy0) / (total1 - total0), count
+
+
+def auto_spin_count(sample=busy_cpus) -> tuple[int, str]:
+    """`hardware.spin_count=auto`: (spins, why). Idle usable CPUs: SPIN_IDLE; BUSY_CPUS or more of them busy with
+    other processes: SPIN_BUSY (a longer spin takes the time slices the run needs); unknown: SPIN_BUSY."""
+    seen = sample()
+    if seen is None:
+        return SPIN_BUSY, "auto: busy CPUs unknown (no /proc/stat)"
+    busy, count = seen
+    state = "busy" if busy >= BUSY_CPUS else "idle"
+    spins = SPIN_BUSY if state == "busy" else SPIN_IDLE
+    return spins, f"auto: {busy:.1f} of {count} usable CPU(s) busy outside this run at start -> {state}"
+
+
 def openmp_wait(env: Mapping | None = None) -> str:
-    """How OpenMP threads wait under `env`: the variables that decide it, or libgomp's default."""
+    """How OpenMP threads wait under `env`: the variables that decide it (and why, when `auto_spin_count` chose
+    the spins), or libgomp's default."""
     env = os.environ if env is None else env
-    return " ".join(f"{var}={env[var]}" for var in (WAIT_POLICY_VAR, SPIN_VAR) if var in env) or "libgomp's default"
+    said = " ".join(f"{var}={env[var]}" for var in (WAIT_POLICY_VAR, SPIN_VAR) if var in env) or "libgomp's default"
+    why = _chosen.get(env.get(SPIN_VAR, ""))
+    return f"{said} ({why})" if why else said
 
 
 def threads_for(hardware: Mapping, default: int, env: Mapping | None = None, cpus: int | None = None) -> int | None:
