@@ -120,7 +120,7 @@ EXAMPLES: dict[str, object] = {
     '"How many singers do we have?"': Covered("tests/test_ask.py::test_ask_answers_on_a_spider_dev_database"),
     # -- docs/datasets.md
     "text2sql prepare --from-sqlite DBDIR --pairs FILE --out DIR [--dev-fraction F] [--split-by random|database] "
-    "[--seed N] [--drop-invalid]": Synopsis("prepare"),
+    "[--seed N] [--drop-invalid] [--overwrite]": Synopsis("prepare"),
     "python train.py dataset=spider dataset.root=DIR": Covered(
         "tests/test_sqlite_schema.py::test_prepared_dir_trains_with_dataset_spider"),
     "python train.py --cfg job": Run(extra=()),
@@ -195,9 +195,10 @@ EXAMPLES: dict[str, object] = {
     "text2sql --help": Run(extra=()),
     "python -m text2sql --help": Run(extra=()),
     "text2sql prepare --spider DIR --out OUT [--tokenizer TOK]": Synopsis("prepare"),
-    "text2sql predict --run RUN_DIR [--out pred.sql] [--evaluate]": Synopsis("predict"),
-    "text2sql ask --run RUN_DIR --db FILE.sqlite [\"question\"] [--decoding STRATEGY] [--json] [--rows N] [--timeout S] "
-    "[--model ID_OR_DIR]": Synopsis("ask"),
+    "text2sql prepare --from-sqlite DBDIR --pairs FILE --out DIR [--overwrite]": Synopsis("prepare"),
+    "text2sql predict --run RUN_DIR [--out pred.sql] [--evaluate] [--decoding STRATEGY] [--best]": Synopsis("predict"),
+    "text2sql ask --run RUN_DIR --db FILE.sqlite [\"question\"] [--best] [--interactive] [--decoding STRATEGY] [--json] "
+    "[--rows N] [--timeout S] [--model ID_OR_DIR]": Synopsis("ask"),
     "text2sql evaluate --gold dev_gold.sql --pred pred.sql --db DB_DIR [--etype exec\\|match\\|all] "
     "[--style spider\\|bird] [--plug-value] [--keep-distinct] [--test-suite] [--questions dev.json] "
     "[--out verdicts.jsonl]": Synopsis("evaluate"),
@@ -210,18 +211,18 @@ EXAMPLES: dict[str, object] = {
     "python train.py -m ...": Synopsis("train"),
     "python train.py ...": Synopsis("train"),
     # -- docs/datasets.md (multi-turn, prompt forms)
-    "text2sql sample --layout sparc --out data/sparc-sample": Covered(
-        "tests/test_multiturn.py::test_sample_verb_writes_a_layout_once"),
+    # the SParC sample, a smoke run on it (with eval.limit, as SMOKE has) and `evaluate` on that run's last epoch
+    "text2sql sample --layout sparc --out data/sparc-sample": Run(extra=("--n-train", "64", "--n-dev", "8"),
+                                                                  fresh=("data/sparc-sample",)),
     "python train.py dataset=sparc dataset.root=DIR": Covered(
         "tests/test_multiturn.py::test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end"),
     "python train.py dataset=cosql dataset.root=DIR": Covered(
         "tests/test_multiturn.py::test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end"),
     "python train.py dataset=chase dataset.root=DIR": Synopsis("train"),
-    "python train.py dataset=sparc dataset.root=data/sparc-sample": Covered(
-        "tests/test_multiturn.py::test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end"),
-    "text2sql evaluate --gold data/sparc-sample/dev_gold.txt --pred outputs/<date>/<time>/predictions/epoch_1_pred.sql "
-    "--db data/sparc-sample/database --etype all": Covered(
-        "tests/test_multiturn.py::test_multi_turn_dataset_trains_resumes_and_evaluates_end_to_end"),
+    "python train.py dataset=sparc dataset.root=data/sparc-sample": Run(provides="sparc"),
+    "text2sql evaluate --gold outputs/<date>/<time>/predictions/epoch_7_gold.sql --pred "
+    "outputs/<date>/<time>/predictions/epoch_7_pred.sql --db data/sparc-sample/database --etype all": Run(
+        extra=("--workers", "0", "--no-progress"), needs=("sparc",)),
     "python train.py dataset.prompt=one_shot": Run(),
     "python bench/prompt_forms.py --spider ../shared/spider": Run(extra=("--limit", "40", "--json", ""),
                                                                      spider=True),
@@ -277,6 +278,8 @@ EXAMPLES: dict[str, object] = {
 }
 
 PLACEHOLDERS = {  # documented path -> (provider, how to derive the real path from the provider's dir)
+    # the SParC run's last epoch: epoch_7 of the documented 8, epoch_0 of the 1-epoch smoke run (before the generic key)
+    "outputs/<date>/<time>/predictions/epoch_7_": ("sparc", lambda d: f"{d}/predictions/epoch_0_"),
     "outputs/<date>/<time>": ("run", lambda d: d),
     "multirun/2026-11-25/14-03-12": ("sweep", lambda d: d),
     "DIR --metric": ("sweep", lambda d: f"{d} --metric"),
