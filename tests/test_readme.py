@@ -197,8 +197,8 @@ EXAMPLES: dict[str, object] = {
     "text2sql prepare --spider DIR --out OUT [--tokenizer TOK]": Synopsis("prepare"),
     "text2sql prepare --from-sqlite DBDIR --pairs FILE --out DIR [--overwrite]": Synopsis("prepare"),
     "text2sql predict --run RUN_DIR [--out pred.sql] [--evaluate] [--decoding STRATEGY] [--best]": Synopsis("predict"),
-    "text2sql ask --run RUN_DIR --db FILE.sqlite [\"question\"] [--best] [--interactive] [--decoding STRATEGY] [--json] "
-    "[--rows N] [--timeout S] [--model ID_OR_DIR]": Synopsis("ask"),
+    "text2sql ask --run RUN_DIR --db FILE.sqlite [\"question\"] [--best] [--interactive] [--decoding STRATEGY] "
+    "[--json] [--rows N] [--timeout S] [--model ID_OR_DIR]": Synopsis("ask"),
     "text2sql evaluate --gold dev_gold.sql --pred pred.sql --db DB_DIR [--etype exec\\|match\\|all] "
     "[--style spider\\|bird] [--plug-value] [--keep-distinct] [--test-suite] [--questions dev.json] "
     "[--out verdicts.jsonl]": Synopsis("evaluate"),
@@ -239,6 +239,12 @@ EXAMPLES: dict[str, object] = {
     "python bench/cpu_share.py --steps 96 --repeat 2 --sides before,passive,after,spin1000": Run(
         extra=("--hogs", "0", "--sides", "before,after", "--steps", "2", "--repeat", "1", "--json", "")),
     "python bench/bench_predict.py": Run(extra=("--n", "4", "--json", "")),  # never over the committed results
+    # -- docs/troubleshooting.md (issue 29): measuring a box's OpenMP waiting (one side, a few steps: the side name
+    # and the flags parse; the full measurement is the entry above), an unknown key added with `+`
+    "python bench/cpu_share.py --hogs 0,1 --sides before,after,one_thread --repeat 2": Run(
+        extra=("--hogs", "0", "--sides", "one_thread", "--steps", "2", "--repeat", "1", "--json", "")),
+    "python train.py +optim.lrr=1e-3": Run(extra=(),
+                                           fails=r"(?m)^error: optim\.lrr: no such key; did you mean optim\.lr\?$"),
     "bash bench/gpu_smoke.sh": Run(extra=(), fails=r"needs a CUDA GPU"),
     "python bench/make_readme.py": Run(extra=("--out", "/dev/null")),
     "python bench/ranks_ex.py RUN": Covered("tests/test_ranks_slow.py"),
