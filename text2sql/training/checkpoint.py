@@ -23,7 +23,6 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from text2sql.eval.callback import is_eval_epoch
 from text2sql.errors import CheckpointWriteError
 
 log = logging.getLogger(__name__)
@@ -110,29 +109,31 @@ def _os_error(err: BaseException | None) -> OSError | None:
     return None
 
 
-def _evaluated(trainer, monitor: str | None, every_n_epochs: int) -> bool:
-    """Whether `monitor` was computed in this epoch (Lightning keeps a stale value in callback_metrics)."""
-    return is_eval_epoch(trainer.current_epoch, every_n_epochs) and (
+def _evaluated(trainer, monitor: str | None, record) -> bool:
+    """Whether `monitor` was computed in this epoch: the run's record says whether the epoch was scored
+    (Lightning keeps a stale value in callback_metrics); without one, whether the metric is there."""
+    return (record is None or record.evaluated(trainer.current_epoch)) and (
         monitor is None or monitor in trainer.callback_metrics)
 
 
 class EvalCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint for a metric computed every `eval_every_n_epochs` epochs (EX, `eval.every_n_epochs`).
+    """ModelCheckpoint for a metric computed only on some epochs (EX, `eval.every_n_epochs`).
 
-    On the other epochs there is nothing new to rank (the metric is absent, or a stale value from an earlier
-    epoch): the best-k step is skipped instead of raising. `last.ckpt` is written after every validation, so
-    a resumed run loses at most one epoch.
+    `record`: the run's EpochLog (train.py hands it in), which knows the epochs that were scored. On the other
+    epochs there is nothing new to rank (the metric is absent, or a stale value from an earlier epoch): the
+    best-k step is skipped instead of raising. `last.ckpt` is written after every validation, so a resumed run
+    loses at most one epoch.
     """
 
-    def __init__(self, *args, eval_every_n_epochs: int = 1, **kwargs):
+    def __init__(self, *args, record=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_every_n_epochs = eval_every_n_epochs
+        self.record = record
 
     # Private API of ModelCheckpoint (`_save_topk_checkpoint`, `_save_last_checkpoint`,
     # `_should_skip_saving_checkpoint`, `_should_save_on_train_epoch_end`, `_monitor_candidates`): no public hook
     # skips only the ranking step. Checked against lightning 2.6.6; pyproject caps lightning below 2.7.
     def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
-        if self.monitor is not None and not (_evaluated(trainer, self.monitor, self.eval_every_n_epochs)
+        if self.monitor is not None and not (_evaluated(trainer, self.monitor, self.record)
                                              and self.monitor in monitor_candidates):
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)
@@ -155,19 +156,18 @@ class EvalCheckpoint(ModelCheckpoint):
 class EvalEarlyStopping(EarlyStopping):
     """EarlyStopping counted in evaluations (epochs with the metric), not in epochs; `patience=None` is off."""
 
-    def __init__(self, monitor: str, patience: int | None = None, mode: str = "max", eval_every_n_epochs: int = 1,
-                 **kwargs):
+    def __init__(self, monitor: str, patience: int | None = None, mode: str = "max", record=None, **kwargs):
         super().__init__(monitor=monitor, patience=patience if patience is not None else 0, mode=mode, **kwargs)
-        self.enabled, self.eval_every_n_epochs = patience is not None, eval_every_n_epochs
+        self.enabled, self.record = patience is not None, record  # record: the run's EpochLog (scored epochs)
 
     # Public hooks only: the check runs where Lightning runs it (train epoch end or validation end), and only on
     # epochs that computed the metric.
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.enabled and _evaluated(trainer, self.monitor, self.eval_every_n_epochs):
+        if self.enabled and _evaluated(trainer, self.monitor, self.record):
             super().on_train_epoch_end(trainer, pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if self.enabled and _evaluated(trainer, self.monitor, self.eval_every_n_epochs):
+        if self.enabled and _evaluated(trainer, self.monitor, self.record):
             super().on_validation_end(trainer, pl_module)
 
 
