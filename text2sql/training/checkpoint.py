@@ -130,9 +130,7 @@ class EvalCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self.record = record
 
-    # Private override, pinned (lightning 2.6.6; pyproject caps lightning < 2.7): no public hook skips only the
-    # ranking; `every_n_epochs` cannot be combined with `every_n_train_steps`, and public `check_monitor_top_k`
-    # comes after the "monitored key not found" error that an epoch without EX raises.
+    # Pinned private override (lightning<2.7): no public hook skips only ranking (every_n_epochs excludes steps).
     def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
         if self.monitor is not None and not (_evaluated(trainer, self.monitor, self.record)
                                              and self.monitor in monitor_candidates):
@@ -149,9 +147,7 @@ class EvalCheckpoint(ModelCheckpoint):
 
     def _save_last_anyway(self, trainer, at_train_epoch_end: bool) -> None:
         """Lightning 2.6 writes last.ckpt only when it wrote a best-k checkpoint; here: after every epoch."""
-        # Private calls, pinned as above: no public API saves `last` alone (save_last="link" links the last best-k
-        # file instead), and its skip rules and file naming (`_should_skip_saving_checkpoint`,
-        # `_should_save_on_train_epoch_end`, `_save_last_checkpoint`) are Lightning's own, not to be copied.
+        # Pinned private calls (lightning<2.7): no public API saves `last` alone with Lightning's own skip rules.
         if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
                 and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
@@ -209,9 +205,7 @@ class ExactResume(pl.Callback):
     # Lightning keeps the epoch means being accumulated (`train/loss_epoch`) out of its checkpoints, so after a
     # mid-epoch resume that epoch's mean would cover only the batches after it. The sums go into the checkpoint
     # and are added back once the first resumed batch has created the metrics again.
-    # Private API, pinned (lightning 2.6.6, `fit_loop.epoch_loop._results`; pyproject caps lightning < 2.7): no
-    # public API reads or restores a running `self.log(on_epoch=True)` mean (the public route, a persistent
-    # torchmetrics MeanMetric logged by Text2SQLModule, would change how training/module.py logs its loss).
+    # Pinned private `_results` (lightning<2.7): no public API reads or restores a running on_epoch mean.
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         loop = trainer.fit_loop.epoch_loop
         if not trainer.training or loop.batch_progress.is_last_batch:  # an epoch end: the next epoch starts at 0
@@ -237,7 +231,7 @@ class ExactResume(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._epoch_sums:
-            results = trainer.fit_loop.epoch_loop._results
+            results = trainer.fit_loop.epoch_loop._results  # pinned private, as in on_save_checkpoint
             for key, (value, count) in self._epoch_sums.items():
                 if key in results:
                     metric = results[key]
