@@ -75,12 +75,6 @@ class ExecutionAccuracyCallback(pl.Callback):
         self._items = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
-    def setup(self, trainer, pl_module, stage):
-        for logger in trainer.loggers:  # W&B: the run summary keeps the best EX, not the last
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "define_metric") and trainer.is_global_zero:
-                experiment.define_metric(MONITOR, summary="max")
-
     def on_fit_start(self, trainer, pl_module):
         """Warn at the start when some scored dev examples have no database: each caps execution accuracy."""
         if not trainer.is_global_zero or getattr(trainer.datamodule, "dev_records", None) is None:

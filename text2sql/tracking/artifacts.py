@@ -7,7 +7,8 @@
   metrics that made it best in its metadata. When the best epoch is not the last one, its checkpoint is
   exported to `adapter_best/` (or `model_best/`) and logged first, as the `best` version.
 
-- `val/examples`: a table of the first `table_rows` prediction rows of every scored epoch (the baseline too).
+- `val/examples`: a table of the first `table_rows` prediction rows of every scored epoch (the baseline too);
+  the run summary keeps the best `monitor` (EX), not the last.
 
 Files are added by reference to the run dir (policy "immutable"), so nothing is copied: offline runs keep
 them in place until `wandb sync` (or `text2sql sync`) uploads them with the run. Without a W&B logger the
@@ -53,6 +54,9 @@ class WandbArtifacts(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer = trainer
+        run = _wandb_run(trainer) if trainer.is_global_zero else None
+        if run is not None:
+            run.define_metric(self.monitor, summary="max")  # the run summary keeps the best EX, not the last
         if self.record is None:
             log.warning("WandbArtifacts has no run record (record: null is filled in by train.py): nothing to log")
             return
