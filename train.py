@@ -52,7 +52,7 @@ def job(cfg: DictConfig) -> float | None:
     return run_job(cfg, train)
 
 
-def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
+def train(cfg: DictConfig, record) -> None:
     from text2sql.config.schema import check_config, check_source_budget
     from text2sql.job.console import quiet_after_imports, quiet_libraries, quiet_resume
     from text2sql.data.datasets import corpus
@@ -66,12 +66,12 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     set_up_machine(cfg)  # OpenMP waiting, hardware=auto, GPU check, DeepSpeed's accelerator: before any data
     ckpt_path = checkpoint_to_resume(cfg.ckpt_path, cfg.get("resume"), job_dir())
     if ckpt_path is not None:  # the same run goes on: its earlier epochs stay in metrics.json
-        history[:] = RunDir(job_dir()).history()
+        record.resume()
         try:
             check_not_finished(ckpt_path, cfg.trainer.max_epochs, cfg.trainer.get("max_steps", -1))
         except RunFinished as done:
             log.info("%s", done)
-            return history
+            return
     dataset = instantiate(cfg.dataset)  # a SpiderDataset (the sample is generated on first use); bad paths fail here
 
     quiet_libraries()  # before the heavy imports: bitsandbytes logs at import
@@ -85,7 +85,6 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     from text2sql.job.ranks import one_job
     from text2sql.job.lifecycle import flat_hparams
     from text2sql.tracking.logger import make_loggers, wandb_identity
-    from text2sql.job.history import EpochHistory
     from text2sql.job.progress import TrainingProgress
     from text2sql.job.stop_callback import StopOnSignal
 
@@ -108,19 +107,17 @@ def train(cfg: DictConfig, history: list[dict]) -> list[dict]:
     module = Text2SQLModule(model, cfg.optim)
 
     loggers = make_loggers(cfg, job_dir(), wandb_identity(cfg))  # W&B: the run dir's id, offline if unreachable
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()
-                 if loggers or "LearningRateMonitor" not in c._target_]  # LR monitor needs a logger
+    callbacks = [instantiate(c, **({"record": record} if "record" in c else {})) for c in cfg.callbacks.values()
+                 if loggers or "LearningRateMonitor" not in c._target_]  # LR monitor needs a logger; `record: null`
     progress = TrainingProgress(cfg.progress.every_s)  # plain lines when stdout is a file; per-epoch throughput
-    callbacks += [progress, StopOnSignal(RunDir(job_dir()).last_checkpoint),  # Ctrl-C / SIGTERM: checkpoint, stop
-                  EpochHistory(history, job_dir(), cfg.optimized_metric, cfg.eval.every_n_epochs,
-                               throughput=progress.epoch_throughput)]
+    record.throughput = progress.epoch_throughput  # the record closes each epoch's row (metrics.json) itself
+    callbacks += [progress, StopOnSignal(RunDir(job_dir()).last_checkpoint), record]  # Ctrl-C / SIGTERM: stop
     for lg in loggers:
         lg.log_hyperparams({**flat_hparams(cfg), "data_stats": datamodule.stats})
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       default_root_dir=str(job_dir()), plugins=[AtomicCheckpointIO()])
     with one_job(trainer):  # all ranks in one run dir; a sweep's next job launches its own ranks
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    return history
 
 
 if __name__ == "__main__":

@@ -204,6 +204,35 @@ def test_bird_sample_layout(bird_sample):
     assert len(ds.records("train")) == 30
 
 
+def test_missing_database_check_looks_in_birds_dev_databases(bird_sample, tmp_path, caplog):
+    """`python train.py dataset=bird ...` warned "12 of 12 dev examples have no database under <root>/database"
+    although BIRD keeps them in dev/dev_databases/ and every example executed (issue 29)."""
+    import shutil
+    from types import SimpleNamespace
+
+    from text2sql.eval.callback import ExecutionAccuracyCallback
+
+    ds = bird(str(bird_sample))
+    dev = ds.records("dev")
+    trainer = SimpleNamespace(is_global_zero=True, datamodule=SimpleNamespace(dev_records=dev, dataset=ds))
+    with caplog.at_level("WARNING"):
+        ExecutionAccuracyCallback().on_fit_start(trainer, None)
+    assert not [r.getMessage() for r in caplog.records if "have no database" in r.getMessage()]
+    # one database really gone: named under the dir it was looked for in
+    copy = tmp_path / "bird"
+    shutil.copytree(bird_sample, copy)
+    gone = dev[0]["db_id"]
+    shutil.rmtree(copy / "dev" / "dev_databases" / gone)
+    ds = bird(str(copy))
+    trainer.datamodule = SimpleNamespace(dev_records=ds.records("dev"), dataset=ds)
+    with caplog.at_level("WARNING"):
+        ExecutionAccuracyCallback().on_fit_start(trainer, None)
+    (line,) = [r.getMessage() for r in caplog.records if "have no database" in r.getMessage()]
+    n = sum(r["db_id"] == gone for r in dev)
+    assert line.startswith(f"{n} of {len(dev)} dev examples have no database under {copy / 'dev' / 'dev_databases'}: "
+                           f"{gone} ({n})")
+
+
 def test_evidence_rule():
     sql = "SELECT name FROM singer WHERE age > 30 AND country = 'France'"
     assert evidence_of(sql) == "age > 30; country = 'France'"
@@ -223,6 +252,7 @@ def test_train_evaluate_resume_on_bird_layout(bird_sample, tmp_path):
         proc = subprocess.run([sys.executable, "train.py", *args, *extra], cwd=REPO_ROOT, env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "have no database" not in proc.stdout + proc.stderr  # BIRD's dev/dev_databases/ is where they are
     metrics = json.loads((run / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [0, 1] and metrics["status"] == "ok"
     levels = {k for k in metrics["final"] if k.startswith("val/ex_")}
@@ -230,3 +260,15 @@ def test_train_evaluate_resume_on_bird_layout(bird_sample, tmp_path):
     assert "val/exact_match" not in metrics["final"]  # BIRD reports EX only
     rows = [json.loads(line) for line in (run / "predictions" / "epoch_1.jsonl").read_text().splitlines()]
     assert {r["hardness"] for r in rows} <= {"simple", "moderate", "challenging"}
+    # the 12-example subset is re-scored per difficulty from the run's own files: its questions file lies beside the gold
+    preds = run / "predictions"
+    questions = json.loads((preds / "epoch_1_questions.json").read_text())
+    dev = json.loads((bird_sample / "dev" / "dev.json").read_text())
+    assert [q["question"] for q in questions] == [dev[r["index"]]["question"] for r in rows]
+    out = tmp_path / "rescored.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "text2sql", "evaluate", "--gold", str(preds / "epoch_1_gold.sql"),
+                           "--pred", str(preds / "epoch_1_pred.sql"), "--db", str(bird_sample / "dev" / "dev_databases"),
+                           "--out", str(out)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rescored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["hardness"], r["status"]) for r in rescored] == [(r["hardness"], r["status"]) for r in rows]

@@ -162,23 +162,25 @@ def test_self_consistency_votes_by_result_set_and_breaks_ties_by_score(shop):
 
 
 def test_predictions_record_the_strategy_and_candidates(tiny, tmp_path):
-    from types import SimpleNamespace
-
     from text2sql.data.datamodule import EvalItem
     from text2sql.data.spider import SpiderDataset
     from text2sql.eval.callback import ExecutionAccuracyCallback
+    from text2sql.eval.score import score
+    from text2sql.job.history import EpochLog
+    from text2sql.job.run_dir import RunDir
 
     root = tiny[0].root
     dev = json.loads((root / "dev.json").read_text())[:3]
-    cb = ExecutionAccuracyCallback(output_dir=str(tmp_path), workers=0, exact_match=False,
-                                   decoding={"strategy": "execution_guided", "num_beams": 2})
-    cb._items = [EvalItem(i, d["db_id"], d["question"], d["query"], []) for i, d in enumerate(dev)]
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(dataset=SpiderDataset(root)), loggers=[], current_epoch=0,
-                              global_step=0)
-    cb._score(trainer, [Prediction(d["query"], "execution_guided", i + 1) for i, d in enumerate(dev)], epoch=0)
+    cb = ExecutionAccuracyCallback(workers=0, exact_match=False, decoding={"strategy": "execution_guided", "num_beams": 2})
+    items = [EvalItem(i, d["db_id"], d["question"], d["query"], []) for i, d in enumerate(dev)]
+    dataset = SpiderDataset(root)
+    scored = score(items, [Prediction(d["query"], "execution_guided", i + 1) for i, d in enumerate(dev)],
+                   cb.evaluator(dataset), cb.matcher(dataset))
     cb.teardown(None, None, "fit")
+    EpochLog(RunDir(tmp_path)).add_score(0, scored.metrics, scored)
     rows = [json.loads(x) for x in (tmp_path / "predictions" / "epoch_0.jsonl").read_text().splitlines()]
     assert [(r["decoding"], r["candidates"]) for r in rows] == [("execution_guided", n) for n in (1, 2, 3)]
+    assert scored.rewards == [1.0, 1.0, 1.0] and scored.execution_accuracy == 1.0  # the gold itself
 
 
 def test_bench_diagnosis_splits_greedys_failures_and_looks_at_the_fallback_candidates(two_minded, shop):

@@ -165,14 +165,14 @@ def test_missing_databases_are_named_at_the_start_with_the_ex_ceiling(tmp_path, 
         (db_dir / name / f"{name}.sqlite").write_bytes(b"")
     dev = [{"db_id": d} for d in ["a"] * 50 + ["wta_1"] * 3 + ["b"] * 47]
     trainer = SimpleNamespace(is_global_zero=True, datamodule=SimpleNamespace(
-        dev_records=dev, dataset=SimpleNamespace(root=tmp_path)))
+        dev_records=dev, dataset=SimpleNamespace(root=tmp_path, db_dir=lambda split: db_dir)))
     with caplog.at_level("WARNING"):
-        ExecutionAccuracyCallback()._warn_missing_databases(trainer)
+        ExecutionAccuracyCallback().on_fit_start(trainer, None)
     (line,) = [r.getMessage() for r in caplog.records]
     assert line == (f"3 of 100 dev examples have no database under {db_dir}: wta_1 (3); they count as db_missing, "
                     "so execution accuracy is at most 0.970")
     caplog.clear()
-    ExecutionAccuracyCallback(limit=10, seed=0)._warn_missing_databases(trainer)  # only the scored subset counts
+    ExecutionAccuracyCallback(limit=10, seed=0).on_fit_start(trainer, None)  # only the scored subset counts
     assert all("wta_1" not in r.getMessage() or "of 10 dev" in r.getMessage() for r in caplog.records)
 
 

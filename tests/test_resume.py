@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -16,7 +17,7 @@ from text2sql.errors import ResumeError
 from text2sql.job.resume import RunFinished, check_not_finished, checkpoint_to_resume, continue_run_argv
 from text2sql.job.run_dir import RunDir
 from text2sql.tracking.logger import wandb_run_id
-from text2sql.job.history import EpochHistory
+from text2sql.job.history import EpochLog
 
 
 def make_run(tmp_path, overrides=("debug=smoke", "trainer.max_epochs=3", "seed=7")):
@@ -93,46 +94,79 @@ class _Trainer:
         self.current_epoch, self.callback_metrics = epoch, {k: torch.tensor(v) for k, v in metrics.items()}
 
 
-def test_epoch_history_writes_metrics_json_every_epoch_and_a_rerun_epoch_replaces_its_row(tmp_path):
-    history = [{"epoch": 0, "train/loss": 3.0}, {"epoch": 1, "train/loss": 2.0}]
-    cb = EpochHistory(history, tmp_path, "val/execution_accuracy")
-    cb.on_train_epoch_end(_Trainer(1, {"train/loss_epoch": 1.5, "val/execution_accuracy": 0.5}), None)
+def test_epoch_log_writes_metrics_json_every_epoch_and_a_rerun_epoch_replaces_its_row(tmp_path):
+    first = EpochLog(RunDir(tmp_path))
+    first.rows = [{"epoch": 0, "train/loss": 3.0}, {"epoch": 1, "train/loss": 2.0}]
+    first.save("stopped")
+    record = EpochLog(RunDir(tmp_path), "val/execution_accuracy")
+    record.resume()  # the same run goes on
+    record.add_score(1, {"val/execution_accuracy": 0.5})
+    record.on_train_epoch_end(_Trainer(1, {"train/loss_epoch": 1.5, "val/execution_accuracy": 0.5}), None)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["status"] == "running" and [r["epoch"] for r in on_disk["history"]] == [0, 1]
-    assert on_disk["history"][1]["train/loss"] == 1.5 and history is cb.history
-    assert RunDir(tmp_path).history() == on_disk["history"]
+    assert on_disk["history"][1] == {"epoch": 1, "val/execution_accuracy": 0.5, "train/loss": 1.5}
+    assert on_disk["best"] == {"val/execution_accuracy": 0.5, "epoch": 1} and record.best()["epoch"] == 1
+    assert RunDir(tmp_path).history() == on_disk["history"] == record.rows
     assert RunDir(tmp_path / "none").history() == []
 
 
-def test_epoch_history_drops_the_stale_ex_of_epochs_without_evaluation(tmp_path):
-    """Lightning keeps the last logged EX in callback_metrics: epochs without EX must not repeat it."""
-    history = []
-    cb = EpochHistory(history, None, eval_every_n_epochs=2)
-    stale = {"train/loss_epoch": 1.0, "val/loss": 2.0, "val/execution_accuracy": 0.5, "val/ex_easy": 0.5,
-             "val/status/correct": 0.5}
-    cb.on_train_epoch_end(_Trainer(1, stale), None)
-    cb.on_train_epoch_end(_Trainer(2, stale), None)
-    assert history[0]["val/execution_accuracy"] == 0.5 and history[0]["val/status/correct"] == 0.5
-    assert history[1] == {"epoch": 2, "train/loss": 1.0, "val/loss": 2.0}
+def test_epoch_log_drops_the_stale_scores_of_epochs_without_evaluation(tmp_path):
+    """Lightning keeps the last logged EX in callback_metrics: epochs without EX must not repeat it (EM and the
+    interaction scores included, which the old filter by name missed)."""
+    record = EpochLog(None)
+    scores = {"val/execution_accuracy": 0.5, "val/ex_easy": 0.5, "val/status/correct": 0.5, "val/exact_match": 0.25}
+    stale = {"train/loss_epoch": 1.0, "val/loss": 2.0, **scores}
+    record.add_score(1, scores)
+    record.on_train_epoch_end(_Trainer(1, stale), None)
+    record.on_train_epoch_end(_Trainer(2, stale), None)
+    assert record.rows[0] == {"epoch": 1, "train/loss": 1.0, "val/loss": 2.0, **scores}
+    assert record.rows[1] == {"epoch": 2, "train/loss": 1.0, "val/loss": 2.0}
+    assert record.evaluated(1) and not record.evaluated(2)
+
+
+def test_epoch_log_keeps_the_baseline_the_wall_time_and_tells_its_readers(tmp_path):
+    record = EpochLog(RunDir(tmp_path))
+    heard = []
+    record.subscribe(lambda row, score: heard.append((row["epoch"], score)))
+    baseline = SimpleNamespace(rows=[{"db_id": "d", "gold": "SELECT  1", "prediction": "SELECT 2"}])
+    record.add_score(-1, {"val/execution_accuracy": 0.125}, score=baseline)
+    assert (tmp_path / "predictions" / "epoch_-1_gold.sql").read_text() == "SELECT 1\td\n"
+    assert json.loads((tmp_path / "metrics.json").read_text())["baseline"] == {"epoch": -1,
+                                                                                "val/execution_accuracy": 0.125}
+    record.add_score(0, {"val/execution_accuracy": 0.25}, score=None)  # another rank: metrics, no rows
+    record.on_train_epoch_end(_Trainer(0, {"val/execution_accuracy": 0.25}), None)
+    assert heard == [(-1, baseline), (0, None)]
+    assert record.last_scored(1)["epoch"] == 0 and record.last_scored(0)["epoch"] == -1
+    record.start -= 100  # 100 s in this process
+    saved = record.save("interrupted", step=7)
+    assert saved["baseline"]["epoch"] == -1 and saved["step"] == 7 and saved["wall_time_s"] >= 100
+    resumed = EpochLog(RunDir(tmp_path))
+    resumed.resume()
+    assert resumed.rows == record.rows and resumed.baseline == record.baseline
+    assert resumed.save("ok")["wall_time_s"] >= 100  # the earlier process's time counts too
+    assert json.loads((tmp_path / "metrics.json").read_text())["baseline"]["epoch"] == -1
 
 
 class EveryOther(BoringModel):
-    """Logs `val/ex` only on every 2nd epoch, as the EX callback does with eval.every_n_epochs=2."""
+    """Logs `val/ex` only on every 2nd epoch and hands it to the run's record, as the EX callback does with
+    eval.every_n_epochs=2."""
 
-    def __init__(self, values, name="val/ex"):
+    def __init__(self, values, name="val/ex", record=None):
         super().__init__()
-        self.values, self.name = values, name
+        self.values, self.name, self.record = values, name, record
 
     def on_validation_epoch_end(self):
         if (self.current_epoch + 1) % 2 == 0:
             self.log(self.name, self.values[self.current_epoch])
+            if self.record is not None:
+                self.record.add_score(self.current_epoch, {self.name: self.values[self.current_epoch]})
 
 
-def _fit(tmp_path, callbacks, epochs, values, name="val/ex"):
+def _fit(tmp_path, callbacks, epochs, values, name="val/ex", record=None):
     trainer = pl.Trainer(max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          callbacks=callbacks, default_root_dir=tmp_path)
-    trainer.fit(EveryOther(values, name))
+    trainer.fit(EveryOther(values, name, record))
     return trainer
 
 
@@ -145,10 +179,12 @@ def test_the_configured_checkpoint_callback_survives_eval_every_n_epochs_2(tmp_p
 
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["eval.every_n_epochs=2"])
-    ckpt = instantiate(cfg.callbacks.model_checkpoint, dirpath=str(tmp_path))
-    stop = instantiate(cfg.callbacks.early_stopping, patience=1)
-    _fit(tmp_path, [ckpt, stop], 4, [None, 0.5, None, 0.7], name=cfg.optimized_metric)
+    record = EpochLog(None, cfg.optimized_metric)
+    ckpt = instantiate(cfg.callbacks.model_checkpoint, dirpath=str(tmp_path), record=record)
+    stop = instantiate(cfg.callbacks.early_stopping, patience=1, record=record)
+    _fit(tmp_path, [ckpt, stop, record], 4, [None, 0.5, None, 0.7], name=cfg.optimized_metric, record=record)
     assert ckpt.best_model_score == pytest.approx(0.7) and (tmp_path / "last.ckpt").is_file()
+    assert record.best()["epoch"] == 3 and [r["epoch"] for r in record.rows] == [0, 1, 2, 3]
 
 
 def test_plain_model_checkpoint_crashes_on_an_epoch_without_the_metric(tmp_path):
@@ -160,16 +196,18 @@ def test_plain_model_checkpoint_crashes_on_an_epoch_without_the_metric(tmp_path)
 
 def test_checkpoint_and_early_stopping_work_on_epochs_without_the_metric(tmp_path):
     values = [None, 0.5, None, 0.4, None, 0.3, None, 0.9]  # EX at epochs 1, 3, 5, 7; worse twice after epoch 1
+    record = EpochLog(None, "val/ex")
     ckpt = EvalCheckpoint(dirpath=tmp_path, filename="epoch{epoch:02d}", auto_insert_metric_name=False,
-                          monitor="val/ex", mode="max", save_top_k=1, save_last=True, eval_every_n_epochs=2)
-    stop = EvalEarlyStopping(monitor="val/ex", mode="max", patience=2, eval_every_n_epochs=2)
-    trainer = _fit(tmp_path, [ckpt, stop], 8, values)
+                          monitor="val/ex", mode="max", save_top_k=1, save_last=True, record=record)
+    stop = EvalEarlyStopping(monitor="val/ex", mode="max", patience=2, record=record)
+    trainer = _fit(tmp_path, [ckpt, stop], 8, values, record=record)
     assert trainer.current_epoch == 6  # stopped after epoch 5: two evaluations (3, 5) without gain, not two epochs
     assert ckpt.best_model_path.endswith("epoch01.ckpt") and ckpt.best_model_score == pytest.approx(0.5)
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["epoch"] >= 5  # last.ckpt on every epoch
 
-    off = EvalEarlyStopping(monitor="val/ex", patience=None, eval_every_n_epochs=2)
-    assert _fit(tmp_path / "off", [off], 8, values).current_epoch == 8
+    record = EpochLog(None, "val/ex")
+    off = EvalEarlyStopping(monitor="val/ex", patience=None, record=record)
+    assert _fit(tmp_path / "off", [off], 8, values, record=record).current_epoch == 8
 
 
 def test_exact_resume_draws_the_same_numbers_whatever_came_before():

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from text2sql.data.packing import add_target_positions, pack_batch
+from text2sql.data.resumable import resumable
 from text2sql.data.prompt import IGNORE_INDEX, encode_record, encode_source, length_stats, truncation_counts
 from text2sql.data.spider import SpiderDataset
 
@@ -209,11 +210,12 @@ class TextToSQLDataModule(pl.LightningDataModule):
             # DistributedSampler for the same shard (LengthGroupedSampler reads only its rank and epoch).
             shard = DistributedSampler(range(len(lengths)), num_replicas=world, rank=rank, shuffle=False)
             sampler = LengthGroupedSampler(lengths, self.batch_size, self.seed, sampler=shard)
-            return DataLoader(_Encoded(self.train_items), batch_sampler=sampler, collate_fn=self._collate,
-                              num_workers=self.num_workers)
-        # Under several ranks Lightning shards this plain shuffled loader with its DistributedSampler.
-        return DataLoader(_Encoded(self.train_items), batch_size=self.batch_size, shuffle=True,
-                          collate_fn=self._collate, num_workers=self.num_workers)
+            loader = DataLoader(_Encoded(self.train_items), batch_sampler=sampler, collate_fn=self._collate,
+                                num_workers=self.num_workers)
+        else:  # under several ranks Lightning shards this plain shuffled loader with its DistributedSampler
+            loader = DataLoader(_Encoded(self.train_items), batch_size=self.batch_size, shuffle=True,
+                                collate_fn=self._collate, num_workers=self.num_workers)
+        return resumable(loader, getattr(self, "trainer", None))  # a mid-epoch resume continues at its batch
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Encoded(self.val_items), batch_size=self.eval_batch_size, collate_fn=self._collate,

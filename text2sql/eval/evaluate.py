@@ -13,6 +13,7 @@ level), the component F1s for ``match`` and the count of each status; ``--out`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -296,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from text2sql.eval.execute import ExecutionEvaluator
+    from text2sql.eval.score import Example, score
 
     gold, pred, db_dir, interactions = _check_inputs(args)
     do_exec, do_match = args.etype in ("exec", "all"), args.etype in ("match", "all")
@@ -309,21 +311,24 @@ def run(args: argparse.Namespace) -> int:
         _check_db_dir(db_dir, [db_id for _, db_id in gold], args.test_suite)
 
     items = [(db_id, g, p) for (g, db_id), p in zip(gold, pred)]
-    verdicts = None
-    if do_exec:
-        with ExecutionEvaluator(db_dir, timeout=args.timeout, workers=args.workers, plug_value=args.plug_value,
-                                keep_distinct=args.keep_distinct, test_suite=args.test_suite, style=style) as ev:
-            verdicts = ev.evaluate(items, progress=not args.no_progress, levels=stated)
-        levels = [v.hardness for v in verdicts]
-    else:
-        from text2sql.sql.hardness import hardness
-
-        levels = [hardness(g) for _, g, _ in items]
-    matches = match_summary = None
+    examples = [Example(db_id, g, level=stated[i] if stated else None,
+                        interaction=interactions[i] if interactions is not None else None)
+                for i, (g, db_id) in enumerate(gold)]
+    matcher = None
     if do_match:
-        from text2sql.eval.match import ExactMatcher, summarize_match
+        from text2sql.eval.match import ExactMatcher
 
-        matches = ExactMatcher(tables, db_dir).match_all(items)
+        matcher = ExactMatcher(tables, db_dir)
+    evaluator = ExecutionEvaluator(db_dir, timeout=args.timeout, workers=args.workers, plug_value=args.plug_value,
+                                   keep_distinct=args.keep_distinct, test_suite=args.test_suite,
+                                   style=style) if do_exec else contextlib.nullcontext()
+    with evaluator as ev:  # the scoring the EX callback does each epoch (text2sql.eval.score)
+        scored = score(examples, pred, ev, matcher, progress=not args.no_progress)
+    verdicts, matches, levels = scored.verdicts, scored.matches, scored.levels
+    match_summary = None
+    if do_match:
+        from text2sql.eval.match import summarize_match
+
         match_summary = summarize_match(matches, levels)
     if args.out:
         _write_out(args.out, items, questions, levels, verdicts, matches, interactions)

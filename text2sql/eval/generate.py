@@ -12,7 +12,6 @@ from contextlib import contextmanager
 
 import torch
 
-from text2sql.eval.progress import progress_bar
 
 _FENCE = re.compile(r"```(?:sql)?\s*(.*?)(?:```|$)", re.S | re.I)
 
@@ -27,11 +26,6 @@ def extract_sql(text: str) -> str:
         text = text.split(stop, 1)[0]
     text = text.split(";", 1)[0]
     return " ".join(text.split())
-
-
-def generation_progress(description: str, total: int, enabled: bool = True, transient: bool = False):
-    """The progress bar (`text2sql.eval.progress.progress_bar`); yields the `progress` callback `generate_sql` takes."""
-    return progress_bar(description, total, enabled, transient)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from text2sql.atomic import atomic_path
 from text2sql.errors import UserError
 
 
@@ -44,7 +45,7 @@ def write_questions(gold: str | os.PathLike, split_files: Sequence[str | os.Path
     `gold` (`questions_beside`), atomically; returns the path. Call it where the gold file is written."""
     entries = split_entries(split_files)
     out = questions_beside(gold)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps([entries[i] for i in indices], indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps([entries[i] for i in indices], indent=1, ensure_ascii=False) + "\n",
+                       encoding="utf-8")
     return out

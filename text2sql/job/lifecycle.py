@@ -1,4 +1,6 @@
-"""What every training job does around `fit`: record metrics.json, isolate failures, finish the W&B run.
+"""What every training job does around `fit`: keep the run's record (metrics.json), isolate failures, and run
+the clean-ups registered for the job's end (the W&B run's finish, which tracking/ registers: job/ imports nothing
+from tracking/, tracking/ reads job's RunDir and EpochLog).
 
 Kept out of train.py so that file reads as the recipe, top to bottom.
 """
@@ -6,19 +8,31 @@ Kept out of train.py so that file reads as the recipe, top to bottom.
 from __future__ import annotations
 
 import logging
-import time
 import traceback
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from text2sql.job.history import EpochLog
 from text2sql.job.run_dir import RunDir
 from text2sql.job.stop import EXIT_CODE, RunStopped, stop_on_signals
-from text2sql.tracking.logger import finish_wandb
 
 log = logging.getLogger(__name__)
 
 WORST = float("-inf")
+_AT_JOB_END: list = []  # clean-ups for the end of the current job (at_job_end)
+
+
+def at_job_end(fn) -> None:
+    """Call `fn()` once when the current job ends, however it ends (e.g. finishing its W&B run, so the next job of
+    a multirun does not log into it)."""
+    if fn not in _AT_JOB_END:
+        _AT_JOB_END.append(fn)
+
+
+def _end_job() -> None:
+    while _AT_JOB_END:
+        _AT_JOB_END.pop(0)()
 
 
 def job_dir() -> Path:
@@ -39,7 +53,8 @@ def flat_hparams(cfg: DictConfig) -> dict:
 
 
 def run_job(cfg: DictConfig, train_fn) -> float:
-    """Run `train_fn(cfg) -> history`, always leave metrics.json, and return the metric for sweepers.
+    """Run `train_fn(cfg, record)` with the run's `EpochLog`, always leave metrics.json, and return the metric for
+    sweepers.
 
     In a multirun a failing job (bad value, OOM, NaN loss) is recorded and returns the worst value so the
     sweep goes on; a single run re-raises so the user sees the error.
@@ -50,26 +65,22 @@ def run_job(cfg: DictConfig, train_fn) -> float:
     from text2sql.job.ranks import global_rank
 
     out_dir = job_dir()
-    run = RunDir(out_dir)
-    start = time.time()
-    if cfg.get("ckpt_path") or cfg.get("resume"):  # a resumed run: its time so far counts too
-        start -= run.wall_time()
-    history: list[dict] = []
+    rank = global_rank()  # several ranks share out_dir: rank 0 alone writes metrics.json and prints
+    record = EpochLog(RunDir(out_dir), cfg.optimized_metric, rank0=rank == 0)
     metric = cfg.optimized_metric
     try:
         with stop_on_signals():
-            history = train_fn(cfg, history)
+            train_fn(cfg, record)
     except RunStopped as stop:
-        _stopped(run, stop, history, metric, time.time() - start)
+        _stopped(record, stop)
     except Exception as err:  # noqa: BLE001 - recorded, then re-raised or turned into the worst value
         if _user_error(err) is not None and _discard_unused(out_dir):  # a typo before any work: no run dir left
             raise SystemExit(f"error: {_user_error(err)}") from None
         shown = _user_error(err) or err  # the user error, not Hydra's InstantiationException around it
         message = f"{type(shown).__name__}: {shown}".splitlines()[0]
-        rank = global_rank()  # several ranks share out_dir: rank 0 alone writes metrics.json and prints
         (out_dir / ("error.txt" if rank == 0 else f"error_rank{rank}.txt")).write_text(traceback.format_exc(),
                                                                                      encoding="utf-8")
-        run.write_metrics(history, metric, "failed", message, time.time() - start, write=rank == 0)
+        record.save("failed", message)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("job failed, the sweep goes on: %s", message)
             return WORST
@@ -78,28 +89,25 @@ def run_job(cfg: DictConfig, train_fn) -> float:
             raise SystemExit(f"error: {cause}") from None  # one line, no traceback: the user can fix it
         raise
     finally:
-        finish_wandb()
-    rank0 = global_rank() == 0
-    record = run.write_metrics(history, metric, "ok", None, time.time() - start, write=rank0)
-    final = record["final"].get(metric)
-    if rank0:
+        _end_job()
+    saved = record.save("ok")
+    final = saved["final"].get(metric)
+    if rank == 0:
         print(f"run dir: {out_dir}")
-    if record["best"] is None:
+    if saved["best"] is None:
         return WORST
-    best = record["best"][metric]
-    if rank0:
-        print(f"{metric}: {final:.4f} at the last epoch, best {best:.4f} at epoch {record['best']['epoch']}")
+    best = saved["best"][metric]
+    if rank == 0:
+        print(f"{metric}: {final:.4f} at the last epoch, best {best:.4f} at epoch {saved['best']['epoch']}")
     # The best epoch is what ModelCheckpoint keeps and what `text2sql report` ranks by: sweepers see it too.
     return float(best)
 
 
-def _stopped(run: RunDir, stop: RunStopped, history: list[dict], metric: str, wall_time_s: float) -> None:
+def _stopped(record: EpochLog, stop: RunStopped) -> None:
     """Record an interrupted/preempted run, say how to resume it, and exit with 128 + the signal number."""
-    from text2sql.job.ranks import global_rank
-
-    rank0 = global_rank() == 0
-    run.write_metrics(history, metric, stop.status, None, wall_time_s, write=rank0, step=stop.step)
-    if rank0:
+    record.save(stop.status, step=stop.step)
+    if record.rank0:
+        run = record.run
         where = "a checkpoint at this step" if stop.saved else "the last checkpoint"
         resumable = run.last_checkpoint.exists()
         how = f"resume from {where}: python train.py ckpt_path={run.path}" if resumable else \

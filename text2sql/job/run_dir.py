@@ -1,14 +1,14 @@
 """A training run's directory: its layout, `metrics.json`, and finding a run from any path inside it.
 
-Every reader and writer of a run dir goes through `RunDir` (train.py, resume, the history callback, predict,
-merge, `text2sql report`), so the format has one owner. Imports no torch.
+Every reader and writer of a run dir goes through `RunDir` (train.py, resume, the run's `EpochLog`, predict,
+merge, `text2sql report`, the W&B artifacts), so the format has one owner. Imports no torch.
 
 ```
 RUN/
   .hydra/config.yaml overrides.yaml hydra.yaml resolved_paths.json
   metrics.json          {"final", "history": [{"epoch", metric...}], "best": {metric, "epoch"}, "status", ...}
   checkpoints/last.ckpt  checkpoints/epoch=N-....ckpt
-  adapter/ (model/)      predictions/  train.log  wandb/run_id
+  adapter/ (model/)      predictions/epoch_N.jsonl epoch_N_pred.sql epoch_N_gold.sql  train.log  wandb/run_id
 ```
 """
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from text2sql.atomic import atomic_path
 from text2sql.errors import MetricsFileError
 
 METRICS = "metrics.json"
@@ -29,6 +30,8 @@ LAST = "last.ckpt"
 HYDRA = ".hydra"
 RESOLVED_PATHS = "resolved_paths.json"
 WANDB_ID = Path("wandb") / "run_id"
+PREDICTIONS = "predictions"
+ADAPTER, MODEL = "adapter", "model"  # ExportPretrained's defaults
 
 
 def best_row(history: list[dict], metric: str) -> dict | None:
@@ -114,10 +117,12 @@ class RunDir:
         return _finite(self._read_or_empty().get("wall_time_s")) or 0.0
 
     def write_metrics(self, history: list[dict], metric: str, status: str, error: str | None,
-                      wall_time_s: float, write: bool = True, step: int | None = None) -> dict:
+                      wall_time_s: float, baseline: dict | None = None, step: int | None = None,
+                      write: bool = True) -> dict:
         """metrics.json: the final value of every metric, the per-epoch history and the best epoch (atomic).
 
-        `step`: where an interrupted or preempted run stopped. A `baseline` (`record_baseline`) is kept."""
+        The one writer of the file (`job.history.EpochLog.save` is its one caller). `baseline`: the scores before
+        training (`eval.before_training`); `step`: where an interrupted or preempted run stopped."""
         final: dict = {}
         for row in history:
             final.update({k: v for k, v in row.items() if k != "epoch"})
@@ -132,21 +137,55 @@ class RunDir:
         }
         if step is not None:
             record["step"] = step
-        baseline = self._read_or_empty().get("baseline") if write else None
         if baseline is not None:
             record["baseline"] = baseline
         if write:
-            self._write(record)
+            with atomic_path(self.metrics_file) as tmp:
+                tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         return record
 
-    def record_baseline(self, row: dict) -> None:
-        """The model's scores before its first training step (`eval.before_training`), kept by later writes."""
-        self._write({**self._read_or_empty(), "baseline": row})
+    def baseline(self) -> dict | None:
+        """The scores before training an earlier process of this run recorded (None when there are none)."""
+        baseline = self._read_or_empty().get("baseline")
+        return baseline if isinstance(baseline, dict) else None
 
-    def _write(self, record: dict) -> None:
-        tmp = self.metrics_file.with_name(METRICS + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(self.metrics_file)
+    # -- predictions/ ---------------------------------------------------------------------------------------
+    @property
+    def predictions(self) -> Path:
+        return self.path / PREDICTIONS
+
+    def prediction_files(self, epoch: int) -> tuple[Path, Path, Path]:
+        """(epoch_N.jsonl, epoch_N_pred.sql, epoch_N_gold.sql) of a scored epoch (-1: before training)."""
+        return tuple(self.predictions / f"epoch_{epoch}{suffix}" for suffix in (".jsonl", "_pred.sql", "_gold.sql"))
+
+    def write_predictions(self, epoch: int, rows: list[dict], questions: list | None = None) -> None:
+        """One scored epoch's rows (`text2sql.eval.score.EpochScore.rows`): every row as a JSON line, and the
+        predictions and gold of the same examples (Spider's `SQL<TAB>db_id`) for `text2sql evaluate` to re-score
+        the epoch; multi-turn data in the official layout, a blank line after each interaction. `questions`: split
+        files whose entries of these rows (`index`) are written beside the gold file (`eval.questions`)."""
+        from text2sql.eval.interaction import pred_lines, sessions_text
+        from text2sql.eval.questions import write_questions
+
+        self.predictions.mkdir(parents=True, exist_ok=True)
+        jsonl, pred_file, gold_file = self.prediction_files(epoch)
+        with open(jsonl, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        preds = [r["prediction"] for r in rows]
+        golds = [f"{' '.join(r['gold'].split())}\t{r['db_id']}" for r in rows]
+        if rows and "interaction" in rows[0]:
+            ids = [r["interaction"] for r in rows]
+            text, gold_text = pred_lines(preds, ids), sessions_text(golds, ids)
+        else:
+            text, gold_text = ("".join(line + "\n" for line in lines) for lines in (preds, golds))
+        pred_file.write_text(text, encoding="utf-8")
+        gold_file.write_text(gold_text, encoding="utf-8")
+        if questions:
+            write_questions(gold_file, questions, [r["index"] for r in rows])
+
+    def exported_model(self, peft: bool) -> Path:
+        """Where the trained model is exported at the end of fit: `adapter/` (PEFT) or `model/` (full)."""
+        return self.path / (ADAPTER if peft else MODEL)
 
     # -- where the run was started and what it resolved -----------------------------------------------------
     def start_dir(self) -> Path | None:
@@ -165,10 +204,9 @@ class RunDir:
         unresolved (`${oc.env:TEXT2SQL_CACHE,...}`), which would resolve differently in another shell or dir."""
         target = self.hydra_dir / RESOLVED_PATHS
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
         resolved = {k: str(Path(v).resolve()) if Path(v).exists() else str(v) for k, v in paths.items()}
-        tmp.write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(target)
+        with atomic_path(target) as tmp:
+            tmp.write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
 
     def resolved_paths(self) -> dict[str, str]:
         """What `record_resolved_paths` saved ({} when the run has none)."""

@@ -7,9 +7,14 @@
   metrics that made it best in its metadata. When the best epoch is not the last one, its checkpoint is
   exported to `adapter_best/` (or `model_best/`) and logged first, as the `best` version.
 
+- `val/examples`: a table of the first `table_rows` prediction rows of every scored epoch (the baseline too);
+  the run summary keeps the best `monitor` (EX), not the last.
+
 Files are added by reference to the run dir (policy "immutable"), so nothing is copied: offline runs keep
 them in place until `wandb sync` (or `text2sql sync`) uploads them with the run. Without a W&B logger the
-callback does nothing.
+callback does nothing. Everything comes from the run's record (`record`, job's `EpochLog`): each closed epoch's
+row and `EpochScore`, and the best epoch; the model is logged at `on_fit_end`, after every callback's
+`on_train_end` (ExportPretrained's export), wherever the callback stands in the list.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 from text2sql.errors import UserError
-from text2sql.eval.metric_names import EX, VAL_LOSS
+from text2sql.eval.metric_names import EX, EXAMPLES_TABLE
+from text2sql.job.run_dir import RunDir, best_row
 
 log = logging.getLogger(__name__)
 
@@ -34,69 +40,78 @@ def _wandb_run(trainer: pl.Trainer):
     return None
 
 
-def _clean(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isnan(v)}
+TABLE_COLUMNS = ["epoch", "db_id", "question", "gold", "prediction", "status", "hardness", "decoding", "candidates"]
 
 
 class WandbArtifacts(pl.Callback):
     def __init__(self, output_dir: str, log_model: bool = True, log_predictions: bool = True,
-                 log_best: bool = True, monitor: str = EX):
-        self.output_dir = Path(output_dir).resolve()
+                 log_best: bool = True, monitor: str = EX, table_rows: int = 100, record=None):
+        self.run_dir = RunDir(Path(output_dir).resolve())
         self.log_model, self.log_predictions, self.log_best, self.monitor = log_model, log_predictions, log_best, monitor
-        self.epochs: list[dict] = []  # {"epoch", val metrics...} of each epoch of this fit
+        self.table_rows, self.record = table_rows, record
         self.logged: list[tuple[str, list[str]]] = []  # (artifact name, aliases), in logging order
+        self._trainer: pl.Trainer | None = None
 
-    # -- per epoch: the predictions the EX callback wrote -------------------------------------------------------
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning 2 validates inside the training epoch: the EX callback has written this epoch's files by now
-        epoch = trainer.current_epoch
-        row = {"epoch": epoch, **self._ex_metrics(trainer, epoch)}
-        if VAL_LOSS in trainer.callback_metrics:
-            row[VAL_LOSS] = float(trainer.callback_metrics[VAL_LOSS])
-        self.epochs.append(row)
-        run = _wandb_run(trainer)
-        if run is None or not trainer.is_global_zero or not self.log_predictions:
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+        run = _wandb_run(trainer) if trainer.is_global_zero else None
+        if run is not None:
+            run.define_metric(self.monitor, summary="max")  # the run summary keeps the best EX, not the last
+        if self.record is None:
+            log.warning("WandbArtifacts has no run record (record: null is filled in by train.py): nothing to log")
             return
-        pred_dir = self.output_dir / "predictions"
-        files = [pred_dir / f"epoch_{epoch}.jsonl", pred_dir / f"epoch_{epoch}_pred.sql"]
-        if self.monitor not in row or not files[0].is_file():  # not an evaluated epoch (eval.every_n_epochs)
+        self.record.subscribe(self.epoch_closed)
+
+    # -- per scored epoch: the examples table and the predictions the record wrote -----------------------------
+    def epoch_closed(self, row: dict, score) -> None:
+        """The record closed an epoch (`row`; `score`: its EpochScore on rank 0 when it was scored)."""
+        trainer = self._trainer
+        run = _wandb_run(trainer) if trainer is not None and trainer.is_global_zero else None
+        if run is None or score is None:
+            return
+        epoch = row["epoch"]
+        self._log_table(run, epoch, score.rows, trainer.global_step)
+        jsonl, pred_sql, _ = self.run_dir.prediction_files(epoch)
+        if epoch < 0 or not self.log_predictions or not jsonl.is_file():
             return
         import wandb
 
         aliases = [f"epoch_{epoch}"]
-        scored = [r for r in self.epochs[:-1] if self.monitor in r]
-        if self.monitor in row and all(row[self.monitor] > r[self.monitor] for r in scored):
+        best = best_row([r for r in self.record.rows if r["epoch"] <= epoch], self.monitor)
+        if best is not None and best["epoch"] == epoch:
             aliases.append("best")  # strictly better than every earlier epoch: the first best keeps it on ties
         artifact = wandb.Artifact(f"predictions-{run.id}", type="dataset", metadata=json_safe(row),
                                   description=f"dev predictions and verdicts after epoch {epoch}")
-        for path in files:
+        for path in (jsonl, pred_sql):
             if path.is_file():
                 artifact.add_file(str(path), name=path.name, policy="immutable", skip_cache=True)
         self._log(run, artifact, aliases)
 
-    @staticmethod
-    def _ex_metrics(trainer: pl.Trainer, epoch: int) -> dict:
-        """This epoch's EX metrics as the EX callback scored them ({} for an epoch it skipped)."""
-        from text2sql.eval.callback import ExecutionAccuracyCallback
+    def _log_table(self, run, epoch: int, rows: list[dict], step: int) -> None:
+        import wandb
 
-        for callback in trainer.callbacks:
-            if isinstance(callback, ExecutionAccuracyCallback):
-                rows = [r for r in callback.history if r["epoch"] == epoch]
-                return _clean({k: v for k, v in rows[-1].items() if k != "epoch"}) if rows else {}
-        return {}
+        columns = TABLE_COLUMNS + (["exact_match"] if rows and "exact_match" in rows[0] else [])
+        table = wandb.Table(columns=columns)
+        for r in rows[: self.table_rows]:
+            table.add_data(epoch, *(r.get(c) for c in columns[1:]))
+        run.log({EXAMPLES_TABLE: table, "trainer/global_step": step})
 
     # -- end of fit: the exported adapter / model ---------------------------------------------------------------
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         run = _wandb_run(trainer)
-        if run is None or not self.log_model:
+        if run is None or not self.log_model or self.record is None:
             return
-        final_dir = self._final_dir(trainer, pl_module)  # the same on every rank: they all take part below
-        if final_dir is None:
+        from text2sql.training.checkpoint import is_peft_model
+
+        final_dir = self.run_dir.exported_model(is_peft_model(pl_module.model))
+        rows = self.record.rows
+        best, last = self.record.best(self.monitor), rows[-1] if rows else {"epoch": trainer.current_epoch}
+        exported = final_dir.is_dir()
+        # rank 0 scored and exported: every rank decides alike (all of them take part in the best export)
+        best, last, exported = trainer.strategy.broadcast((best, last, exported), src=0)
+        if not exported:
+            log.warning("no exported model in %s (ExportPretrained writes it): no model artifact to log", final_dir)
             return
-        scored = [r for r in self.epochs if self.monitor in r]
-        best = max(scored, key=lambda r: r[self.monitor]) if scored else None  # first max, as ModelCheckpoint
-        last = self.epochs[-1] if self.epochs else {"epoch": trainer.current_epoch}
-        best, last = trainer.strategy.broadcast((best, last), src=0)  # rank 0 scored: every rank decides alike
         kind = final_dir.name  # "adapter" or "model"
         final_aliases = ["latest"]
         if best is not None and best["epoch"] == last["epoch"]:
@@ -105,22 +120,8 @@ class WandbArtifacts(pl.Callback):
             best_dir = self._export_best(trainer, pl_module, best, final_dir.with_name(f"{kind}_best"))
             if best_dir is not None and trainer.is_global_zero:
                 self._log_model(run, kind, best_dir, best, ["best"])
-        if trainer.is_global_zero and final_dir.is_dir():
+        if trainer.is_global_zero:
             self._log_model(run, kind, final_dir, last, final_aliases)
-
-    def _final_dir(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
-        from text2sql.training.checkpoint import ExportPretrained, is_peft_model
-
-        exports = [c for c in trainer.callbacks if isinstance(c, ExportPretrained)]
-        if not exports:
-            log.warning("no ExportPretrained callback: no model artifact to log")
-            return None
-        if trainer.callbacks.index(exports[0]) > trainer.callbacks.index(self):
-            log.warning("WandbArtifacts runs before ExportPretrained: list it after export_pretrained in callbacks")
-            return None
-        export = exports[0]
-        sub = export.adapter_subdir if is_peft_model(pl_module.model) else export.model_subdir
-        return (export.output_dir / sub).resolve()
 
     def _export_best(self, trainer, pl_module, best: dict, out_dir: Path) -> Path | None:
         """The best epoch's checkpoint saved like the final adapter (all ranks take part, as in the export)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from text2sql.atomic import atomic_path
 from text2sql.job.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,8 @@ def wandb_run_id(run_dir: Path) -> str:
         return path.read_text().strip()
     run_id = "".join(random.SystemRandom().choices(string.ascii_lowercase + string.digits, k=8))  # as wandb's ids
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(run_id + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(run_id + "\n")
     return run_id
 
 
@@ -50,11 +50,14 @@ def make_loggers(cfg, run_dir: Path, identity: dict) -> list:
     """Instantiate the configured loggers; W&B gets the run dir's id and falls back offline without a server."""
     from hydra.utils import instantiate
 
+    from text2sql.job.lifecycle import at_job_end
+
     loggers = []
     for lg in (cfg.get("logger") or {}).values():
         kwargs = {k: v for k, v in identity.items() if lg.get(k, "") is None}
         if str(lg.get("_target_", "")).endswith("WandbLogger"):
             kwargs["id"] = wandb_run_id(run_dir)
+            at_job_end(finish_wandb)  # the next job of a multirun must not log into this run
             loggers.append(_start_wandb(lg, kwargs, run_dir))
             drop_unset_wandb_options(loggers[-1:])
         else:

@@ -7,8 +7,9 @@ are trimmed to the trainable weights by `Text2SQLModule.on_save_checkpoint`; Dee
 `exclude_frozen_parameters` (see text2sql.training.strategy).
 
 Also what makes checkpoints safe to resume from: `AtomicCheckpointIO` (temp file + rename), `EvalCheckpoint` /
-`EvalEarlyStopping` (EX computed only every n-th epoch; last.ckpt every epoch) and `ExactResume` (per-batch
-random streams and a resumable training loader, so a resumed run equals an uninterrupted one).
+`EvalEarlyStopping` (EX computed only on the epochs the run's record says were scored; last.ckpt every epoch) and
+`ExactResume` (per-batch random streams and the epoch's loss sums, so with the datamodule's resumable loader a
+resumed run equals an uninterrupted one).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from text2sql.eval.callback import is_eval_epoch
 from text2sql.errors import CheckpointWriteError
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # not text2sql.atomic: one fixed temp name, so the next save replaces what a killed one left (a checkpoint is
+        # large), and an open file, so torch.save's failed write surfaces as the OSError (its own path writer hides it)
         tmp = path.with_name(f".{path.name}.tmp")  # not *.ckpt: never taken for a checkpoint
         try:
             with open(tmp, "wb") as f:
@@ -110,29 +112,29 @@ def _os_error(err: BaseException | None) -> OSError | None:
     return None
 
 
-def _evaluated(trainer, monitor: str | None, every_n_epochs: int) -> bool:
-    """Whether `monitor` was computed in this epoch (Lightning keeps a stale value in callback_metrics)."""
-    return is_eval_epoch(trainer.current_epoch, every_n_epochs) and (
+def _evaluated(trainer, monitor: str | None, record) -> bool:
+    """Whether `monitor` was computed in this epoch: the run's record says whether the epoch was scored
+    (Lightning keeps a stale value in callback_metrics); without one, whether the metric is there."""
+    return (record is None or record.evaluated(trainer.current_epoch)) and (
         monitor is None or monitor in trainer.callback_metrics)
 
 
 class EvalCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint for a metric computed every `eval_every_n_epochs` epochs (EX, `eval.every_n_epochs`).
+    """ModelCheckpoint for a metric computed only on some epochs (EX, `eval.every_n_epochs`).
 
-    On the other epochs there is nothing new to rank (the metric is absent, or a stale value from an earlier
-    epoch): the best-k step is skipped instead of raising. `last.ckpt` is written after every validation, so
-    a resumed run loses at most one epoch.
+    `record`: the run's EpochLog (train.py hands it in), which knows the epochs that were scored. On the other
+    epochs there is nothing new to rank (the metric is absent, or a stale value from an earlier epoch): the
+    best-k step is skipped instead of raising. `last.ckpt` is written after every validation, so a resumed run
+    loses at most one epoch.
     """
 
-    def __init__(self, *args, eval_every_n_epochs: int = 1, **kwargs):
+    def __init__(self, *args, record=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_every_n_epochs = eval_every_n_epochs
+        self.record = record
 
-    # Private API of ModelCheckpoint (`_save_topk_checkpoint`, `_save_last_checkpoint`,
-    # `_should_skip_saving_checkpoint`, `_should_save_on_train_epoch_end`, `_monitor_candidates`): no public hook
-    # skips only the ranking step. Checked against lightning 2.6.6; pyproject caps lightning below 2.7.
+    # Pinned private override (lightning<2.7): no public hook skips only ranking (every_n_epochs excludes steps).
     def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
-        if self.monitor is not None and not (_evaluated(trainer, self.monitor, self.eval_every_n_epochs)
+        if self.monitor is not None and not (_evaluated(trainer, self.monitor, self.record)
                                              and self.monitor in monitor_candidates):
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)
@@ -147,6 +149,7 @@ class EvalCheckpoint(ModelCheckpoint):
 
     def _save_last_anyway(self, trainer, at_train_epoch_end: bool) -> None:
         """Lightning 2.6 writes last.ckpt only when it wrote a best-k checkpoint; here: after every epoch."""
+        # Pinned private calls (lightning<2.7): no public API saves `last` alone with Lightning's own skip rules.
         if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
                 and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
@@ -155,19 +158,18 @@ class EvalCheckpoint(ModelCheckpoint):
 class EvalEarlyStopping(EarlyStopping):
     """EarlyStopping counted in evaluations (epochs with the metric), not in epochs; `patience=None` is off."""
 
-    def __init__(self, monitor: str, patience: int | None = None, mode: str = "max", eval_every_n_epochs: int = 1,
-                 **kwargs):
+    def __init__(self, monitor: str, patience: int | None = None, mode: str = "max", record=None, **kwargs):
         super().__init__(monitor=monitor, patience=patience if patience is not None else 0, mode=mode, **kwargs)
-        self.enabled, self.eval_every_n_epochs = patience is not None, eval_every_n_epochs
+        self.enabled, self.record = patience is not None, record  # record: the run's EpochLog (scored epochs)
 
     # Public hooks only: the check runs where Lightning runs it (train epoch end or validation end), and only on
     # epochs that computed the metric.
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.enabled and _evaluated(trainer, self.monitor, self.eval_every_n_epochs):
+        if self.enabled and _evaluated(trainer, self.monitor, self.record):
             super().on_train_epoch_end(trainer, pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if self.enabled and _evaluated(trainer, self.monitor, self.eval_every_n_epochs):
+        if self.enabled and _evaluated(trainer, self.monitor, self.record):
             super().on_validation_end(trainer, pl_module)
 
 
@@ -187,62 +189,15 @@ def _reseed(seed: int) -> None:
     torch.manual_seed(seed)  # also every CUDA device
 
 
-class _SkipConsumed(torch.utils.data.Sampler):
-    """A batch sampler that starts each pass after the batches the epoch has already consumed.
-
-    That number is the loop's own count (0 at an epoch start, k after a resume from step k of the epoch), read
-    when the pass begins, i.e. after Lightning has restored its loop state.
-    """
-
-    def __init__(self, inner, consumed):
-        self.inner, self.consumed = inner, consumed
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.inner, "set_epoch"):
-            self.inner.set_epoch(epoch)
-
-    def __iter__(self):
-        skip = self.consumed()
-        for i, batch in enumerate(self.inner):
-            if i >= skip:
-                yield batch
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-
-class _ResumableLoader(torch.utils.data.DataLoader):
-    """A single-process training DataLoader that a mid-epoch resume continues at its batch.
-
-    The order of batches is a function of (seed, epoch) (the sampler's `set_epoch`, ExactResume's seeds), so the
-    position is the number of batches the epoch has consumed, which the loop state already holds: nothing more
-    is saved (`state_dict` is empty; having it tells Lightning the loader is resumable).
-    """
-
-    def __init__(self, loader: torch.utils.data.DataLoader, trainer):
-        def consumed() -> int:
-            return trainer.fit_loop.epoch_loop.batch_progress.current.ready if trainer.training else 0
-
-        super().__init__(loader.dataset, batch_sampler=_SkipConsumed(loader.batch_sampler, consumed),
-                         collate_fn=loader.collate_fn, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
-                         worker_init_fn=loader.worker_init_fn, persistent_workers=loader.persistent_workers)
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
 class ExactResume(pl.Callback):
     """Makes the random numbers of every training batch a function of (seed, epoch, batch, rank).
 
     Dropout and a shuffling sampler then draw the same numbers whether the process ran from the start or was
     resumed from a checkpoint, at an epoch end or mid-epoch, whatever consumed random numbers in between
-    (model building, evaluation, dataloader iterators). On one device the training loader also becomes
-    resumable (Lightning's `state_dict` protocol), so a mid-epoch checkpoint (`every_n_train_steps`) resumes
-    at its batch instead of replaying the epoch's first batches. (Several ranks: Lightning's distributed
-    sampler, resumed at epoch ends.)
+    (model building, evaluation, dataloader iterators). The training loader the datamodule returns is resumable
+    on one device (text2sql.data.resumable), so a mid-epoch checkpoint (`every_n_train_steps`) resumes at its
+    batch instead of replaying the epoch's first batches. (Several ranks: Lightning's distributed sampler,
+    resumed at epoch ends.)
     """
 
     def __init__(self, seed: int = 0):
@@ -251,8 +206,8 @@ class ExactResume(pl.Callback):
 
     # Lightning keeps the epoch means being accumulated (`train/loss_epoch`) out of its checkpoints, so after a
     # mid-epoch resume that epoch's mean would cover only the batches after it. The sums go into the checkpoint
-    # and are added back once the first resumed batch has created the metrics again. Private API of lightning
-    # 2.6.6 (`fit_loop.epoch_loop._results`, `_ResultMetric`); pyproject caps lightning below 2.7.
+    # and are added back once the first resumed batch has created the metrics again.
+    # Pinned private `_results` (lightning<2.7): no public API reads or restores a running on_epoch mean.
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         loop = trainer.fit_loop.epoch_loop
         if not trainer.training or loop.batch_progress.is_last_batch:  # an epoch end: the next epoch starts at 0
@@ -263,21 +218,6 @@ class ExactResume(pl.Callback):
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self._epoch_sums = checkpoint.get("epoch_sums")
-
-    def setup(self, trainer, pl_module, stage) -> None:
-        dm = trainer.datamodule
-        # only where no distributed sampler gets injected (several ranks, or DeepSpeed on one device)
-        sharded = getattr(trainer.strategy, "distributed_sampler_kwargs", None) is not None
-        if stage != "fit" or dm is None or trainer.world_size > 1 or sharded or trainer.overfit_batches \
-                or getattr(dm, "_resumable_loader", False):
-            return
-        make = dm.train_dataloader
-
-        def train_dataloader():
-            loader = make()
-            return _ResumableLoader(loader, trainer) if loader.batch_sampler is not None else loader
-
-        dm.train_dataloader, dm._resumable_loader = train_dataloader, True
 
     def _epoch(self, trainer) -> None:
         _reseed(_derived_seed(self.seed, trainer.current_epoch, -1, trainer.global_rank))
@@ -293,7 +233,7 @@ class ExactResume(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._epoch_sums:
-            results = trainer.fit_loop.epoch_loop._results
+            results = trainer.fit_loop.epoch_loop._results  # pinned private, as in on_save_checkpoint
             for key, (value, count) in self._epoch_sums.items():
                 if key in results:
                     metric = results[key]
