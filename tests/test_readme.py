@@ -270,6 +270,8 @@ EXAMPLES: dict[str, object] = {
     # -- docs/testsuite.md and its bench (issue 31: `text2sql testsuite build`)
     "text2sql testsuite build --data ../shared/spider --out data/spider_dev_suite": Run(
         extra=("--per-db", "2", "--mutants", "2", "--no-progress"), spider=True, fresh=("data/spider_dev_suite",)),
+    "python train.py dataset=spider dataset.root=../shared/spider eval.test_suite=data/spider_dev_suite": Run(
+        spider=True),  # after the build above (same page): its suite of the 19 Spider dev databases
     "text2sql testsuite build --data DIR --out DIR [--split dev|train|both] [--per-db N] [--mutants K] [--cover C] "
     "[--seed S]": Synopsis("testsuite"),
     "text2sql testsuite build": Synopsis("testsuite"),

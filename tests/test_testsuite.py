@@ -113,7 +113,7 @@ def test_suite_rejects_what_ex_accepts_and_keeps_a_correct_rewrite(built, capsys
     gold_file, pred_file = out.parent / "one_gold.sql", out.parent / "one_pred.sql"
     assert _evaluate(capsys, gold_file, pred_file, data / "database") == 1.0  # EX: both "correct"
     assert _evaluate(capsys, gold_file, pred_file, out / "database", "--test-suite") == 0.5  # the suite: only one
-    from text2sql.testsuite.score import suite_verdicts
+    from text2sql.eval.suite import suite_verdicts
 
     verdicts = suite_verdicts(out, [(db_id, gold, wrong), (db_id, gold, right)], workers=0)
     assert [v.correct for v in verdicts] == [False, True]
@@ -175,7 +175,7 @@ def test_bird_suite_is_scored_by_birds_rule(tmp_path, capsys):
     """A BIRD-layout dataset gets a suite whose manifest says BIRD's rule; `evaluate --test-suite --style bird` scores
     gold 100 % on it, and the scorer for Spider's rule refuses it."""
     from text2sql.errors import UserError
-    from text2sql.testsuite.score import SuiteScorer
+    from text2sql.eval.suite import SuiteScorer
 
     data, out = tmp_path / "bird", tmp_path / "bird_suite"
     assert main(["sample", "--layout", "bird", "--out", str(data), "--n-train", "4", "--n-dev", "12"]) == 0
@@ -209,3 +209,40 @@ def test_bench_held_out_measure_runs(built, tmp_path):
     assert t["held_out_mutants"] > 0 and list(result["databases"]) == ["company"]
     assert t["original_kills"] <= t["suite_kills"] <= t["pool_tells_apart"] + t["suite_kills_outside_pool"]
     assert sorted(p.name for p in (suite / "database").iterdir()) == sorted(p.name for p in (out / "database").iterdir())
+
+
+@pytest.mark.slow
+def test_training_and_predict_score_on_the_suite(built, tmp_path):
+    """`eval.test_suite=DIR`: each scored epoch logs val/test_suite_accuracy and marks each prediction row, as
+    `evaluate --test-suite` scores the same files; `predict --evaluate` of the run scores on the suite too."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    data, suite, before = built
+    run = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT),
+           "TEXT2SQL_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "train.py", "dataset=spider", f"dataset.root={data}", "debug=smoke",
+                           "logger=csv", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "eval.limit=8",
+                           "eval.max_new_tokens=24", f"eval.test_suite={suite}", f"hydra.run.dir={run}"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((run / "metrics.json").read_text())["history"][-1]
+    assert 0.0 <= row["val/test_suite_accuracy"] <= row["val/execution_accuracy"]
+    preds = run / "predictions"
+    rows = [json.loads(line) for line in (preds / "epoch_0.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(r["correct"] or not r["test_suite"] for r in rows)  # the suite only takes away
+    out = tmp_path / "suite.jsonl"
+    assert main(["evaluate", "--gold", str(preds / "epoch_0_gold.sql"), "--pred", str(preds / "epoch_0_pred.sql"),
+                 "--db", str(suite / "database"), "--test-suite", "--workers", "0", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert [json.loads(line)["correct"] for line in out.read_text().splitlines()] == [r["test_suite"] for r in rows]
+    proc = subprocess.run([sys.executable, "-m", "text2sql", "predict", "--run", str(run), "--limit", "4",
+                           "--evaluate", "--out", str(tmp_path / "pred.sql")], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"test-suite accuracy on {suite / 'database'}" in proc.stdout
+    assert _hashes(data / "database") == before  # neither run wrote the originals

@@ -83,6 +83,7 @@ class EvalSchema:
     timeout: float = 30.0
     workers: Optional[int] = None
     exact_match: bool = True
+    test_suite: Optional[str] = None
     decoding: DecodingSchema = field(default_factory=DecodingSchema)
 
 

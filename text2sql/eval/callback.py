@@ -20,6 +20,7 @@ from text2sql.config.decoding import Decoding
 from text2sql.eval.decoding import Prediction, decode, executor
 from text2sql.eval.progress import progress_bar
 from text2sql.eval.metric_names import EX as MONITOR
+from text2sql.eval.metric_names import TEST_SUITE
 from text2sql.eval.score import EpochScore, score
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class ExecutionAccuracyCallback(pl.Callback):
         before_training: bool = False,
         decoding=None,
         record=None,
+        test_suite: str | None = None,
     ):
         self.db_dir, self.every_n_epochs, self.limit, self.seed = db_dir, every_n_epochs, limit, seed
         self.batch_size, self.max_new_tokens, self.timeout, self.workers = batch_size, max_new_tokens, timeout, workers
@@ -71,8 +73,10 @@ class ExecutionAccuracyCallback(pl.Callback):
         self.before_training = before_training  # score the untrained model first (epoch -1, the baseline)
         self.decoding = Decoding.from_config(decoding)  # eval.decoding: greedy unless asked otherwise
         self.record = record  # the run's EpochLog (add_score, last_scored); None: scores are only logged
+        self.test_suite = test_suite  # eval.test_suite: also val/test_suite_accuracy on that suite (eval/suite.py)
         self._matcher = None
         self._evaluator = None
+        self._suite = None
         self._items = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -94,6 +98,9 @@ class ExecutionAccuracyCallback(pl.Callback):
         if self._evaluator is not None:
             self._evaluator.close()
             self._evaluator = None
+        if self._suite is not None:
+            self._suite.close()
+            self._suite = None
         self._matcher = None
 
     def evaluator(self, dataset):
@@ -105,6 +112,15 @@ class ExecutionAccuracyCallback(pl.Callback):
             self._evaluator = ExecutionEvaluator(self.db_dir or dataset.db_dir("dev"), timeout=self.timeout,
                                                  workers=self.workers, style=dataset.eval_style)
         return self._evaluator
+
+    def suite(self, dataset):
+        """The run's scorer on `eval.test_suite` (gold results cached for the run), or None without one."""
+        if self.test_suite and self._suite is None:
+            from text2sql.eval.suite import SuiteScorer
+
+            self._suite = SuiteScorer(self.test_suite, style=dataset.eval_style, timeout=self.timeout,
+                                      workers=self.workers)
+        return self._suite
 
     def matcher(self, dataset):
         """The run's exact-set matcher (gold parses cached for the run); None where EM is off or not the dataset's
@@ -143,6 +159,12 @@ class ExecutionAccuracyCallback(pl.Callback):
         if trainer.is_global_zero:
             dataset = trainer.datamodule.dataset
             scored = score(self._items, preds, self.evaluator(dataset), self.matcher(dataset))
+            if self.suite(dataset) is not None:  # right on every database of the suite, not only on the original
+                suite = self._suite.verdicts([(r["db_id"], r["gold"], r["prediction"]) for r in scored.rows],
+                                             levels=[r["hardness"] for r in scored.rows])
+                for row, verdict in zip(scored.rows, suite):
+                    row["test_suite"] = verdict.correct
+                scored.metrics[TEST_SUITE] = sum(v.correct for v in suite) / len(suite) if suite else 0.0
             self._log_line(epoch, scored)
             # BIRD's per-difficulty EX of a subset is re-scored with the subset's questions (evaluate --questions)
             questions = dataset.split_files("dev") if dataset.eval_style == "bird" else None

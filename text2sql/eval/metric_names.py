@@ -21,6 +21,7 @@ EXAMPLES_TABLE = f"{VAL}examples"              # wandb.Table of example predicti
 EXACT_MATCH = f"{VAL}exact_match"
 EM_BY_HARDNESS = {level: f"{VAL}em_{level}" for level in HARDNESS_LEVELS}
 EX_BY_DIFFICULTY = {level: f"{VAL}ex_{level}" for level in DIFFICULTY_LEVELS}  # BIRD runs, in place of hardness
+TEST_SUITE = f"{VAL}test_suite_accuracy"      # with eval.test_suite: right on every database of that suite
 
 # Logged by Text2SQLModule and Lightning (named here so the workspace and its test agree with them).
 TRAIN_LOSS = "train/loss"                      # every logged step

@@ -396,4 +396,10 @@ def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Pa
     parser = argparse.ArgumentParser(prog="text2sql evaluate")
     evaluate.add_arguments(parser)
     evaluate.run(parser.parse_args(argv))
+    if eval_cfg.get("test_suite"):  # the same predictions on every database of the suite (docs/testsuite.md)
+        from text2sql.eval.suite import suite_db_dir
+
+        suite = suite_db_dir(eval_cfg.test_suite)
+        print(f"test-suite accuracy on {suite}:")
+        evaluate.run(parser.parse_args([*argv[:4], "--db", str(suite), *argv[6:], "--test-suite"]))
     print(f"gold written to {gold}: rerun with text2sql evaluate --gold {gold} --pred {pred} --db {db_dir}")

@@ -1,6 +1,6 @@
-"""Scoring on a built test suite, for callers other than `text2sql evaluate --test-suite` (the per-epoch EX callback,
-`predict --evaluate`): a prediction is right only when it matches gold on every database of its folder, by the
-dataset's own rule (Spider's or BIRD's). It is the evaluator in test-suite mode, with the suite's folder and rule
+"""Scoring on a built test suite (`text2sql testsuite build` makes one), for callers other than `text2sql evaluate
+--test-suite` (the per-epoch EX callback with `eval.test_suite`, `predict --evaluate`): a prediction is right only
+when it matches gold on every database of its folder, by the dataset's own rule (Spider's or BIRD's). It is the evaluator in test-suite mode, with the suite's folder and rule
 checked first.
 
     scorer = SuiteScorer(cfg.eval.test_suite, style=dataset.eval_style)       # once per run: gold results cached
