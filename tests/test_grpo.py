@@ -1,0 +1,98 @@
+"""GRPO (issue 28): the loss equals TRL's, rewards from the evaluator's guard, seeded rollouts, the train.py stage."""
+
+from __future__ import annotations
+
+import types
+from collections import defaultdict
+
+import pytest
+import torch
+
+from text2sql.objective.loss import LOSS_TYPES, group_advantages, grpo_loss, no_signal_share
+
+
+def _batch(seed: int = 0, rows: int = 8, width: int = 6):
+    g = torch.Generator().manual_seed(seed)
+    logps = (-torch.rand(rows, width, generator=g) * 3).requires_grad_(True)
+    old = logps.detach() + 0.3 * torch.randn(rows, width, generator=g)  # ratios far enough from 1 to clip
+    ref = logps.detach() + 0.2 * torch.randn(rows, width, generator=g)
+    mask = torch.ones(rows, width)
+    mask[1, 4:] = 0
+    mask[5, 2:] = 0
+    rewards = torch.tensor([1.0, 0.1, 0.0, 0.1, 1.0, 1.0, 1.0, 1.0])[:rows]
+    return logps, old, ref, mask, rewards
+
+
+def _trl_loss(loss_type: str, logps, old, ref, mask, advantages, beta: float, eps: float, eps_high: float,
+              max_len: int):
+    """TRL 1.16's own `GRPOTrainer._compute_loss` on these tensors: an instance without __init__ whose model forward
+    (`_get_per_token_logps_and_entropies`) returns `logps`, on one process without gradient accumulation."""
+    trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer", reason="trl (test extra) is not installed")
+    trainer = object.__new__(trl_grpo.GRPOTrainer)
+    ident = lambda t, *a, **k: t  # noqa: E731  (one process: gathers and reductions are the identity)
+    attrs = dict(
+        _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None),
+        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token", beta=beta,
+        loss_type=loss_type, epsilon_low=eps, epsilon_high=eps_high, use_vllm=False,
+        model=types.SimpleNamespace(training=True), current_gradient_accumulation_steps=1,
+        max_completion_length=max_len, _entropy_bonus_enabled=False, aux_loss_enabled=False,
+        _metrics=defaultdict(lambda: defaultdict(list)),
+        accelerator=types.SimpleNamespace(num_processes=1, reduce=ident, gather=ident, gather_for_metrics=ident),
+        args=types.SimpleNamespace(use_bias_correction_kl=True, delta=None, steps_per_generation=1),
+    )
+    for k, v in attrs.items():
+        object.__setattr__(trainer, k, v)
+    rows, width = logps.shape
+    inputs = {"prompt_ids": torch.zeros(rows, 2, dtype=torch.long), "prompt_mask": torch.ones(rows, 2),
+              "completion_ids": torch.zeros(rows, width, dtype=torch.long), "completion_mask": mask,
+              "advantages": advantages, "old_per_token_logps": old, "ref_per_token_logps": ref,
+              "num_items_in_batch": mask.sum()}
+    return trl_grpo.GRPOTrainer._compute_loss(trainer, None, inputs), trainer._metrics["train"]
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_loss_equals_trl(loss_type, beta):
+    logps, old, ref, mask, rewards = _batch()
+    adv = group_advantages(rewards, 4, "none" if loss_type == "dr_grpo" else "group")
+    ours = grpo_loss(logps, old, adv, mask, loss_type=loss_type, epsilon=0.2, epsilon_high=0.28, beta=beta,
+                     ref_logps=ref, max_completion_length=10)
+    (g_ours,) = torch.autograd.grad(ours.loss, logps)
+    theirs, metrics = _trl_loss(loss_type, logps, old, ref, mask, adv, beta, 0.2, 0.28, 10)
+    (g_theirs,) = torch.autograd.grad(theirs, logps)
+    assert ours.loss.item() == pytest.approx(theirs.item(), rel=1e-6, abs=1e-7)
+    assert torch.allclose(g_ours, g_theirs, rtol=1e-5, atol=1e-7)  # the same update, not only the same number
+    assert ours.clip_fraction == pytest.approx(metrics["clip_ratio/region_mean"][0], abs=1e-6)
+    assert 0 < ours.clip_fraction < 1  # the batch really clips
+    if beta:
+        assert ours.kl == pytest.approx(metrics["kl"][0], rel=1e-5)
+
+
+def test_first_iteration_ratio_is_one():
+    """num_iterations == 1: the old policy is this one, the ratio 1, the gradient -A * grad(logp) per token."""
+    logps, _, _, mask, rewards = _batch()
+    adv = group_advantages(rewards, 4)
+    out = grpo_loss(logps, None, adv, mask, loss_type="bnpo")
+    (grad,) = torch.autograd.grad(out.loss, logps)
+    assert torch.allclose(grad, -adv[:, None] * mask / mask.sum())
+    assert out.clip_fraction == 0
+
+
+def test_advantages_as_trl_writes_them():
+    """TRL 1.16 grpo_trainer.py `_generate_and_score_completions` (sum_then_normalize, one reward function):
+    A = r - mean_group(r), divided by (std_group(r) + 1e-4) unless scale_rewards == "none"."""
+    rewards = torch.tensor([1.0, 0.1, 0.0, 0.1, 1.0, 1.0, 1.0, 1.0])
+    grouped = rewards.view(-1, 4)
+    mean = grouped.mean(1).repeat_interleave(4)
+    std = grouped.std(1).repeat_interleave(4)
+    assert torch.allclose(group_advantages(rewards, 4, "group"), (rewards - mean) / (std + 1e-4))
+    assert torch.allclose(group_advantages(rewards, 4, "none"), rewards - mean)
+    assert torch.allclose(group_advantages(rewards, 4, "batch"), (rewards - mean) / (rewards.std() + 1e-4))
+    assert torch.all(group_advantages(rewards, 4)[4:] == 0)  # a group that agrees teaches nothing
+    assert no_signal_share(rewards, 4) == 0.5
+
+
+def test_bad_loss_type_is_one_line():
+    logps, old, _, mask, rewards = _batch()
+    with pytest.raises(ValueError, match="loss_type must be one of"):
+        grpo_loss(logps, old, rewards, mask, loss_type="ppo")
