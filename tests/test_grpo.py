@@ -96,3 +96,57 @@ def test_bad_loss_type_is_one_line():
     logps, old, _, mask, rewards = _batch()
     with pytest.raises(ValueError, match="loss_type must be one of"):
         grpo_loss(logps, old, rewards, mask, loss_type="ppo")
+
+
+# -- reward: real SQL on the generated sample's databases ------------------------------------------------------------
+def _db_bytes(db_dir):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(db_dir.rglob("*.sqlite"))}
+
+
+def test_reward_values_on_real_sql(tiny_default):
+    from text2sql.eval.execute import ExecutionEvaluator
+    from text2sql.objective.reward import ExecutionReward, Sample, execute_samples
+
+    dataset = tiny_default[0]
+    record = dataset.records("train")[0]
+    db_dir = dataset.db_dir("train")
+    before = _db_bytes(db_dir)
+    table = record["output"].split(" FROM ", 1)[1].split()[0] if " FROM " in record["output"] else "sqlite_master"
+    sqls = {"gold": record["output"], "runs_wrong": "SELECT 12345, 'not the answer'", "syntax": "SELEC nothing",
+            "write": f"DROP TABLE {table}", "empty": "", "missing_column": "SELECT no_such_column FROM sqlite_master"}
+    samples = [Sample(record["db_id"], record["output"], sql, sql) for sql in sqls.values()]
+    with ExecutionEvaluator(db_dir, timeout=5, workers=0, style=dataset.eval_style) as ev:
+        verdicts = execute_samples(ev, samples)
+        rewards = ExecutionReward(executes=0.1)(samples, verdicts)
+        assert ev.gold_cache_size() == 1  # one gold result, run once for six samples
+    assert dict(zip(sqls, rewards)) == {"gold": 1.0, "runs_wrong": 0.1, "syntax": 0.0, "write": 0.0, "empty": 0.0,
+                                        "missing_column": 0.0}
+    assert verdicts[3].status == "write_refused"
+    assert ExecutionReward(executes=0.25)(samples, verdicts)[1] == 0.25
+    assert _db_bytes(db_dir) == before
+
+
+# -- rollouts: the same samples under any batching ---------------------------------------------------------------------
+def test_rollouts_do_not_depend_on_batching(tiny_default):
+    from text2sql.data.prompt import encode_source
+    from text2sql.objective.rollout import sample_groups
+    from tiny import tiny_model
+
+    dataset, model_cfg, path, tokenizer = tiny_default
+    model = tiny_model(model_cfg, path, tokenizer)
+    sources = [encode_source(r, tokenizer, "vanilla", 512)[0] for r in dataset.records("train")[:5]]
+    kw = dict(temperature=1.0, top_p=1.0, seed=3, max_new_tokens=12)
+    whole = sample_groups(model, tokenizer, sources, 4, batch_size=64, **kw)
+    small = sample_groups(model, tokenizer, sources, 4, batch_size=4, **kw)  # one prompt a call
+    alone = sample_groups(model, tokenizer, sources[2:3], 4, batch_size=64, **kw)
+    assert whole.completions == small.completions
+    assert alone.completions == whole.completions[8:12]
+    assert len(set(map(tuple, whole.completions[:4]))) > 1  # a group's samples differ
+    other = sample_groups(model, tokenizer, sources, 4, batch_size=64, **{**kw, "seed": 4})
+    assert other.completions != whole.completions
+    assert all(0 < len(c) <= 12 for c in whole.completions)
+    model.train()
+    sample_groups(model, tokenizer, sources[:1], 2, batch_size=4, **kw)
+    assert model.training  # generation ran in eval mode and handed the model back training
