@@ -150,3 +150,125 @@ def test_rollouts_do_not_depend_on_batching(tiny_default):
     model.train()
     sample_groups(model, tokenizer, sources[:1], 2, batch_size=4, **kw)
     assert model.training  # generation ran in eval mode and handed the model back training
+
+
+# -- bad settings: one line each, before anything heavy loads ----------------------------------------------------------
+def _compose(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO_ROOT
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["objective.num_generations=1"], "objective.num_generations=1 must be >= 2"),
+    (["peft=ptuning"], "cannot (their prefixes"),
+    (["objective.num_iterations=0"], "objective.num_iterations=0 must be >= 1"),
+])
+def test_bad_grpo_settings_are_one_line(overrides, message):
+    from text2sql.errors import UserError
+    from text2sql.objective.init_from import prepare_objective
+
+    args = ["objective=grpo", *overrides]
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        prepare_objective(_compose(*args), args)
+
+
+def test_init_from_must_be_a_run_and_fit_the_model(smoke_run, tmp_path):
+    from text2sql.errors import UserError
+    from text2sql.objective.init_from import prepare_objective
+
+    args = ["objective=grpo", f"init_from={tmp_path}"]
+    with pytest.raises(UserError, match="is not a training run dir"):
+        prepare_objective(_compose(*args), args)
+    args = ["objective=grpo", f"init_from={smoke_run[0]}", "model=tiny_qwen"]
+    with pytest.raises(UserError, match="trained model tiny-llama, but model=.* was asked"):
+        prepare_objective(_compose(*args), args)
+    args = ["objective=grpo", f"init_from={smoke_run[0]}", "peft.dropout=0.1"]
+    cfg = _compose(*args)
+    start = prepare_objective(cfg, args)
+    assert start.parent.name == "checkpoints" and start.name.startswith("epoch")  # the best epoch's, not last
+    assert cfg.peft.r == 4 and cfg.peft.dropout == 0.1  # the run's adapter size; the key given now wins
+    assert cfg.dataset.max_source_length == 512  # the run's (debug=smoke) dataset settings, not the preset's
+
+
+# -- train.py objective=grpo init_from=<smoke run>: end to end, SIGKILL + resume, databases untouched ----------------
+GRPO = ["objective=grpo", "debug=smoke", "logger=csv", "seed=5", "data.batch_size=2", "objective.num_generations=4",
+        "objective.num_iterations=2", "objective.beta=0.04", "trainer.limit_train_batches=2", "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1", "eval.limit=8", "eval.max_new_tokens=24",
+        "objective.reward._target_=grpo_rewards.DistinctWords"]
+
+
+def _grpo_env(tmp_path):
+    import os
+
+    from conftest import REPO_ROOT
+
+    return {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
+
+
+def _per_step(run_dir) -> dict[int, tuple[float, float]]:
+    """{global step: (train/loss, grpo/reward_mean)} over every CSV log of the run (a resume adds a version)."""
+    import csv
+
+    out = {}
+    for path in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
+        for row in csv.DictReader(path.open()):
+            if row.get("train/loss"):
+                out[int(row["step"])] = (float(row["train/loss"]), float(row["grpo/reward_mean"]))
+    return out
+
+
+@pytest.mark.slow
+def test_grpo_end_to_end_and_sigkill_resume(smoke_run, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO_ROOT
+    from text2sql.job.run_dir import RunDir
+
+    sft = smoke_run[0]
+    db_dir = __import__("pathlib").Path(RunDir(sft).resolved_paths()["dataset.root"]) / "database"
+    before = _db_bytes(db_dir)
+    env = _grpo_env(tmp_path)
+    cmd = [sys.executable, str(REPO_ROOT / "train.py"), *GRPO, f"init_from={sft}"]
+    whole = tmp_path / "whole"
+    proc = subprocess.run([*cmd, f"hydra.run.dir={whole}"], cwd=smoke_run[1], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((whole / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["history"]] == [0, 1] and metrics["status"] == "ok"
+    assert "val/execution_accuracy" in metrics["final"] and (whole / "adapter").is_dir()
+    steps = _per_step(whole)
+    assert sorted(steps) == [0, 1, 2, 3]  # one logged row per batch of rollouts (each made 2 optimizer steps)
+    assert any(loss != 0 for loss, _ in steps.values())  # real gradients, not a batch of ties
+    assert "init_from:" in proc.stdout + proc.stderr
+    saved = (whole / ".hydra" / "config.yaml").read_text()
+    assert "r: 4" in saved  # predict / merge read the adapter size this run really trained
+    assert _db_bytes(db_dir) == before  # rollouts ran read-only
+
+    killed = tmp_path / "killed"
+    run = subprocess.Popen([*cmd, f"hydra.run.dir={killed}"], cwd=smoke_run[1], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not (killed / "checkpoints" / "last.ckpt").exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL and not (killed / "adapter").exists()
+    resumed = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), f"ckpt_path={killed}"], cwd=smoke_run[1],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = _per_step(killed)
+    assert set(after) >= {2, 3}  # epoch 1's steps, trained by the resumed process
+    for step, values in after.items():
+        assert values == steps[step], f"step {step}"
+    assert json.loads((killed / "metrics.json").read_text())["history"][-1]["val/execution_accuracy"] == \
+        metrics["history"][-1]["val/execution_accuracy"]
+    assert _db_bytes(db_dir) == before
