@@ -272,3 +272,23 @@ def test_grpo_end_to_end_and_sigkill_resume(smoke_run, tmp_path):
     assert json.loads((killed / "metrics.json").read_text())["history"][-1]["val/execution_accuracy"] == \
         metrics["history"][-1]["val/execution_accuracy"]
     assert _db_bytes(db_dir) == before
+
+
+def test_grpo_preset_dry_run_counts_the_rollout_batch(tmp_path):
+    from text2sql.model.sizing import dry_run
+
+    preset = ["experiment=grpo_qwen25_coder_7b_bird"]
+    record = dry_run(_compose(*preset), tmp_path / "preset")["memory"]
+    grpo = record["assumptions"]["grpo"]
+    assert grpo["rollout_rows"] == 16 * 16 and grpo["rows_per_generate"] == 64 and grpo["update_rows"] == 2
+    assert record["assumptions"]["sequence_length"] == 2048 + 256
+    assert record["fits_gib"]["80"] and not record["fits_gib"]["40"]
+    huge = dry_run(_compose(*preset, "objective.rollout_batch_size=1024"), tmp_path / "huge")["memory"]
+    kv = 256 * 2304 * 28 * 2 * 4 * 128 * 2 / 2**30  # rows x tokens x layers x (k, v) x kv heads x head dim x bf16
+    assert huge["terms_gib"]["rollout_kv_cache"] == pytest.approx(kv - huge["terms_gib"]["activations_estimate"],
+                                                                  abs=0.01)  # the peak is the larger of the two
+    assert huge["per_device_gib"] == pytest.approx(record["per_device_gib"] - record["terms_gib"]["activations_estimate"]
+                                                   + kv, abs=0.05)
+    wider = dry_run(_compose(*preset, "objective.micro_batch_rows=4"), tmp_path / "wider")["memory"]
+    assert wider["terms_gib"]["activations_estimate"] == pytest.approx(2 * record["terms_gib"]["activations_estimate"],
+                                                                      rel=0.01)
