@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "multirun/README.md", "bench/README.md")
+DOCS = ("README.md", "multirun/README.md", "bench/README.md", "docs/grpo.md")
 STARTS = ("python ", "text2sql ", "torchrun ", "bash ", "wandb ", "pip ", "srun ", "WANDB_MODE=", "SPIDER_DIR=",
           "MODEL_PATH=", ". .venv")
 
@@ -242,6 +242,13 @@ EXAMPLES: dict[str, object] = {
     "python bench/decoding.py --run RUN": Covered("tests/test_decoding_ranks.py"),
     "python bench/train_throughput.py --once hf_default,ours_full_head,ours_packed --steps 12 --warmup 2": Covered(
         "tests/test_throughput.py"),
+
+    # -- docs/grpo.md and bench/grpo.py (GRPO, issue 28) ---------------------------------------------------------------
+    "python train.py objective=grpo init_from=outputs/<date>/<time>": Run(
+        extra=SMOKE + ("data.batch_size=4", "objective.num_generations=2"), needs=("run",)),
+    "python train.py objective=grpo init_from=outputs/<date>/<time> objective.reward._target_=my_rewards.ShortAndRight":
+        Covered("tests/test_grpo.py"),  # swaps the reward the same way (tests/grpo_rewards.py), end to end
+    "python train.py experiment=grpo_qwen25_coder_7b_bird dry_run=true": Run(extra=()),
 }
 
 PLACEHOLDERS = {  # documented path -> (provider, how to derive the real path from the provider's dir)
