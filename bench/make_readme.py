@@ -16,11 +16,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 ORDER = ["train_throughput", "eval_cost", "cpu_share", "bench_evaluate", "bird_eval", "bench_predict", "decoding",
-         "gpu_acceptance", "gpu_scale"]
+         "gpu_acceptance", "gpu_scale", "grpo"]
 GOALS = {"train_throughput": ">= 1.2", "cpu_share": "after < before at every load; idle no slower",
          "bench_evaluate": ">= 3x", "bench_predict": ">= 5x", "eval_cost": "—",
          "decoding": "EX >= +2 points at <= 3x time (sample)", "gpu_acceptance": "all pass",
-         "gpu_scale": ">= 1.5x, MFU >= 40 % (13B)"}
+         "gpu_scale": ">= 1.5x, MFU >= 40 % (13B)",
+         "grpo": "GRPO EX >= start + 3 and >= SFT + 2 points (one start); TRL s/step / ours >= 1"}
 
 INTRO = """# Benchmarks
 
@@ -244,6 +245,10 @@ def render(records: dict[str, dict], notes: str = "") -> str:
         lines += gpu_acceptance_details(records["gpu_acceptance"])
     if "gpu_scale" in records:
         lines += gpu_scale_details(records["gpu_scale"])
+    if "grpo" in records:  # its section is written by bench/grpo.py, which owns that JSON
+        from grpo import readme_lines
+
+        lines += readme_lines(records["grpo"])
     if notes:
         lines += ["", notes.rstrip()]
     return "\n".join(lines) + "\n"

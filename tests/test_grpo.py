@@ -166,6 +166,7 @@ def _compose(*overrides):
     (["objective.num_generations=1"], "objective.num_generations=1 must be >= 2"),
     (["peft=ptuning"], "cannot (their prefixes"),
     (["objective.num_iterations=0"], "objective.num_iterations=0 must be >= 1"),
+    (["hardware=deepspeed_zero3"], "does not run under DeepSpeed ZeRO-3 yet"),
 ])
 def test_bad_grpo_settings_are_one_line(overrides, message):
     from text2sql.errors import UserError
@@ -292,3 +293,25 @@ def test_grpo_preset_dry_run_counts_the_rollout_batch(tmp_path):
     wider = dry_run(_compose(*preset, "objective.micro_batch_rows=4"), tmp_path / "wider")["memory"]
     assert wider["terms_gib"]["activations_estimate"] == pytest.approx(2 * record["terms_gib"]["activations_estimate"],
                                                                       rel=0.01)
+
+
+@pytest.mark.slow
+def test_grpo_on_two_ranks_gloo(smoke_run, tmp_path):
+    """`hardware=cpu hardware.devices=2` (Lightning starts rank 1, DDP over gloo): each rank samples and scores its
+    own prompts, gradients are averaged; one run dir, both ranks' steps logged by rank 0, an adapter at the end."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    run = tmp_path / "ranks"
+    args = [a for a in GRPO if not a.startswith(("objective.num_iterations", "objective.beta", "trainer.max_epochs"))]
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args, f"init_from={smoke_run[0]}",
+                           "hardware=cpu", "hardware.devices=2", "trainer.max_epochs=1", f"hydra.run.dir={run}"],
+                          cwd=smoke_run[1], env=_grpo_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in proc.stdout + proc.stderr or "MEMBER: 2/2" in proc.stdout + proc.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and [r["epoch"] for r in metrics["history"]] == [0]
+    assert sorted(_per_step(run)) == [0, 1] and (run / "adapter").is_dir()
