@@ -315,3 +315,27 @@ def test_grpo_on_two_ranks_gloo(smoke_run, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "ok" and [r["epoch"] for r in metrics["history"]] == [0]
     assert sorted(_per_step(run)) == [0, 1] and (run / "adapter").is_dir()
+
+
+@pytest.mark.parametrize("group", ["dataset=sparc", "dataset=bird", "peft=qlora4", "peft=dora", "model=tiny_qwen",
+                                   "hardware=deepspeed_zero2"])
+def test_grpo_composes_with_every_group(group):
+    """objective=grpo beside another group's option: the config composes, checks, and keeps GRPO's trainer keys."""
+    from text2sql.config.schema import check_config
+    from text2sql.objective.init_from import prepare_objective
+
+    args = ["objective=grpo", group]
+    cfg = _compose(*args)
+    prepare_objective(cfg, args)
+    check_config(cfg)
+    assert cfg.objective.num_generations == 8 and cfg.data.prompts is True
+    assert cfg.trainer.gradient_clip_val is None and cfg.trainer.accumulate_grad_batches == 1
+
+
+def test_an_sft_recipe_with_accumulation_is_refused_in_one_line():
+    from text2sql.errors import ConfigError
+    from text2sql.objective.init_from import prepare_objective
+
+    args = ["objective=grpo", "experiment=dbgpt_hub_codellama13b_lora"]  # accumulates 16 batches, clips at 1.0
+    with pytest.raises(ConfigError, match="accumulate_grad_batches=16 and trainer.gradient_clip_val=1.0 must be"):
+        prepare_objective(_compose(*args), args)

@@ -75,6 +75,11 @@ def prepare_objective(cfg: DictConfig, overrides: list[str] | None = None) -> Pa
         if int(cfg.get("hardware", {}).get("zero_stage", 0) or 0) >= 3:
             raise ConfigError("objective=grpo does not run under DeepSpeed ZeRO-3 yet (its rollout and reference "
                               "forwards are not in lock-step over ranks); use hardware=deepspeed_zero2 or gpu")
+        accumulate, clip = cfg.trainer.get("accumulate_grad_batches", 1), cfg.trainer.get("gradient_clip_val")
+        if accumulate != 1 or clip:
+            raise ConfigError(f"objective=grpo steps the optimizer itself (num_iterations per batch of rollouts): "
+                              f"trainer.accumulate_grad_batches={accumulate} and trainer.gradient_clip_val={clip} "
+                              "must be 1 and null (objective.max_grad_norm clips); data.batch_size sets the prompts")
         if objective.num_iterations < 1:
             raise ConfigError(f"objective.num_iterations={objective.num_iterations} must be >= 1")
     return start
