@@ -249,6 +249,9 @@ EXAMPLES: dict[str, object] = {
     "python train.py objective=grpo init_from=outputs/<date>/<time> objective.reward._target_=my_rewards.ShortAndRight":
         Covered("tests/test_grpo.py"),  # swaps the reward the same way (tests/grpo_rewards.py), end to end
     "python train.py experiment=grpo_qwen25_coder_7b_bird dry_run=true": Run(extra=()),
+    "python bench/grpo.py --default-args eval.limit=50 --budget-s 120 --lr 5e-4 --grpo-args data.batch_size=8 "
+    "--trl-steps 4": Elsewhere("a wall-clock benchmark: a default 8-epoch run, four timed training runs and six dev "
+                               "scorings (about 30 min on 2 cores); its parts run in tests/test_grpo.py"),
 }
 
 PLACEHOLDERS = {  # documented path -> (provider, how to derive the real path from the provider's dir)
