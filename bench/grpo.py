@@ -282,7 +282,8 @@ def main() -> None:
         record = json.loads(Path(args.json).read_text())
         record["analysis"] = args.analysis or record.get("analysis")
         run = Path(record["run"])
-        record["timing"] = timing(run, sorted(run.glob("checkpoints/epoch*.ckpt"))[-1], args)
+        record["timing"] = t = timing(run, sorted(run.glob("checkpoints/epoch*.ckpt"))[-1], args)
+        record["summary"]["ratio"] = round(t["trl"]["s_per_step"] / t["ours"]["s_per_step"], 2)
         write_json(args.json, record)
         print(f"s/step ours {record['timing']['ours']['s_per_step']} trl {record['timing']['trl']['s_per_step']}")
         return
