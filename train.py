@@ -61,7 +61,11 @@ def train(cfg: DictConfig, record) -> None:
     from text2sql.job.lifecycle import job_dir
     from text2sql.job.resume import RunFinished, check_not_finished, checkpoint_to_resume
     from text2sql.job.run_dir import RunDir
+    from text2sql.objective.init_from import load_start_weights, prepare_objective, save_config
 
+    start = prepare_objective(cfg)  # objective checks; init_from=RUN: its model/dataset/peft and checkpoint
+    if start is not None:
+        save_config(cfg, job_dir())  # predict / merge / resume read what this run really trains
     check_config(cfg)  # types and ranges (hardware.* too): a bad value fails in about a second, before torch loads
     set_up_machine(cfg)  # OpenMP waiting, hardware=auto, GPU check, DeepSpeed's accelerator: before any data
     ckpt_path = checkpoint_to_resume(cfg.ckpt_path, cfg.get("resume"), job_dir())
@@ -80,7 +84,6 @@ def train(cfg: DictConfig, record) -> None:
 
     from text2sql.training.checkpoint import AtomicCheckpointIO
     from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
-    from text2sql.training.module import Text2SQLModule
     from text2sql.model.peft import apply_peft, count_parameters
     from text2sql.job.ranks import one_job
     from text2sql.job.lifecycle import flat_hparams
@@ -102,9 +105,11 @@ def train(cfg: DictConfig, record) -> None:
 
     pl.seed_everything(cfg.seed, workers=True)  # adapter init, dropout, data order
     model = apply_peft(load_model(cfg.model, model_path, tokenizer, peft_cfg=cfg.peft), cfg.peft)
+    if start is not None:
+        load_start_weights(model, start)
     trainable, total = count_parameters(model)
     log.info("model %s: %s trainable of %s parameters", cfg.model.name, f"{trainable:,}", f"{total:,}")
-    module = Text2SQLModule(model, cfg.optim)
+    module = instantiate(cfg.objective, _partial_=True)(model, cfg.optim)  # sft: Text2SQLModule; grpo: GRPOModule
 
     loggers = make_loggers(cfg, job_dir(), wandb_identity(cfg))  # W&B: the run dir's id, offline if unreachable
     callbacks = [instantiate(c, **({"record": record} if "record" in c else {})) for c in cfg.callbacks.values()

@@ -16,13 +16,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 ORDER = ["train_throughput", "eval_cost", "cpu_share", "bench_evaluate", "bird_eval", "bench_predict", "decoding",
-         "gpu_acceptance", "gpu_scale", "serve", "test_suite"]
+         "gpu_acceptance", "gpu_scale", "serve", "test_suite", "grpo"]
 GOALS = {"train_throughput": ">= 1.2", "cpu_share": "after < before at every load; idle no slower",
          "bench_evaluate": ">= 3x", "bench_predict": ">= 5x", "eval_cost": "—",
          "decoding": "EX >= +2 points at <= 3x time (sample)", "gpu_acceptance": "all pass",
          "gpu_scale": ">= 1.5x, MFU >= 40 % (13B)", "serve": "c=32: >= 5x c=1, >= 20x ask",
          "test_suite": "suite kills >= 95 % of held-out mutants the pool tells apart, >= 20 points over the original; "
-                       "Spider dev build < 10 min on 2 cores"}
+                       "Spider dev build < 10 min on 2 cores",
+         "grpo": "GRPO EX >= start + 3 and >= SFT + 2 points (one start); TRL s/step / ours >= 1"}
 
 INTRO = """# Benchmarks
 
@@ -287,6 +288,10 @@ def render(records: dict[str, dict], notes: str = "") -> str:
         lines += gpu_scale_details(records["gpu_scale"])
     if "test_suite" in records:
         lines += test_suite_details(records["test_suite"])
+    if "grpo" in records:  # its section is written by bench/grpo.py, which owns that JSON
+        from grpo import readme_lines
+
+        lines += readme_lines(records["grpo"])
     if notes:
         lines += ["", notes.rstrip()]
     return "\n".join(lines) + "\n"

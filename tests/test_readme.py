@@ -283,6 +283,16 @@ EXAMPLES: dict[str, object] = {
         "evaluate"),
     "text2sql prepare --from-sqlite": Synopsis("prepare"),
     "python bench/test_suite.py --pool 100 --cover 2 --run RUN": Covered("tests/test_testsuite.py"),
+
+    # -- docs/grpo.md and bench/grpo.py (GRPO, issue 28) ---------------------------------------------------------------
+    "python train.py objective=grpo init_from=outputs/<date>/<time>": Run(
+        extra=SMOKE + ("data.batch_size=4", "objective.num_generations=2"), needs=("run",)),
+    "python train.py objective=grpo init_from=outputs/<date>/<time> objective.reward._target_=my_rewards.ShortAndRight":
+        Covered("tests/test_grpo.py"),  # swaps the reward the same way (tests/grpo_rewards.py), end to end
+    "python train.py experiment=grpo_qwen25_coder_7b_bird dry_run=true": Run(extra=()),
+    "python bench/grpo.py --default-args eval.limit=50 --budget-s 120 --lr 5e-4 --grpo-args data.batch_size=8 "
+    "--trl-steps 4": Elsewhere("a wall-clock benchmark: a default 8-epoch run, four timed training runs and six dev "
+                               "scorings (about 30 min on 2 cores); its parts run in tests/test_grpo.py"),
 }
 
 PLACEHOLDERS = {  # documented path -> (provider, how to derive the real path from the provider's dir)

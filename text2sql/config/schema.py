@@ -55,6 +55,7 @@ class DataSchema:
     num_workers: int = 0
     group_by_length: bool = True
     packing: bool = False
+    prompts: bool = False  # objective=grpo: training batches hold prompts only
     train_limit: Optional[int] = None
     val_loss_limit: Optional[int] = None
     seed: int = 0

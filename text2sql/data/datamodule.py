@@ -156,6 +156,7 @@ class TextToSQLDataModule(pl.LightningDataModule):
         val_loss_limit: int | None = 256,
         seed: int = 0,
         packing: bool = False,
+        prompts: bool = False,
     ):
         super().__init__()
         self.dataset, self.tokenizer = dataset, tokenizer
@@ -165,12 +166,13 @@ class TextToSQLDataModule(pl.LightningDataModule):
         self.group_by_length, self.train_limit, self.val_loss_limit, self.seed = (
             group_by_length, train_limit, val_loss_limit, seed)
         self.packing = packing  # several examples per row with position_ids (text2sql.data.packing)
+        self.prompts = prompts  # training batches of prompts without answers (objective=grpo samples the answers)
         self.train_items: list[dict] | None = None
         self.val_items: list[dict] | None = None
         self.dev_records: list[dict] | None = None
         self.stats: dict[str, dict[str, int]] = {}  # token-length and truncation statistics per split
 
-    def _encode(self, records: list[dict], split: str) -> list[dict]:
+    def _encode(self, records: list[dict], split: str, prompts: bool = False) -> list[dict]:
         encoded = [encode_record(r, self.tokenizer, self.template, self.max_source_length, self.max_target_length,
                                  system_prompt=self.system_prompt) for r in records]
         cut = truncation_counts(encoded)
@@ -184,6 +186,9 @@ class TextToSQLDataModule(pl.LightningDataModule):
             kinds = {k: v for k, v in cut.items() if k not in ("examples", "truncated") and v}
             log.warning("%s: %d of %d examples cut to fit max_source_length=%d / max_target_length=%d (%s)", split,
                         cut["truncated"], len(records), self.max_source_length, self.max_target_length, kinds)
+        if prompts:  # the prompt cut as in training, and what the reward compares with
+            return [{"input_ids": e.input_ids[: e.source_len], "db_id": r["db_id"], "gold": r["output"]}
+                    for r, e in zip(records, encoded)]
         return [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
 
     def setup(self, stage: str | None = None) -> None:
@@ -193,11 +198,13 @@ class TextToSQLDataModule(pl.LightningDataModule):
         if self.train_limit:
             train = train[: self.train_limit]
         self.dev_records = self.dataset.records("dev")
-        self.train_items = self._encode(train, "train")
+        self.train_items = self._encode(train, "train", prompts=self.prompts)
         val = self.dev_records[: self.val_loss_limit] if self.val_loss_limit else self.dev_records
         self.val_items = self._encode(val, "dev")
 
     def _collate(self, items):
+        if self.prompts and "labels" not in items[0]:  # a batch of prompts: a list, padded where it is generated
+            return [dict(it) for it in items]
         pack = pack_batch if self.packing else pad_batch
         return add_target_positions(pack(items, self.tokenizer.pad_token_id))
 

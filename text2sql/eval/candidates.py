@@ -102,6 +102,25 @@ def generate_candidates(model, tokenizer, sources: Sequence[Sequence[int]], mode
     return out
 
 
+def sample_rows(model, tokenizer, input_ids, attention, sources, n, decoding, max_new_tokens,
+                synced_gpus=False) -> tuple[torch.Tensor, list[float]]:
+    """`n` seeded samples per left-padded prompt (rows grouped by prompt): (the new token ids, padded after EOS;
+    each row's mean token log-prob). Row j of a prompt draws from `row_seed(decoding.seed, its source ids, j)`."""
+    from transformers import LogitsProcessorList
+
+    width = input_ids.shape[1]
+    uniforms = torch.stack([
+        torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(row_seed(decoding.seed, src, j)))
+        for src in sources for j in range(n)])
+    sampler = RowSampler(uniforms, decoding.temperature, decoding.top_p, width)
+    out = model.generate(input_ids=input_ids.repeat_interleave(n, 0), attention_mask=attention.repeat_interleave(n, 0),
+                         max_new_tokens=max_new_tokens, use_cache=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, synced_gpus=synced_gpus, do_sample=False,
+                         return_dict_in_generate=True, num_beams=1, logits_processor=LogitsProcessorList([sampler]))
+    new_tokens = out.sequences[:, width:]
+    return new_tokens, _mean_logprob(sampler.logprobs, new_tokens.cpu(), tokenizer.eos_token_id)
+
+
 def _generate_rows(model, tokenizer, input_ids, attention, mode, n, decoding, sources, max_new_tokens,
                    synced_gpus) -> list[Candidate]:
     """n candidates per prompt, rows grouped by prompt (prompt 0's n rows first)."""
@@ -112,19 +131,12 @@ def _generate_rows(model, tokenizer, input_ids, attention, mode, n, decoding, so
     if mode == "beam":
         out = model.generate(**common, num_beams=n, num_return_sequences=n, output_scores=True)
         scores = out.sequences_scores.tolist() if n > 1 else [0.0] * out.sequences.shape[0]
+        new_tokens = out.sequences[:, width:]
     elif mode == "sample":
-        from transformers import LogitsProcessorList
-
-        uniforms = torch.stack([
-            torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(row_seed(decoding.seed, src, j)))
-            for src in sources for j in range(n)])
-        sampler = RowSampler(uniforms, decoding.temperature, decoding.top_p, width)
-        common.update(input_ids=input_ids.repeat_interleave(n, 0), attention_mask=attention.repeat_interleave(n, 0))
-        out = model.generate(**common, num_beams=1, logits_processor=LogitsProcessorList([sampler]))
-        scores = _mean_logprob(sampler.logprobs, out.sequences[:, width:].cpu(), tokenizer.eos_token_id)
+        new_tokens, scores = sample_rows(model, tokenizer, input_ids, attention, sources, n, decoding, max_new_tokens,
+                                         synced_gpus)
     else:
         raise ValueError(f"unknown generation mode {mode!r}")
-    new_tokens = out.sequences[:, width:]
     return [Candidate(extract_sql(tokenizer.decode(new_tokens[r], skip_special_tokens=True)), float(scores[r]))
             for r in range(new_tokens.shape[0])]
 

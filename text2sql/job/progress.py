@@ -28,6 +28,8 @@ def _duration(seconds: float) -> str:
 
 
 def _tokens(batch) -> int:
+    if isinstance(batch, list):  # a batch of prompts (objective=grpo): their tokens
+        return sum(len(b["input_ids"]) for b in batch if isinstance(b, dict) and "input_ids" in b)
     if isinstance(batch, dict) and "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
     return int(batch["input_ids"].numel()) if isinstance(batch, dict) else 0

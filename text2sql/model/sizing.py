@@ -147,18 +147,19 @@ def estimate_memory(cfg: DictConfig, counts: dict) -> dict:
 
     # activations (rough): per layer and token, the inputs of attention and MLP projections kept for backward
     batch = int(_sel(cfg, "data.batch_size", 1))
-    seq = int(_sel(cfg, "dataset.max_source_length", 512)) + int(_sel(cfg, "dataset.max_target_length", 128))
     act_b = 2 if "16" in precision else dtype_b
     h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    tokens = batch * seq
+    seq, tokens, logit_tokens, rollout = _shapes(cfg, config, batch, act_b)
     per_layer = tokens * (10 * h + 4 * inter) * act_b
     checkpointing = bool(_sel(cfg, "peft.gradient_checkpointing", False))
     layer_acts = (layers * tokens * h * act_b + per_layer) if checkpointing else layers * per_layer
-    logits = tokens * config.vocab_size * (act_b + 8)  # logits, their fp32 upcast for the loss and its grad
+    logits = logit_tokens * config.vocab_size * (act_b + 8)  # logits, their fp32 upcast for the loss and its grad
     activations = layer_acts + logits
 
     terms = {"weights": weights, "adapter": adapter_bytes, "gradients": grads, "optimizer_states": optimizer,
              "activations_estimate": activations, "cuda_context": CUDA_CONTEXT_GIB * GIB}
+    if rollout:  # generation and the update do not overlap: the KV cache counts beyond the update's activations
+        terms["rollout_kv_cache"] = max(0.0, rollout.pop("kv_cache") - activations)
     per_device = sum(terms.values())
     return {
         "per_device_gib": round(per_device / GIB, 2),
@@ -170,9 +171,39 @@ def estimate_memory(cfg: DictConfig, counts: dict) -> dict:
             "method": method, "zero_stage": stage, "world_size": world, "offload_optimizer": offload_opt,
             "offload_parameters": offload_par, "deepspeed": deepspeed, "batch_size_per_device": batch,
             "sequence_length": seq, "gradient_checkpointing": checkpointing, "note": world_note,
+            **({"grpo": rollout} if rollout else {}),
         },
         "label": "estimate: activations and allocator overhead are rough; weights/optimizer terms are exact sizes",
     }
+
+
+def _shapes(cfg, config, batch: int, act_b: int) -> tuple[int, int, int, dict | None]:
+    """(sequence length, tokens through the layers, tokens through the LM head, objective=grpo's rollout shapes):
+    SFT trains on prompt + gold target; GRPO updates on (micro-batch) rows of prompt + completion."""
+    seq = int(_sel(cfg, "dataset.max_source_length", 512)) + int(_sel(cfg, "dataset.max_target_length", 128))
+    rollout = _rollout(cfg, config, batch, act_b)
+    if rollout:
+        return rollout["sequence_length"], rollout["update_tokens"], rollout["logit_tokens"], rollout
+    return seq, batch * seq, batch * seq, None
+
+
+def _rollout(cfg, config, batch: int, act_b: int) -> dict | None:
+    """objective=grpo's shapes: rows per generate call and per update, and the rollout's KV cache in bytes (keys
+    and values of every layer for prompt + completion); None for the SFT objective."""
+    n = _sel(cfg, "objective.num_generations")
+    if not n:
+        return None
+    completion = int(_sel(cfg, "objective.max_new_tokens", 128))
+    seq = int(_sel(cfg, "dataset.max_source_length", 512)) + completion
+    rows = batch * int(n)
+    per_call = max(int(n), int(_sel(cfg, "objective.rollout_batch_size", rows)) // int(n) * int(n))
+    head_dim = config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    kv = min(per_call, rows) * seq * config.num_hidden_layers * 2 * kv_heads * head_dim * act_b
+    update = int(_sel(cfg, "objective.micro_batch_rows") or rows)
+    return {"rollout_rows": rows, "rows_per_generate": min(per_call, rows), "update_rows": update,
+            "completion_length": completion, "sequence_length": seq, "kv_cache": kv,
+            "update_tokens": update * seq, "logit_tokens": update * completion}
 
 
 def dry_run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict:

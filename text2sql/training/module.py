@@ -21,6 +21,8 @@ _NOT_MODEL_INPUTS = ("labels", "target_positions")
 class Text2SQLModule(pl.LightningModule):
     """Wraps a (PEFT) causal LM. Batches carry `labels` with -100 on every prompt token."""
 
+    updates_per_batch = 1  # optimizer steps per training batch (GRPO's num_iterations): the schedule's length
+
     def __init__(self, model: torch.nn.Module, optim: DictConfig):
         super().__init__()
         self.model = model
@@ -170,7 +172,7 @@ class Text2SQLModule(pl.LightningModule):
             betas=tuple(self.optim.betas),
             fused=fused or None,
         )
-        total = int(self.trainer.estimated_stepping_batches)
+        total = int(self.trainer.estimated_stepping_batches) * self.updates_per_batch
         warmup = self.optim.warmup_steps if self.optim.warmup_steps is not None else int(self.optim.warmup_ratio * total)
         scheduler = get_scheduler(self.optim.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
