@@ -1,7 +1,8 @@
 """CPU training beside busy processes: the default run's epoch time idle / one hog / two hogs, with libgomp's default
 waiting (before), never spinning (passive) and the defaults of text2sql/machine/threads.py (after: a waiting OpenMP
 thread spins 10,000 times on idle cores, 100 times beside a busy one (`hardware.spin_count=auto`, chosen at start
-from /proc/stat), then sleeps; torch threads at most the usable CPUs), side by side.
+from /proc/stat), then sleeps; torch threads at most the usable CPUs, less those other processes kept busy at
+start), side by side.
 
     python bench/cpu_share.py [--hogs 0,1,2] [--sides before,passive,after] [--repeat 1] [-- OVERRIDES...]
 
@@ -14,7 +15,8 @@ it. Sides, each a `python train.py` process (model=tiny on the sample, the defau
 
 - before:     libgomp's default (`hardware.wait_policy=null hardware.spin_count=null`: ~300,000 spins);
 - passive:    OMP_WAIT_POLICY=PASSIVE (`hardware.wait_policy=PASSIVE hardware.spin_count=null`: no spinning);
-- after:      the defaults (GOMP_SPINCOUNT chosen at start: 10000 idle, 100 busy; threads = usable CPUs);
+- after:      the defaults (GOMP_SPINCOUNT chosen at start: 10000 idle, 100 busy; threads = usable CPUs less the
+              busy ones);
 - one_thread: the defaults with OMP_NUM_THREADS=1;
 - spin<N>:    the defaults with `hardware.spin_count=N`.
 
@@ -87,7 +89,7 @@ def summary(results: dict, sides: list[str], steps: int) -> dict:
     one = "1" if "1" in results else levels[-1]
     out = {"compares": f"`python train.py` (model=tiny, sample; first {steps} steps of an epoch + EX on 32) beside "
                        f"{one} busy process(es): after (GOMP_SPINCOUNT auto: 10000 idle, 100 busy; threads = usable "
-                       "CPUs) vs before "
+                       "CPUs less those busy at start) vs before "
                        "(libgomp's default waiting); run s, best of the repeats"}
     if {"before", "after"} <= set(sides):
         out.update(ours=f"{best(one, 'after'):.0f} s", baseline=f"{best(one, 'before'):.0f} s",

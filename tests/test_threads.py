@@ -106,7 +106,7 @@ def test_auto_spin_count_spins_long_on_idle_cores_and_short_beside_busy_ones(mon
                                                             "at start -> idle")
     assert auto_spin_count(lambda: (1.0, 2))[0] == SPIN_BUSY == 100
     assert auto_spin_count(lambda: None) == (SPIN_BUSY, "auto: busy CPUs unknown (no /proc/stat)")
-    monkeypatch.setattr(threads, "auto_spin_count", lambda: (SPIN_IDLE, "auto: 0.0 of 2 usable CPU(s) busy"))
+    monkeypatch.setattr(threads, "auto_spin_count", lambda sample: (SPIN_IDLE, "auto: 0.0 of 2 usable CPU(s) busy"))
     env: dict = {}
     said = set_wait_policy({**CPU, "spin_count": "auto"}, env)
     assert env == {"GOMP_SPINCOUNT": "10000"} and said == "GOMP_SPINCOUNT=10000 (auto: 0.0 of 2 usable CPU(s) busy)"
@@ -171,3 +171,20 @@ def test_a_bad_spin_count_stops_train_py_in_one_line(tmp_path):
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         "error: hardware.spin_count=-5: a whole number of spins >= 0, auto (chosen at start from the busy CPUs) or "
         "null (libgomp's default)"], proc.stderr
+
+
+def test_busy_cpus_at_start_leave_their_share_of_threads(monkeypatch):
+    """Beside one busy process, two threads on two CPUs took 2.1x one thread's time (bench/cpu_share.py, AMD EPYC,
+    2026-12-06): spin_count=auto's measurement also takes the busy CPUs out of the thread count."""
+    monkeypatch.setattr(threads, "busy_cpus", lambda: (1.0, 2))
+    env: dict = {}
+    said = set_wait_policy({**CPU, "spin_count": "auto"}, env)
+    assert env == {"GOMP_SPINCOUNT": "100", threads.BUSY_VAR: "1.0"} and "-> busy" in said
+    cpu = {**CPU, "accelerator": "cpu"}
+    assert threads_for(cpu, 8, env, cpus=2) == 1 and threads_for(cpu, 8, {}, cpus=2) == 2
+    assert threads_for({**cpu, "threads": 2}, 8, env, cpus=2) == 2  # an explicit count wins
+    assert threads_for(cpu, 8, {**env, "OMP_NUM_THREADS": "2"}, cpus=2) is None  # so does the user's variable
+    monkeypatch.setattr(threads, "busy_cpus", lambda: (0.1, 2))
+    idle: dict = {}
+    set_wait_policy({**CPU, "spin_count": "auto"}, idle)
+    assert idle == {"GOMP_SPINCOUNT": "10000"} and threads_for(cpu, 8, idle, cpus=2) == 2

@@ -44,6 +44,7 @@ SPIN_IDLE = 10_000  # idle cores: as fast as libgomp's default (0.86-1.0x), 1.6x
 SPIN_BUSY = 100  # a busy CPU beside the run: its fair share (libgomp's own count when threads outnumber CPUs)
 BUSY_CPUS = 0.5  # this many CPUs busy outside the run (of the usable ones) makes the machine "busy"
 SAMPLE_S = 0.15
+BUSY_VAR = "TEXT2SQL_BUSY_CPUS"  # CPUs other processes kept busy at start (set with spin_count=auto): fewer threads
 _chosen: dict[str, str] = {}  # GOMP_SPINCOUNT value chosen by `auto_spin_count` -> why, for the threads log line
 
 
@@ -83,8 +84,11 @@ def set_wait_policy(hardware: Mapping, env: dict | None = None) -> str:
         if policy is not None:
             env[WAIT_POLICY_VAR] = str(policy).upper()
         if spins == AUTO and str(policy).upper() != "PASSIVE":  # PASSIVE never spins: nothing to choose
-            spins, why = auto_spin_count()
+            seen = busy_cpus()
+            spins, why = auto_spin_count(lambda: seen)
             _chosen[str(spins)] = why
+            if seen is not None and seen[0] >= BUSY_CPUS:  # and torch threads leave those CPUs to their owners
+                env[BUSY_VAR] = f"{seen[0]:.1f}"
         if spins is not None and spins != AUTO:
             env[SPIN_VAR] = str(spins)
     return openmp_wait(env)
@@ -149,7 +153,9 @@ def openmp_wait(env: Mapping | None = None) -> str:
 def threads_for(hardware: Mapping, default: int, env: Mapping | None = None, cpus: int | None = None) -> int | None:
     """Torch threads per process for a resolved CPU `hardware` node, None to leave torch's count alone:
     OMP_NUM_THREADS set (torch read it), or not a CPU run. `default`: torch's count; without a setting each of
-    the node's processes gets an equal share of the usable CPUs, at most `default`."""
+    the node's processes gets an equal share of the usable CPUs, at most `default`, less the CPUs other processes
+    kept busy at start (`BUSY_VAR`, measured with spin_count=auto): two threads on two CPUs beside one busy process
+    take twice as long as one thread (bench/cpu_share.py, 2026-12-06)."""
     env = os.environ if env is None else env
     if hardware.get("accelerator") != "cpu" or THREADS_VAR in env:
         return None
@@ -157,7 +163,10 @@ def threads_for(hardware: Mapping, default: int, env: Mapping | None = None, cpu
         return int(hardware["threads"])
     devices = hardware.get("devices")
     per_node = int(devices) if isinstance(devices, int) or str(devices).isdigit() else 1
-    return max(1, min(default, (cpus or usable_cpus()) // max(per_node, 1)))
+    cpus = cpus or usable_cpus()
+    if env.get(BUSY_VAR):
+        cpus = max(1, cpus - round(float(env[BUSY_VAR])))
+    return max(1, min(default, cpus // max(per_node, 1)))
 
 
 def preset_wait_policy(preset: str = "cpu") -> dict:
@@ -180,5 +189,6 @@ def set_torch_threads(hardware: Mapping) -> str:
     if threads is not None and threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     why = (f"{THREADS_VAR}={os.environ[THREADS_VAR]}" if THREADS_VAR in os.environ
-           else "hardware.threads" if hardware.get("threads") else f"{usable_cpus()} usable CPU(s)")
+           else "hardware.threads" if hardware.get("threads") else f"{usable_cpus()} usable CPU(s)"
+           + (f", {os.environ[BUSY_VAR]} busy outside this run at start" if os.environ.get(BUSY_VAR) else ""))
     return f"CPU threads: {torch.get_num_threads()} ({why}), OpenMP waiting: {openmp_wait()}"
