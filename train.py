@@ -34,11 +34,17 @@ def main() -> None:
 def job(cfg: DictConfig) -> float | None:
     """One run of `cfg`: a dry run sizes it; otherwise `train` inside `run_job`, which always leaves metrics.json
     (a failed sweep job is recorded and the sweep goes on) and returns the metric for sweepers."""
+    from text2sql.errors import ConfigError
+    from text2sql.machine.threads import set_wait_policy
+
+    try:  # OpenMP reads its waiting variables once, when torch loads: before anything below imports torch
+        set_wait_policy(cfg.hardware)  # (the run's record is a Lightning callback); the machine set-up finds them set
+    except ConfigError:
+        pass  # a bad hardware.* value: the config check inside run_job says so and records the failed run
     from text2sql.job.lifecycle import job_dir, run_job
 
     if cfg.dry_run:  # size the run from the YAML's architecture: no data, no weights, no download
         from text2sql.config.schema import check_config
-        from text2sql.errors import ConfigError
         from text2sql.machine.setup import set_up_machine
         from text2sql.model.sizing import dry_run
 
@@ -90,6 +96,7 @@ def train(cfg: DictConfig, record) -> None:
     from text2sql.tracking.logger import make_loggers, wandb_identity
     from text2sql.job.progress import TrainingProgress
     from text2sql.job.stop_callback import StopOnSignal
+    from text2sql.job.record_callback import RecordEpochs
 
     quiet_after_imports(local_model=bool(cfg.model.get("build")))
     if ckpt_path is not None:
@@ -116,7 +123,8 @@ def train(cfg: DictConfig, record) -> None:
                  if loggers or "LearningRateMonitor" not in c._target_]  # LR monitor needs a logger; `record: null`
     progress = TrainingProgress(cfg.progress.every_s)  # plain lines when stdout is a file; per-epoch throughput
     record.throughput = progress.epoch_throughput  # the record closes each epoch's row (metrics.json) itself
-    callbacks += [progress, StopOnSignal(RunDir(job_dir()).last_checkpoint), record]  # Ctrl-C / SIGTERM: stop
+    callbacks += [progress, StopOnSignal(RunDir(job_dir()).last_checkpoint),  # Ctrl-C / SIGTERM: checkpoint, stop
+                  RecordEpochs(record)]  # closes each epoch's row in the record
     for lg in loggers:
         lg.log_hyperparams({**flat_hparams(cfg), "data_stats": datamodule.stats})
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,

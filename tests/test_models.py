@@ -115,12 +115,14 @@ def test_model_path_checks(tmp_path, monkeypatch):
         with pytest.raises(FileNotFoundError) as err:
             check_model_path(str(bad))
         assert str(bad) in str(err.value) and "model.path" in str(err.value) and "\n" not in str(err.value)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from huggingface_hub import constants  # read at its import: what load.py asks (HF_HUB_OFFLINE, HF_HUB_CACHE)
+
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(load_mod, "hub_reachable", lambda *a, **k: (True, ""))  # online: the hub id as given
     assert check_model_path("codellama/CodeLlama-7b-Instruct-hf") == "codellama/CodeLlama-7b-Instruct-hf"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(FileNotFoundError) as err:
         check_model_path("codellama/CodeLlama-7b-Instruct-hf")
     msg = str(err.value)

@@ -18,6 +18,7 @@ from text2sql.job.resume import RunFinished, check_not_finished, checkpoint_to_r
 from text2sql.job.run_dir import RunDir
 from text2sql.tracking.logger import wandb_run_id
 from text2sql.job.history import EpochLog
+from text2sql.job.record_callback import RecordEpochs
 
 
 def make_run(tmp_path, overrides=("debug=smoke", "trainer.max_epochs=3", "seed=7")):
@@ -101,7 +102,7 @@ def test_epoch_log_writes_metrics_json_every_epoch_and_a_rerun_epoch_replaces_it
     record = EpochLog(RunDir(tmp_path), "val/execution_accuracy")
     record.resume()  # the same run goes on
     record.add_score(1, {"val/execution_accuracy": 0.5})
-    record.on_train_epoch_end(_Trainer(1, {"train/loss_epoch": 1.5, "val/execution_accuracy": 0.5}), None)
+    record.close_epoch(_Trainer(1, {"train/loss_epoch": 1.5, "val/execution_accuracy": 0.5}), None)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["status"] == "running" and [r["epoch"] for r in on_disk["history"]] == [0, 1]
     assert on_disk["history"][1] == {"epoch": 1, "val/execution_accuracy": 0.5, "train/loss": 1.5}
@@ -117,8 +118,8 @@ def test_epoch_log_drops_the_stale_scores_of_epochs_without_evaluation(tmp_path)
     scores = {"val/execution_accuracy": 0.5, "val/ex_easy": 0.5, "val/status/correct": 0.5, "val/exact_match": 0.25}
     stale = {"train/loss_epoch": 1.0, "val/loss": 2.0, **scores}
     record.add_score(1, scores)
-    record.on_train_epoch_end(_Trainer(1, stale), None)
-    record.on_train_epoch_end(_Trainer(2, stale), None)
+    record.close_epoch(_Trainer(1, stale), None)
+    record.close_epoch(_Trainer(2, stale), None)
     assert record.rows[0] == {"epoch": 1, "train/loss": 1.0, "val/loss": 2.0, **scores}
     assert record.rows[1] == {"epoch": 2, "train/loss": 1.0, "val/loss": 2.0}
     assert record.evaluated(1) and not record.evaluated(2)
@@ -134,7 +135,7 @@ def test_epoch_log_keeps_the_baseline_the_wall_time_and_tells_its_readers(tmp_pa
     assert json.loads((tmp_path / "metrics.json").read_text())["baseline"] == {"epoch": -1,
                                                                                 "val/execution_accuracy": 0.125}
     record.add_score(0, {"val/execution_accuracy": 0.25}, score=None)  # another rank: metrics, no rows
-    record.on_train_epoch_end(_Trainer(0, {"val/execution_accuracy": 0.25}), None)
+    record.close_epoch(_Trainer(0, {"val/execution_accuracy": 0.25}), None)
     assert heard == [(-1, baseline), (0, None)]
     assert record.last_scored(1)["epoch"] == 0 and record.last_scored(0)["epoch"] == -1
     record.start -= 100  # 100 s in this process
@@ -182,7 +183,8 @@ def test_the_configured_checkpoint_callback_survives_eval_every_n_epochs_2(tmp_p
     record = EpochLog(None, cfg.optimized_metric)
     ckpt = instantiate(cfg.callbacks.model_checkpoint, dirpath=str(tmp_path), record=record)
     stop = instantiate(cfg.callbacks.early_stopping, patience=1, record=record)
-    _fit(tmp_path, [ckpt, stop, record], 4, [None, 0.5, None, 0.7], name=cfg.optimized_metric, record=record)
+    _fit(tmp_path, [ckpt, stop, RecordEpochs(record)], 4, [None, 0.5, None, 0.7], name=cfg.optimized_metric,
+         record=record)
     assert ckpt.best_model_score == pytest.approx(0.7) and (tmp_path / "last.ckpt").is_file()
     assert record.best()["epoch"] == 3 and [r["epoch"] for r in record.rows] == [0, 1, 2, 3]
 

@@ -281,8 +281,8 @@ def test_vllm_command_is_rehearsed_for_the_run(smoke_run, tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "modules_to_save" not in err and "embed_tokens" in err and "text2sql merge --adapter" in err
     assert main(["serve", "--run", str(run_dir), "--best", "--backend", "vllm", "--print-command"]) == 2
-    err = capsys.readouterr().err  # --best: the best epoch's Lightning checkpoint, which vLLM cannot load
-    assert "not the Lightning checkpoint" in err and str(run_dir / "checkpoints" / "epoch00.ckpt") in err
+    err = capsys.readouterr().err  # --best: the best epoch's exported adapter (predict's rule), the same refusal
+    assert str(run_dir / "adapter_best") in err and "embed_tokens" in err and "text2sql merge --adapter" in err
     spec = RunSpec(run_dir)
     adapter = tmp_path / "adapter"
     shutil.copytree(run_dir / "adapter", adapter)

@@ -109,7 +109,8 @@ def test_auto_spin_count_spins_long_on_idle_cores_and_short_beside_busy_ones(mon
     monkeypatch.setattr(threads, "auto_spin_count", lambda sample: (SPIN_IDLE, "auto: 0.0 of 2 usable CPU(s) busy"))
     env: dict = {}
     said = set_wait_policy({**CPU, "spin_count": "auto"}, env)
-    assert env == {"GOMP_SPINCOUNT": "10000"} and said == "GOMP_SPINCOUNT=10000 (auto: 0.0 of 2 usable CPU(s) busy)"
+    assert env == {"GOMP_SPINCOUNT": "10000", threads.WHY_VAR: "auto: 0.0 of 2 usable CPU(s) busy"}
+    assert said == "GOMP_SPINCOUNT=10000 (auto: 0.0 of 2 usable CPU(s) busy)"
     assert openmp_wait(env) == said  # what the run's "CPU threads" log line ends with
     for hardware, env in [({**CPU, "spin_count": "auto"}, {"GOMP_SPINCOUNT": "5"}),   # the user's variable wins
                           ({**CPU, "spin_count": "auto", "wait_policy": "PASSIVE"}, {}),  # never spins: no choice
@@ -179,7 +180,8 @@ def test_busy_cpus_at_start_leave_their_share_of_threads(monkeypatch):
     monkeypatch.setattr(threads, "busy_cpus", lambda: (1.0, 2))
     env: dict = {}
     said = set_wait_policy({**CPU, "spin_count": "auto"}, env)
-    assert env == {"GOMP_SPINCOUNT": "100", threads.BUSY_VAR: "1.0"} and "-> busy" in said
+    assert {k: env[k] for k in ("GOMP_SPINCOUNT", threads.BUSY_VAR)} == {"GOMP_SPINCOUNT": "100", threads.BUSY_VAR: "1.0"}
+    assert "-> busy" in said and "-> busy" in env[threads.WHY_VAR]
     cpu = {**CPU, "accelerator": "cpu"}
     assert threads_for(cpu, 8, env, cpus=2) == 1 and threads_for(cpu, 8, {}, cpus=2) == 2
     assert threads_for({**cpu, "threads": 2}, 8, env, cpus=2) == 2  # an explicit count wins
@@ -187,4 +189,4 @@ def test_busy_cpus_at_start_leave_their_share_of_threads(monkeypatch):
     monkeypatch.setattr(threads, "busy_cpus", lambda: (0.1, 2))
     idle: dict = {}
     set_wait_policy({**CPU, "spin_count": "auto"}, idle)
-    assert idle == {"GOMP_SPINCOUNT": "10000"} and threads_for(cpu, 8, idle, cpus=2) == 2
+    assert idle["GOMP_SPINCOUNT"] == "10000" and threads.BUSY_VAR not in idle and threads_for(cpu, 8, idle, cpus=2) == 2

@@ -3,10 +3,12 @@ checkpoint ranking and the EX line read.
 
 `run_job` creates it (with the run dir and the optimised metric) and hands it to `train`, which restores it on a
 resume and passes it to the callbacks that need it (those whose YAML has `record: null`). The EX callback hands
-it each scored epoch (`add_score`, on every rank; the `EpochScore` with its rows on rank 0 only); as a callback
-itself, it closes each epoch's row at the end of the training epoch (loss, val loss, throughput and that epoch's
+it each scored epoch (`add_score`, on every rank; the `EpochScore` with its rows on rank 0 only); `close_epoch`
+itself closes each epoch's row at the end of the training epoch (loss, val loss, throughput and that epoch's
 scores) and rewrites metrics.json (status "running"), so a killed run keeps the epochs it finished and its
-resumed process continues the same history. Readers subscribe (`subscribe`) to hear of each closed epoch.
+resumed process continues the same history (`job/record_callback.py::RecordEpochs` calls `close_epoch`: the
+record itself imports no Lightning, so the checks before it fail before torch loads). Readers subscribe (`subscribe`)
+to hear of each closed epoch.
 """
 
 from __future__ import annotations
@@ -15,14 +17,12 @@ import logging
 import time
 from typing import Callable
 
-import lightning.pytorch as pl
-
 from text2sql.job.run_dir import RunDir, best_row
 
 log = logging.getLogger(__name__)
 
 
-class EpochLog(pl.Callback):
+class EpochLog:
     """Per-epoch rows {"epoch", "train/loss", "val/...", "perf/..."}, the baseline (epoch -1), and the wall time.
 
     `run`: the run dir (None: nothing is written); `metric`: the optimised metric, which picks the best epoch;
@@ -93,7 +93,8 @@ class EpochLog(pl.Callback):
             listener(row, score)
 
     # -- closing an epoch -------------------------------------------------------------------------------------
-    def on_train_epoch_end(self, trainer, pl_module):
+    def close_epoch(self, trainer, pl_module) -> None:
+        """At the end of each training epoch (`job/record_callback.py::RecordEpochs`): the epoch's row."""
         epoch = trainer.current_epoch
         scored = self._scores.get(epoch, {})
         row = {"epoch": epoch}

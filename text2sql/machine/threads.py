@@ -45,7 +45,7 @@ SPIN_BUSY = 100  # a busy CPU beside the run: its fair share (libgomp's own coun
 BUSY_CPUS = 0.5  # this many CPUs busy outside the run (of the usable ones) makes the machine "busy"
 SAMPLE_S = 0.15
 BUSY_VAR = "TEXT2SQL_BUSY_CPUS"  # CPUs other processes kept busy at start (set with spin_count=auto): fewer threads
-_chosen: dict[str, str] = {}  # GOMP_SPINCOUNT value chosen by `auto_spin_count` -> why, for the threads log line
+WHY_VAR = "TEXT2SQL_SPIN_WHY"  # why spin_count=auto chose GOMP_SPINCOUNT, for the threads log line (beside it in env)
 
 
 def cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> int | None:
@@ -86,7 +86,7 @@ def set_wait_policy(hardware: Mapping, env: dict | None = None) -> str:
         if spins == AUTO and str(policy).upper() != "PASSIVE":  # PASSIVE never spins: nothing to choose
             seen = busy_cpus()
             spins, why = auto_spin_count(lambda: seen)
-            _chosen[str(spins)] = why
+            env[WHY_VAR] = why
             if seen is not None and seen[0] >= BUSY_CPUS:  # and torch threads leave those CPUs to their owners
                 env[BUSY_VAR] = f"{seen[0]:.1f}"
         if spins is not None and spins != AUTO:
@@ -146,7 +146,7 @@ def openmp_wait(env: Mapping | None = None) -> str:
     the spins), or libgomp's default."""
     env = os.environ if env is None else env
     said = " ".join(f"{var}={env[var]}" for var in (WAIT_POLICY_VAR, SPIN_VAR) if var in env) or "libgomp's default"
-    why = _chosen.get(env.get(SPIN_VAR, ""))
+    why = env.get(WHY_VAR) if SPIN_VAR in env else None
     return f"{said} ({why})" if why else said
 
 

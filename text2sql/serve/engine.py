@@ -32,26 +32,6 @@ class Schema:
     db_file: str | None = None  # the SQLite file SQL runs on; None for a schema given as text
 
 
-def best_checkpoint(run_dir: Path, cfg) -> tuple[str, Path]:
-    """('checkpoint', the best epoch's file): the epoch metrics.json ranks best, named as ModelCheckpoint names it."""
-    from text2sql.job.run_dir import RunDir
-
-    run = RunDir(run_dir)
-    best = (run.read_metrics() or {}).get("best") or {}
-    if "epoch" not in best:
-        raise UserError(f"--best: {run.metrics_file} records no best epoch (no evaluated epoch yet); drop --best to "
-                        "serve the final weights")
-    pattern = str(OmegaConf.select(cfg, "callbacks.model_checkpoint.filename", default="epoch{epoch:02d}"))
-    try:
-        path = run.checkpoints / f"{pattern.format(epoch=int(best['epoch']))}.ckpt"
-    except (KeyError, IndexError, ValueError):
-        path = run.checkpoints / f"epoch{int(best['epoch']):02d}.ckpt"
-    if not path.is_file():
-        raise UserError(f"--best: the best epoch is {best['epoch']}, but {path} is not there (save_top_k kept "
-                        "another one?); drop --best to serve the final weights")
-    return "checkpoint", path
-
-
 class RunSpec:
     """A run's config, weights, tokenizer and prompt settings: everything but the model weights in memory."""
 
@@ -62,10 +42,8 @@ class RunSpec:
 
         if not Path(run_dir).is_dir():
             raise UserError(f"run dir not found: {run_dir}")
-        source = argparse.Namespace(run=Path(run_dir), adapter=None, checkpoint=None)
-        self.cfg, self.weights, _ = resolve_source(source, list(overrides), verb="serve")
-        if best:
-            self.weights = best_checkpoint(Path(run_dir), self.cfg)
+        source = argparse.Namespace(run=Path(run_dir), adapter=None, checkpoint=None, best=best)
+        self.cfg, self.weights, _, self.which = resolve_source(source, list(overrides), verb="serve")  # --best: predict's
         self.run_dir = Path(run_dir).resolve()
         self.name = name or self.run_dir.name
         self.data_cfg, self.eval_cfg = _resolve_subtree(self.cfg, "data"), _resolve_subtree(self.cfg, "eval")
