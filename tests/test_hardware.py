@@ -118,6 +118,9 @@ def test_machine_set_up_checks_gpus_except_for_a_dry_run(monkeypatch):
     monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
                                         if k not in ("DS_ACCELERATOR", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")})
     monkeypatch.setattr(machine_setup, "_cuda_count", lambda: 0)
+    from text2sql.machine import threads
+
+    monkeypatch.setattr(threads, "busy_cpus", lambda: (1.0, 2))  # spin_count=auto beside one busy CPU: 100 spins
     with pytest.raises(HardwareError, match="hardware=gpu needs a CUDA GPU"):
         set_up_machine(compose_cfg(["hardware=gpu"]))
     set_up_machine(compose_cfg(["hardware=gpu"]), dry_run=True)

@@ -237,10 +237,10 @@ EXAMPLES: dict[str, object] = {
         extra=("--rows", "2000", "--repeat", "1", "--json", "")),  # never over the committed results
     "python bench/eval_cost.py": Covered("tests/test_throughput.py"),
     "python bench/bench_predict.py": Run(extra=("--n", "4", "--json", "")),  # never over the committed results
-    # -- docs/troubleshooting.md and bench/README.md (issue 29): measuring a box's OpenMP waiting (the default and one
-    # thread, a few steps: the sides and the flags work), an unknown key added with `+`
+    # -- docs/troubleshooting.md and bench/README.md (issue 29): measuring a box's OpenMP waiting (the default side,
+    # a few steps: the flags work), an unknown key added with `+`
     "python bench/cpu_share.py --hogs 0,1 --sides before,after,one_thread --repeat 2": Run(
-        extra=("--hogs", "0", "--sides", "after,one_thread", "--steps", "2", "--repeat", "1", "--json", "")),
+        extra=("--hogs", "0", "--sides", "after", "--steps", "2", "--repeat", "1", "--json", "")),
     "python train.py +optim.lrr=1e-3": Run(extra=(),
                                            fails=r"(?m)^error: optim\.lrr: no such key; did you mean optim\.lr\?$"),
     "bash bench/gpu_smoke.sh": Run(extra=(), fails=r"needs a CUDA GPU"),
