@@ -21,7 +21,7 @@ from text2sql.data.datasets import corpus
 from text2sql.data.prompt import encode_source
 from text2sql.eval.generate import generate_sql
 from text2sql.config.paths import conf_dir
-from text2sql.inference.predict import _resolve_subtree
+from text2sql.inference.predict import resolve_subtree
 from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,12 +38,12 @@ def main() -> None:
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="train")
-    dataset = instantiate(_resolve_subtree(cfg, "dataset"))
-    model_cfg = _resolve_subtree(cfg, "model")
+    dataset = instantiate(resolve_subtree(cfg, "dataset"))
+    model_cfg = resolve_subtree(cfg, "model")
     path = resolve_model_path(model_cfg, corpus=lambda: corpus(dataset))
     tokenizer = load_tokenizer(model_cfg, path)
     model = load_model(model_cfg, path, tokenizer)
-    data_cfg = _resolve_subtree(cfg, "data")
+    data_cfg = resolve_subtree(cfg, "data")
     sources = [encode_source(r, tokenizer, data_cfg.template, data_cfg.max_source_length)[0]
                for r in dataset.records("dev")[: args.n]]
 

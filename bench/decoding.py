@@ -31,7 +31,7 @@ from text2sql.eval.candidates import decode_local
 from text2sql.eval.decoding import Timings
 from text2sql.eval.execute import ExecutionEvaluator
 from text2sql.eval.match import ExactMatcher
-from text2sql.inference.predict import _resolve_subtree, compose_config, find_weights, load_for_inference
+from text2sql.inference.predict import resolve_subtree, compose_config, find_weights, load_for_inference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchjson import RESULTS, write_json  # noqa: E402
@@ -106,10 +106,10 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = compose_config(args.overrides, args.run)
-    dataset = instantiate(_resolve_subtree(cfg, "dataset"))
+    dataset = instantiate(resolve_subtree(cfg, "dataset"))
     weights = find_weights(args.run)
     model, tokenizer, _ = load_for_inference(cfg, dataset, weights)
-    data_cfg, eval_cfg = _resolve_subtree(cfg, "data"), _resolve_subtree(cfg, "eval")
+    data_cfg, eval_cfg = resolve_subtree(cfg, "data"), resolve_subtree(cfg, "eval")
     records = dataset.records("dev")[: args.limit]
     sources = [encode_source(r, tokenizer, data_cfg.template, data_cfg.max_source_length,
                              system_prompt=data_cfg.system_prompt)[0] for r in records]

@@ -67,12 +67,12 @@ def score(run_dir: Path, weights: tuple[str, Path], limit: int, samples: int) ->
     from text2sql.config.decoding import Decoding
     from text2sql.eval.execute import ExecutionEvaluator
     from text2sql.eval.match import ExactMatcher
-    from text2sql.inference.predict import _resolve_subtree, compose_config, load_for_inference
+    from text2sql.inference.predict import resolve_subtree, compose_config, load_for_inference
 
     cfg = compose_config([], run_dir)
-    dataset = instantiate(_resolve_subtree(cfg, "dataset"))
+    dataset = instantiate(resolve_subtree(cfg, "dataset"))
     model, tokenizer, _ = load_for_inference(cfg, dataset, weights)
-    data_cfg, eval_cfg = _resolve_subtree(cfg, "data"), _resolve_subtree(cfg, "eval")
+    data_cfg, eval_cfg = resolve_subtree(cfg, "data"), resolve_subtree(cfg, "eval")
     records = dataset.records("dev")[:limit]
     sources = [encode_source(r, tokenizer, data_cfg.template, data_cfg.max_source_length,
                              system_prompt=data_cfg.system_prompt)[0] for r in records]
@@ -149,19 +149,19 @@ def trl_steps(run: Path, start: Path, out: Path, steps: int, prompts: int, n: in
     from text2sql.data.prompt import encode_source
     from text2sql.eval.execute import ExecutionEvaluator
     from text2sql.eval.generate import extract_sql
-    from text2sql.inference.predict import _resolve_subtree, compose_config
+    from text2sql.inference.predict import resolve_subtree, compose_config
     from text2sql.model.load import load_model, load_tokenizer
     from text2sql.model.peft import apply_peft
     from text2sql.objective.init_from import load_start_weights
     from text2sql.objective.reward import ExecutionReward, Sample, execute_samples
 
     cfg = compose_config([], run)
-    dataset = instantiate(_resolve_subtree(cfg, "dataset"))
-    model_cfg, peft_cfg = _resolve_subtree(cfg, "model"), _resolve_subtree(cfg, "peft")
+    dataset = instantiate(resolve_subtree(cfg, "dataset"))
+    model_cfg, peft_cfg = resolve_subtree(cfg, "model"), resolve_subtree(cfg, "peft")
     tokenizer = load_tokenizer(model_cfg, model_cfg.path)
     model = apply_peft(load_model(model_cfg, model_cfg.path, tokenizer, peft_cfg=peft_cfg), peft_cfg)
     load_start_weights(model, start)
-    data_cfg = _resolve_subtree(cfg, "data")
+    data_cfg = resolve_subtree(cfg, "data")
     records = dataset.records("train")[: prompts * (steps + 1) * 4]
     texts = [tokenizer.decode(encode_source(r, tokenizer, data_cfg.template, data_cfg.max_source_length)[0],
                               skip_special_tokens=True)

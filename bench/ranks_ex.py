@@ -30,7 +30,7 @@ def main() -> int:
     from text2sql.eval.execute import ExecutionEvaluator
     from text2sql.eval.generate import generate_sql
     from text2sql.eval.metrics import summarize
-    from text2sql.inference.predict import _resolve_subtree, compose_config, load_for_inference
+    from text2sql.inference.predict import resolve_subtree, compose_config, load_for_inference
 
     epochs = sorted((args.run / "predictions").glob("epoch_*.jsonl"), key=lambda p: int(p.stem.split("_")[1]))
     if not epochs or not (args.run / "adapter").is_dir():
@@ -38,9 +38,9 @@ def main() -> int:
         return 2
     rows = [json.loads(line) for line in epochs[-1].read_text().splitlines()]
     cfg = compose_config([], args.run)
-    dataset = instantiate(_resolve_subtree(cfg, "dataset"))
+    dataset = instantiate(resolve_subtree(cfg, "dataset"))
     model, tokenizer, _ = load_for_inference(cfg, dataset, ("adapter", args.run / "adapter"))
-    data, ev = _resolve_subtree(cfg, "data"), _resolve_subtree(cfg, "eval")
+    data, ev = resolve_subtree(cfg, "data"), resolve_subtree(cfg, "eval")
     records = dataset.records("dev")
     sources = [encode_source(records[r["index"]], tokenizer, data.template, data.max_source_length,
                              system_prompt=data.system_prompt)[0] for r in rows]

@@ -35,9 +35,9 @@ def questions(run: Path, n: int) -> tuple[list[tuple[str, str]], Path]:
     """(db_id, question) of the run's dev split, and its database dir."""
     from hydra.utils import instantiate
 
-    from text2sql.inference.predict import _resolve_subtree, compose_config
+    from text2sql.inference.predict import resolve_subtree, compose_config
 
-    dataset = instantiate(_resolve_subtree(compose_config([], run), "dataset"))
+    dataset = instantiate(resolve_subtree(compose_config([], run), "dataset"))
     examples = dataset.examples("dev")
     return [(e.db_id, e.question) for e in examples[:n]], dataset.db_dir("dev")
 

@@ -102,16 +102,16 @@ def one_rank_predictions(run_dir: Path, cache: Path, monkeypatch, decoding=None)
     or with `decoding`: a text2sql.config.decoding.Decoding, candidates run on the dataset's databases)."""
     from text2sql.data.prompt import encode_source
     from text2sql.eval.generate import generate_sql
-    from text2sql.inference.predict import _resolve_subtree, compose_config, load_for_inference
+    from text2sql.inference.predict import resolve_subtree, compose_config, load_for_inference
 
     from hydra.utils import instantiate
 
     monkeypatch.setenv("TEXT2SQL_CACHE", str(cache))
     monkeypatch.chdir(REPO_ROOT)
     cfg = compose_config([], run_dir)
-    dataset = instantiate(_resolve_subtree(cfg, "dataset"))
+    dataset = instantiate(resolve_subtree(cfg, "dataset"))
     model, tokenizer, _ = load_for_inference(cfg, dataset, ("adapter", run_dir / "adapter"))
-    data = _resolve_subtree(cfg, "data")
+    data = resolve_subtree(cfg, "data")
     records = dataset.records("dev")
     sources = [encode_source(records[r["index"]], tokenizer, data.template, data.max_source_length,
                              system_prompt=data.system_prompt)[0] for r in predictions(run_dir, 1)]

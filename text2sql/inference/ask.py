@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXIT_RULE
 
 
-class _DatasetOnDemand:
+class DatasetOnDemand:
     """The run's dataset, instantiated only if the tiny model must be rebuilt (its tokenizer needs the text)."""
 
     def __init__(self, cfg) -> None:
@@ -90,16 +90,16 @@ class _DatasetOnDemand:
     def records(self, split: str) -> list[dict]:
         from hydra.utils import instantiate
 
-        from text2sql.inference.predict import _resolve_subtree
+        from text2sql.inference.predict import resolve_subtree
 
-        return instantiate(_resolve_subtree(self.cfg, "dataset")).records(split)
+        return instantiate(resolve_subtree(self.cfg, "dataset")).records(split)
 
 
 class Asker:
     """A loaded model and an opened database: `answer(question)` generates, runs and times one question."""
 
     def __init__(self, args: argparse.Namespace, schema) -> None:
-        from text2sql.inference.predict import _resolve_subtree, load_for_inference, resolve_source
+        from text2sql.inference.predict import resolve_subtree, load_for_inference, resolve_source
 
         if args.run is None and args.adapter is None and args.checkpoint is None and args.model is None:
             raise UserError("say which model answers: --run RUN_DIR, --adapter DIR, --checkpoint FILE or "
@@ -107,7 +107,7 @@ class Asker:
         overrides = list(args.override) + ([f"model.path={args.model}"] if args.model else [])
         cfg, weights, _, which = resolve_source(args, overrides, verb="ask")
         self.schema, self.db = schema, args.db
-        self.data_cfg, eval_cfg = _resolve_subtree(cfg, "data"), _resolve_subtree(cfg, "eval")
+        self.data_cfg, eval_cfg = resolve_subtree(cfg, "data"), resolve_subtree(cfg, "eval")
         self.prompt_form = str(cfg.dataset.get("prompt", "zero_shot"))  # the run's prompt form (data/forms.py)
         self.multi_turn = bool(cfg.dataset.get("layout"))  # SParC / CoSQL: trained with earlier turns as history
         self.history: list[list[str]] = []  # this conversation's [input, SQL] pairs, oldest first
@@ -123,7 +123,7 @@ class Asker:
         hf_logging.disable_progress_bar()  # the answer is the output; a weights bar per start is noise
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            self.model, self.tokenizer, self.device = load_for_inference(cfg, _DatasetOnDemand(cfg), weights,
+            self.model, self.tokenizer, self.device = load_for_inference(cfg, DatasetOnDemand(cfg), weights,
                                                                          args.device)
         self.load_s = time.perf_counter() - start
         self.base = str(getattr(self.model.config, "_name_or_path", "") or cfg.model.get("path") or cfg.model.name)

@@ -123,7 +123,7 @@ def _group_choices(overrides: list[str]) -> list[str]:
             and (conf_dir() / o.split("=", 1)[0].lstrip("+~")).is_dir()]
 
 
-def _resolve_subtree(cfg: DictConfig, key: str) -> DictConfig:
+def resolve_subtree(cfg: DictConfig, key: str) -> DictConfig:
     """One subtree, resolved against the whole config (other subtrees may hold Hydra-runtime interpolations)."""
     return OmegaConf.create(OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True))
 
@@ -222,7 +222,7 @@ def _load_weights(cfg: DictConfig, dataset, weights: tuple[str, Path] | None):
     from text2sql.model.load import load_model, load_tokenizer, resolve_model_path
     from text2sql.model.peft import apply_peft
 
-    model_cfg, peft_cfg = _resolve_subtree(cfg, "model"), _resolve_subtree(cfg, "peft")
+    model_cfg, peft_cfg = resolve_subtree(cfg, "model"), resolve_subtree(cfg, "peft")
     kind, path = weights if weights else (None, None)
     if kind == "model":  # a full fine-tune saved with save_pretrained
         tokenizer = load_tokenizer(model_cfg, str(path))
@@ -241,7 +241,7 @@ def _load_weights(cfg: DictConfig, dataset, weights: tuple[str, Path] | None):
         from text2sql.training.module import Text2SQLModule
 
         quiet_libraries()  # again: Lightning's import puts its own warning filters in front
-        module = Text2SQLModule(apply_peft(model, peft_cfg), _resolve_subtree(cfg, "optim"))
+        module = Text2SQLModule(apply_peft(model, peft_cfg), resolve_subtree(cfg, "optim"))
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
         try:
             result = module.load_state_dict(state, strict=False)
@@ -269,11 +269,11 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
     from text2sql.eval.progress import progress_bar
     from text2sql.eval.interaction import pred_lines
 
-    dataset = instantiate(_resolve_subtree(cfg, "dataset"))
+    dataset = instantiate(resolve_subtree(cfg, "dataset"))
     model, tokenizer, where = load_for_inference(cfg, dataset, weights, device)
     print(f"text2sql predict: generating on {where}", file=sys.stderr)
-    data_cfg = _resolve_subtree(cfg, "data")
-    eval_cfg = _resolve_subtree(cfg, "eval")
+    data_cfg = resolve_subtree(cfg, "data")
+    eval_cfg = resolve_subtree(cfg, "eval")
     records = dataset.records(split)
     all_ids = _interaction_ids(dataset, split)
     subset = eval_subset(len(records), limit, eval_cfg.seed, all_ids)  # = eval.limit's subset (whole interactions)
@@ -382,7 +382,7 @@ def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Pa
     lines = [f"{_one_line(r['output'])}\t{r['db_id']}" for r in records]
     with atomic_path(gold) as tmp:
         tmp.write_text(sessions_text(lines, ids) if ids else "".join(f"{line}\n" for line in lines), encoding="utf-8")
-    eval_cfg = _resolve_subtree(cfg, "eval")
+    eval_cfg = resolve_subtree(cfg, "eval")
     db_dir = dataset.db_dir(split)
     argv = ["--gold", str(gold), "--pred", str(pred), "--db", str(db_dir), "--style", dataset.eval_style,
             "--timeout", str(eval_cfg.timeout)]

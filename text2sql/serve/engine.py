@@ -38,7 +38,7 @@ class RunSpec:
     def __init__(self, run_dir: Path, best: bool = False, overrides: Sequence[str] = (), name: str | None = None,
                  tokenizer=None) -> None:
         from text2sql.config.decoding import Decoding
-        from text2sql.inference.predict import _resolve_subtree, resolve_source
+        from text2sql.inference.predict import resolve_subtree, resolve_source
 
         if not Path(run_dir).is_dir():
             raise UserError(f"run dir not found: {run_dir}")
@@ -46,8 +46,8 @@ class RunSpec:
         self.cfg, self.weights, _, self.which = resolve_source(source, list(overrides), verb="serve")  # --best: predict's
         self.run_dir = Path(run_dir).resolve()
         self.name = name or self.run_dir.name
-        self.data_cfg, self.eval_cfg = _resolve_subtree(self.cfg, "data"), _resolve_subtree(self.cfg, "eval")
-        self.model_cfg = _resolve_subtree(self.cfg, "model")
+        self.data_cfg, self.eval_cfg = resolve_subtree(self.cfg, "data"), resolve_subtree(self.cfg, "eval")
+        self.model_cfg = resolve_subtree(self.cfg, "model")
         self.prompt_form = str(self.cfg.dataset.get("prompt", "zero_shot"))
         self.decoding = Decoding.from_config(self.eval_cfg.get("decoding"))
         self.max_new_tokens = int(self.eval_cfg.max_new_tokens)
@@ -59,10 +59,10 @@ class RunSpec:
     def base_model_path(self) -> str:
         """The base model dir or hub id the weights go on (the tiny model is built here on first use)."""
         from text2sql.data.datasets import corpus
-        from text2sql.inference.ask import _DatasetOnDemand
+        from text2sql.inference.ask import DatasetOnDemand
         from text2sql.model.load import resolve_model_path
 
-        return resolve_model_path(self.model_cfg, corpus=lambda: corpus(_DatasetOnDemand(self.cfg), "train"))
+        return resolve_model_path(self.model_cfg, corpus=lambda: corpus(DatasetOnDemand(self.cfg), "train"))
 
     def load_tokenizer(self):
         """The tokenizer alone (a front for vLLM needs no weights): the adapter's copy when it saved one."""
@@ -114,13 +114,13 @@ class LocalGenerator:
     def __init__(self, spec: RunSpec, device: str = "auto", db_dir: Path | None = None) -> None:
         from transformers.utils import logging as hf_logging
 
-        from text2sql.inference.ask import _DatasetOnDemand
+        from text2sql.inference.ask import DatasetOnDemand
         from text2sql.inference.predict import load_for_inference
 
         hf_logging.disable_progress_bar()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            self.model, tokenizer, self.device = load_for_inference(spec.cfg, _DatasetOnDemand(spec.cfg),
+            self.model, tokenizer, self.device = load_for_inference(spec.cfg, DatasetOnDemand(spec.cfg),
                                                                     spec.weights, device)
         spec.tokenizer = tokenizer
         self.spec, self.db_dir = spec, db_dir
