@@ -2,9 +2,16 @@
 torchrun, for DDP, DeepSpeed ZeRO-2 and ZeRO-3, as `-m` sweeps of 2-rank jobs and a single DDP run, and 2-rank
 ZeRO-2 / ZeRO-3 resumes under torchrun from the Lightning-launched sweep's checkpoints.
 
-The two sweeps are shared by all asserts (module-scoped fixtures); every launch is smoke-sized. `rank_probe.RankProbe`
-(added with `+callbacks.probe`) makes rank 0's model stop at the first generated token in epoch 0 and rank 1's
-never, and records what each rank saw.
+The executing decoding strategies give under 2 ranks the predictions one process gives with the run's adapter:
+execution_guided (greedy, then beam candidates) on the single DDP run, self_consistency (sampled candidates) on the
+ZeRO-3 resume, whose sharded weights make every rank run each forward pass in lock-step (synced generation);
+`bench/decoding.py` runs on the DDP run, smoke-sized. (Greedy under 2 ranks is checked on the sweeps' jobs: DDP and
+ZeRO-2 under torchrun, ZeRO-2 and ZeRO-3 Lightning-launched. The decoding asserts ride on runs the launch asserts
+need anyway: two 2-rank runs fewer than a run per strategy, ~90 s of CI on 2 cores.)
+
+The sweeps and the DDP run are shared by all asserts (module-scoped fixtures); every launch is smoke-sized.
+`rank_probe.RankProbe` (added with `+callbacks.probe`) makes rank 0's model stop at the first generated token in
+epoch 0 and rank 1's never, and records what each rank saw.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ SMOKE = ["debug=smoke", "dataset.n_train=400", "dataset.n_dev=40", "trainer.limi
          "eval.max_new_tokens=16", "hardware.devices=2",
          "+callbacks.probe._target_=rank_probe.RankProbe", "+callbacks.probe.output_dir=${hydra:runtime.output_dir}"]
 STEPS_PER_EPOCH = 2  # limit_train_batches per rank, accumulate 1
+DECODING = ["eval.decoding.num_beams=2", "eval.decoding.num_samples=3"]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +84,17 @@ def probes(run_dir: Path) -> list[dict]:
     return found
 
 
+@pytest.fixture(scope="module")
+def ddp_run(cache, tmp_path_factory) -> Path:
+    """DDP (`hardware=cpu hardware.devices=2`, Lightning starts rank 1), a single run as the README types it, with
+    the execution_guided strategy (beam candidates)."""
+    run = tmp_path_factory.mktemp("ddp_run") / "ddp"
+    proc = launch([sys.executable, "train.py", *SMOKE, "hardware=cpu", "eval.decoding.strategy=execution_guided",
+                   *DECODING, "logger=csv", f"hydra.run.dir={run}"], cache)
+    assert run_dirs(proc) == [run]
+    return run
+
+
 def predictions(run_dir: Path, epoch: int) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "predictions" / f"epoch_{epoch}.jsonl").read_text().splitlines()]
 
@@ -97,9 +116,9 @@ def assert_one_run_per_job(run_dir: Path) -> None:
     assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
 
 
-def one_rank_predictions(run_dir: Path, cache: Path, monkeypatch, decoding=None) -> list[str]:
-    """The last epoch's dev examples generated again in this one process with the run's exported adapter (greedy,
-    or with `decoding`: a text2sql.config.decoding.Decoding, candidates run on the dataset's databases)."""
+def one_rank_predictions(run_dir: Path, cache: Path, monkeypatch, decoding=None, epoch: int = 1) -> list[str]:
+    """The last epoch's (`epoch`'s) dev examples generated again in this one process with the run's exported adapter
+    (greedy, or with `decoding`: a text2sql.config.decoding.Decoding, candidates run on the dataset's databases)."""
     from text2sql.data.prompt import encode_source
     from text2sql.eval.generate import generate_sql
     from text2sql.inference.predict import resolve_subtree, compose_config, load_for_inference
@@ -114,13 +133,13 @@ def one_rank_predictions(run_dir: Path, cache: Path, monkeypatch, decoding=None)
     data = resolve_subtree(cfg, "data")
     records = dataset.records("dev")
     sources = [encode_source(records[r["index"]], tokenizer, data.template, data.max_source_length,
-                             system_prompt=data.system_prompt)[0] for r in predictions(run_dir, 1)]
+                             system_prompt=data.system_prompt)[0] for r in predictions(run_dir, epoch)]
     if decoding is None:
         return generate_sql(model, tokenizer, sources, batch_size=2, max_new_tokens=16)
     from text2sql.eval.candidates import decode_local
     from text2sql.eval.execute import ExecutionEvaluator
 
-    db_ids = [r["db_id"] for r in predictions(run_dir, 1)]
+    db_ids = [r["db_id"] for r in predictions(run_dir, epoch)]
     with ExecutionEvaluator(dataset.root / "database", workers=1) as evaluator:
         return [p.sql for p in decode_local(model, tokenizer, sources, [evaluator.db_file(d) for d in db_ids], decoding,
                                             evaluator=evaluator, batch_size=2, max_new_tokens=16)]
@@ -153,12 +172,15 @@ def test_torchrun_sweep_of_2_rank_ddp_and_zero2_jobs_shares_one_dir_per_job(torc
     assert one_rank_predictions(sweep / "0", cache, monkeypatch) == [r["prediction"] for r in predictions(sweep / "0", 1)]
 
 
-@pytest.mark.parametrize("job, stage, shard_glob", [
-    ("0", 2, "zero_pp_rank_*_mp_rank_00_optim_states.pt"),  # ZeRO-2: one model file, the optimizer sharded
-    ("1", 3, "zero_pp_rank_*_model_states.pt"),  # ZeRO-3: parameters sharded too
+@pytest.mark.parametrize("job, stage, shard_glob, strategy", [
+    ("0", 2, "zero_pp_rank_*_mp_rank_00_optim_states.pt", "greedy"),  # ZeRO-2: one model file, the optimizer sharded
+    ("1", 3, "zero_pp_rank_*_model_states.pt", "self_consistency"),  # ZeRO-3: parameters sharded too
 ])
-def test_a_2_rank_zero_checkpoint_resumes_on_2_ranks_under_torchrun(lightning_sweep, cache, tmp_path, job, stage,
-                                                                     shard_glob):
+def test_a_2_rank_zero_checkpoint_resumes_on_2_ranks_under_torchrun(lightning_sweep, cache, tmp_path, monkeypatch, job,
+                                                                     stage, shard_glob, strategy):
+    """... and (ZeRO-3) its resumed epochs decode with self_consistency under 2 ranks as one process does."""
+    from text2sql.config.decoding import Decoding
+
     sweep, _ = lightning_sweep
     import torch
 
@@ -171,24 +193,43 @@ def test_a_2_rank_zero_checkpoint_resumes_on_2_ranks_under_torchrun(lightning_sw
     assert saved_step in (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)
     proc = launch(torchrun(*SMOKE, "hardware=deepspeed_zero2_cpu", f"hardware.zero_stage={stage}", "logger=csv",
                            "trainer.max_epochs=3", f"ckpt_path={ckpt}",
+                           *([] if strategy == "greedy" else [f"eval.decoding.strategy={strategy}", *DECODING]),
                            f"hydra.run.dir={tmp_path}/" + "${now:%H-%M-%S-%f}"), cache)
     (run_dir,) = run_dirs(proc)
     a, b = probes(run_dir)
     assert a["start_step"] == b["start_step"] == saved_step  # both ranks restored the step
     assert a["global_step"] == b["global_step"] == 3 * STEPS_PER_EPOCH
     assert a["metrics"]["val/loss"] == pytest.approx(b["metrics"]["val/loss"], rel=1e-6)
-    assert len(predictions(run_dir, 2)) == EVAL_N
+    rows = predictions(run_dir, 2)
+    assert len(rows) == EVAL_N
     assert (run_dir / "adapter" / "adapter_config.json").is_file()  # exported once more after the resumed epoch
+    if strategy != "greedy":  # sampled candidates under ZeRO-3's synced generation: the one-process predictions
+        assert {r["decoding"] for r in rows} == {strategy} and all(r["candidates"] >= 1 for r in rows)
+        decoding = Decoding(strategy=strategy, num_beams=2, num_samples=3)
+        assert one_rank_predictions(run_dir, cache, monkeypatch, decoding, epoch=2) == [r["prediction"] for r in rows]
 
 
-def test_lightning_launched_ddp_run_shares_one_dir_and_matches_one_rank(cache, tmp_path, monkeypatch):
-    """DDP (`hardware=cpu hardware.devices=2`, Lightning starts rank 1), a single run as the README types it."""
-    run = tmp_path / "ddp"
-    proc = launch([sys.executable, "train.py", *SMOKE, "hardware=cpu", "logger=csv", f"hydra.run.dir={run}"], cache)
-    assert run_dirs(proc) == [run]
+def test_lightning_launched_ddp_run_shares_one_dir_and_decodes_as_one_rank(ddp_run, cache, monkeypatch):
+    from text2sql.config.decoding import Decoding
+
+    run = ddp_run
     assert_one_run_per_job(run)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # rank 1 made no dir of its own
-    assert one_rank_predictions(run, cache, monkeypatch) == [r["prediction"] for r in predictions(run, 1)]
+    assert sorted(p.name for p in run.parent.iterdir()) == ["ddp"]  # rank 1 made no dir of its own
+    rows = predictions(run, 1)
+    assert {r["decoding"] for r in rows} == {"execution_guided"} and all(r["candidates"] >= 1 for r in rows)
+    decoding = Decoding(strategy="execution_guided", num_beams=2, num_samples=3)
+    assert one_rank_predictions(run, cache, monkeypatch, decoding) == [r["prediction"] for r in rows]
+
+
+def test_bench_decoding_prints_one_table_and_the_gain(ddp_run, cache):
+    env = {"TEXT2SQL_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "bench/decoding.py", "--run", str(ddp_run), "--limit", "3", "--json", ""],
+                          cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("gain execution_guided-greedy: ")
+    table = {ln.split()[0] for ln in lines[2:-1]}
+    assert table == {"greedy", "beam", "sample", "execution_guided", "self_consistency"}
 
 
 def test_sigterm_to_a_2_rank_run_stops_both_ranks_at_one_step_and_the_resume_finishes(cache, tmp_path):

@@ -246,7 +246,8 @@ EXAMPLES: dict[str, object] = {
     "bash bench/gpu_smoke.sh": Run(extra=(), fails=r"needs a CUDA GPU"),
     "python bench/make_readme.py": Run(extra=("--out", "/dev/null")),
     "python bench/ranks_ex.py RUN": Covered("tests/test_ranks_slow.py"),
-    "python bench/decoding.py --run RUN": Covered("tests/test_decoding_ranks.py"),
+    "python bench/decoding.py --run RUN": Covered(
+        "tests/test_ranks_slow.py::test_bench_decoding_prints_one_table_and_the_gain"),
     "python bench/train_throughput.py --once hf_default,ours_full_head,ours_packed --steps 12 --warmup 2": Covered(
         "tests/test_throughput.py"),
     # -- docs/serve.md and its bench row (`text2sql serve`); the servers themselves run in tests/test_serve.py
