@@ -1,13 +1,14 @@
 """GRPO against continued SFT for the same wall time, from two starts of one default run; and our GRPO step against
 TRL's GRPOTrainer given our reward.
 
-    python bench/grpo.py [--run RUN] [--budget-s 900] [--limit 200] [--trl-steps 4] [--json bench/results/grpo.json]
+    python bench/grpo.py [--run RUN] [--budget-s 1800] [--lr 2e-4] [--sft-lr 5e-4] [--limit 200] [--trl-steps 4]
 
 RUN is a default run trained with every epoch's checkpoint kept (without --run one is trained first:
 `python train.py callbacks.model_checkpoint.save_top_k=-1` plus --default-args). Starts: its last epoch's checkpoint
 (`final`) and the one after --early-epochs epochs (`early`). From each, two runs of `train.py init_from=START` get
-the same training wall time (Lightning's `max_time`, startup and evaluation excluded): `objective=grpo` and the SFT
-objective, both at --lr with a constant schedule. Before and after: dev EX and EM (greedy), pass@8 (8 seeded
+the same training CPU time (`cpu_budget.py`: CPU seconds of the training process, so a box shared with other jobs
+still gives both the same work; startup and evaluation excluded): `objective=grpo` at --lr and the SFT objective at
+--sft-lr, both with a constant schedule. Before and after: dev EX and EM (greedy), pass@8 (8 seeded
 samples, any correct) and the share of dev examples whose 8 samples all agree (correct or not: no GRPO signal);
 from the GRPO runs their training no-signal share and reward curve. Last line: `gain grpo-sft_same_time: <EX
 points>` (the better start). Then --trl-steps GRPO steps of ours (train.py) and of TRL's GRPOTrainer (in this
@@ -33,21 +34,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchjson import RESULTS, write_json  # noqa: E402
 
 
-def train(run_dir: Path, args: list[str], log: Path) -> None:
-    """`python train.py ARGS hydra.run.dir=run_dir` (skipped when it finished before: its adapter/ is there)."""
+def train(run_dir: Path, args: list[str], log: Path) -> float:
+    """`python train.py ARGS hydra.run.dir=run_dir` (skipped when it finished before: its adapter/ is there); its
+    wall seconds (kept beside the run for a rerun that skips it)."""
+    wall = run_dir / "bench_wall_s.txt"
     if (run_dir / "adapter").is_dir():
-        return
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+        return float(wall.read_text()) if wall.is_file() else float("nan")
+    t0 = time.perf_counter()
+    path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": path}  # cpu_budget.py
     with log.open("w") as out:
         code = subprocess.call([sys.executable, str(REPO / "train.py"), *args, f"hydra.run.dir={run_dir}"], cwd=REPO,
                                env=env, stdout=out, stderr=subprocess.STDOUT)
     if code != 0:
         raise SystemExit(f"error: train.py {' '.join(args)} failed ({code}); see {log}")
-
-
-def max_time(seconds: float) -> str:
-    s = int(seconds)
-    return f"00:{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    wall.write_text(f"{time.perf_counter() - t0:.1f}")
+    return time.perf_counter() - t0
 
 
 def csv_rows(run_dir: Path) -> list[dict]:
@@ -97,21 +99,35 @@ def score(run_dir: Path, weights: tuple[str, Path], limit: int, samples: int) ->
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+def cached(path: Path, compute) -> dict:
+    """`compute()`'s scores, kept in `path`: a rerun (other settings, another start) does not score twice."""
+    if not path.is_file():
+        path.write_text(json.dumps(compute()))
+    return json.loads(path.read_text())
+
+
 # -- GRPO vs SFT for the same time -----------------------------------------------------------------------------------
-def compare(start: Path, out: Path, budget_s: float, lr: float, grpo_args: list[str], limit: int, samples: int,
-            run: Path) -> dict:
-    common = [f"init_from={start}", f"+trainer.max_time={max_time(budget_s)}", "trainer.max_epochs=1000",
-              "eval.every_n_epochs=1000", f"optim.lr={lr}", "optim.scheduler=constant", "optim.warmup_steps=0",
-              "logger=csv", "trainer.log_every_n_steps=1"]
-    sides = {"grpo": ["objective=grpo", *common, *grpo_args], "sft": common}
-    result = {"start": str(start), "before": score(run, ("checkpoint", start), limit, samples)}
+def compare(start: Path, out: Path, budget_s: float, lrs: dict[str, float], grpo_args: list[str], limit: int,
+            samples: int, run: Path) -> dict:
+    common = [f"init_from={start}", "+callbacks.cpu_budget._target_=cpu_budget.CpuBudget",
+              f"+callbacks.cpu_budget.seconds={budget_s}", "trainer.max_epochs=1000", "eval.every_n_epochs=1000",
+              "optim.scheduler=constant", "optim.warmup_steps=0", "logger=csv", "trainer.log_every_n_steps=1"]
+    sides = {"grpo": ["objective=grpo", f"optim.lr={lrs['grpo']}", *common, *grpo_args],
+             "sft": [f"optim.lr={lrs['sft']}", *common]}
+    before = cached(out / f"{start.stem}-before-{limit}.json", lambda: score(run, ("checkpoint", start), limit, samples))
+    result = {"start": str(start), "budget_cpu_s": budget_s, "lr": lrs, "before": before}
     for side, args in sides.items():
-        run_dir = out / f"{start.stem}-{side}"
-        t0 = time.perf_counter()
-        train(run_dir, args, out / f"{start.stem}-{side}.log")
+        name = f"{start.stem}-{side}-lr{lrs[side]:g}-cpu{budget_s:g}" + ("-" + "-".join(grpo_args) if side == "grpo"
+                                                                          and grpo_args else "")
+        name = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in name)
+        run_dir = out / name  # a finished run with these settings is reused (train() skips it)
+        wall = train(run_dir, args, out / f"{name}.log")
         rows = [r for r in csv_rows(run_dir) if "train/loss" in r]
-        entry = {"train_wall_s": round(time.perf_counter() - t0, 1), "batches": len(rows),
-                 "after": score(run_dir, ("adapter", run_dir / "adapter"), limit, samples)}
+        cpu = [r["perf/cpu_s"] for r in csv_rows(run_dir) if "perf/cpu_s" in r]
+        entry = {"train_wall_s": round(wall, 1), "train_cpu_s": round(max(cpu), 1) if cpu else None,
+                 "lr": lrs[side], "batches": len(rows),
+                 "after": cached(run_dir / f"bench_score_{limit}.json",
+                                 lambda: score(run_dir, ("adapter", run_dir / "adapter"), limit, samples))}
         if side == "grpo" and rows:
             entry["reward_curve"] = [round(r["grpo/reward_mean"], 4) for r in rows]
             entry["train_no_signal_share"] = round(statistics.mean(r["grpo/no_signal_share"] for r in rows), 4)
@@ -261,14 +277,30 @@ def readme_lines(r: dict) -> list[str]:
     return lines
 
 
+def _argv() -> list[str]:
+    """This invocation's arguments as typed, without --note / --analysis (prose, not settings)."""
+    argv = sys.argv[1:]
+    for flag in ("--note", "--analysis"):
+        if flag in argv:
+            del argv[argv.index(flag): argv.index(flag) + 2]
+    return argv
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, default=None, help="a default run with every epoch's checkpoint kept")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_grpo", help="where its runs go")
     p.add_argument("--default-args", default="", help="extra train.py overrides for the default run it trains")
     p.add_argument("--early-epochs", type=int, default=3)
-    p.add_argument("--budget-s", type=float, default=900.0, help="training seconds per side and start")
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--budget-s", type=float, default=1800.0,
+                   help="training CPU seconds per side and start (all threads of the training process; 1800: 15 "
+                        "minutes of both cores)")
+    p.add_argument("--lr", type=float, default=2e-4, help="GRPO's learning rate (constant)")
+    p.add_argument("--sft-lr", type=float, default=5e-4, help="continued SFT's learning rate (constant)")
+    p.add_argument("--starts", default="final,early", help="which starts to compare (final, early)")
+    p.add_argument("--merge", type=Path, default=None,
+                   help="a JSON another invocation wrote (e.g. --starts early with another --budget-s): its starts "
+                        "join this record")
     p.add_argument("--grpo-args", default="", help="extra overrides for the GRPO side, e.g. objective.beta=0.04")
     p.add_argument("--limit", type=int, default=200, help="dev examples scored")
     p.add_argument("--trl-steps", type=int, default=4, help="timed GRPO steps per side (0: skip the timing)")
@@ -295,9 +327,14 @@ def main() -> None:
               args.out / "default.log")
     epochs = sorted(run.glob("checkpoints/epoch*.ckpt"))
     starts = {"final": epochs[-1], "early": run / "checkpoints" / f"epoch{args.early_epochs - 1:02d}.ckpt"}
-    results = {name: compare(ckpt, args.out, args.budget_s, args.lr, args.grpo_args.split(), args.limit, 8, run)
-               for name, ckpt in starts.items()}
-    record = {"benchmark": "grpo", "run": str(run), "budget_s": args.budget_s, "lr": args.lr, "note": args.note,
+    lrs = {"grpo": args.lr, "sft": args.sft_lr}
+    results = {name: compare(starts[name], args.out, args.budget_s, lrs, args.grpo_args.split(), args.limit, 8, run)
+               for name in args.starts.split(",")}
+    for name in results:
+        results[name]["command"] = "python " + shlex.join(["bench/grpo.py", *_argv()])
+    if args.merge:  # starts another invocation measured (another budget, run beside this one) join this record
+        results = {**json.loads(args.merge.read_text())["starts"], **results}
+    record = {"benchmark": "grpo", "run": str(run), "note": args.note,
               "analysis": args.analysis,
               "grpo_args": args.grpo_args, "starts": results}
     if args.trl_steps:
@@ -307,17 +344,15 @@ def main() -> None:
     record.update(gain_grpo_sft_same_time=gains[best], gain_start=best)
     t = record.get("timing", {})
     record["summary"] = {
-        "compares": f"GRPO vs continued SFT, {args.budget_s:.0f} s of training each from the default run's final and "
-                    f"epoch-{args.early_epochs} checkpoints; dev EX on {args.limit}",
+        "compares": "GRPO vs continued SFT for the same CPU seconds of training from the default run's "
+                    + ", ".join(f"{n} ({r['budget_cpu_s']:.0f} CPU s)" for n, r in results.items())
+                    + f" checkpoints; dev EX on {args.limit}",
         "ours": "; ".join(f"{n}: GRPO EX {r['grpo']['after']['ex']:.3f}" for n, r in results.items()),
         "baseline": "; ".join(f"{n}: SFT EX {r['sft']['after']['ex']:.3f}" for n, r in results.items()),
         **({"ratio": round(t["trl"]["s_per_step"] / t["ours"]["s_per_step"], 2),
             "ratio_label": "TRL s/step / ours"} if "trl" in t else {})}
     if args.json:  # the command as typed (quotes kept, the note left out): bench/README.md shows it
-        argv = sys.argv[1:]
-        if "--note" in argv:
-            del argv[argv.index("--note"): argv.index("--note") + 2]
-        write_json(args.json, {"command": "python " + shlex.join(["bench/grpo.py", *argv]), **record})
+        write_json(args.json, {"command": "python " + shlex.join(["bench/grpo.py", *_argv()]), **record})
     print(json.dumps({n: r["gains_ex_points"] for n, r in results.items()}, indent=1))
     if t:
         print(f"s/step ours {t['ours']['s_per_step']} trl {t.get('trl', {}).get('s_per_step')}")

@@ -272,3 +272,13 @@ def test_train_evaluate_resume_on_bird_layout(bird_sample, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rescored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["hardness"], r["status"]) for r in rescored] == [(r["hardness"], r["status"]) for r in rows]
+    # `predict --limit 12 --evaluate` on the same run: the same subset (eval.seed), its questions beside the gold, so
+    # the per-difficulty table holds the subset's own difficulties (not the whole dev.json's first 12)
+    pred = tmp_path / "pred.sql"
+    proc = subprocess.run([sys.executable, "-m", "text2sql", "predict", "--run", str(run), "--limit", "12",
+                           "--evaluate", "--no-progress", "--out", str(pred)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no difficulty known" not in proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "pred.questions.json").read_text()) == questions
+    assert pred.read_text() == (preds / "epoch_1_pred.sql").read_text()  # the last epoch's adapter, greedy

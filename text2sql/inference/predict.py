@@ -259,7 +259,8 @@ def _load_weights(cfg: DictConfig, dataset, weights: tuple[str, Path] | None):
 def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int | None = None,
             batch_size: int | None = None, max_new_tokens: int | None = None, progress: bool = True,
             device: str = "auto"):
-    """Write `out` (one SQL per line, split order) and return (dataset, records, predictions, interaction ids)."""
+    """Write `out` (one SQL per line, split order) and return (dataset, records, predictions, interaction ids,
+    the records' positions in the split)."""
     from hydra.utils import instantiate
 
     from text2sql.data.datamodule import eval_subset
@@ -301,7 +302,7 @@ def predict(cfg: DictConfig, weights, out: Path, split: str = "dev", limit: int 
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         tmp.write_text(pred_lines(preds, ids) if ids else "".join(p + "\n" for p in preds), encoding="utf-8")
-    return dataset, records, preds, ids
+    return dataset, records, preds, ids, subset
 
 
 def _interaction_ids(dataset, split: str) -> list[int] | None:
@@ -353,11 +354,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"text2sql predict: weights: {weights_line(weights, which)}", file=sys.stderr)
     out = args.out if args.out is not None else (run_dir / "pred.sql" if run_dir is not None else Path("pred.sql"))
     check_writable(out)  # before the model loads
-    dataset, records, preds, ids = predict(cfg, weights, out, args.split, args.limit, args.batch_size,
+    dataset, records, preds, ids, subset = predict(cfg, weights, out, args.split, args.limit, args.batch_size,
                                       args.max_new_tokens, progress=not args.no_progress, device=args.device)
     print(f"wrote {len(preds)} predictions to {out} (decoding: {OmegaConf.select(cfg, 'eval.decoding.strategy')})")
     if args.evaluate:
-        evaluate_predictions(cfg, dataset, records, out, args.split, ids, progress=not args.no_progress)
+        evaluate_predictions(cfg, dataset, records, out, args.split, ids, subset, progress=not args.no_progress)
     return 0
 
 
@@ -372,9 +373,12 @@ def _one_line(sql: str) -> str:
 
 
 def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Path, split: str,
-                         ids: list[int] | None = None, progress: bool = True) -> None:
+                         ids: list[int] | None = None, positions: list[int] | None = None,
+                         progress: bool = True) -> None:
     """Score `pred` with `text2sql evaluate` itself: the same tables (per hardness, per status), and a gold
-    file (`gold_beside(pred)`, Spider's `SQL<TAB>db_id`) to rerun the evaluation later."""
+    file (`gold_beside(pred)`, Spider's `SQL<TAB>db_id`) to rerun the evaluation later. BIRD: the predicted
+    examples' questions (`positions` in the split; default all) go beside the gold (`<stem>.questions.json`), so
+    the per-difficulty table of a `--limit` subset is right here and on a rerun."""
     from text2sql.eval import evaluate
     from text2sql.eval.interaction import sessions_text
 
@@ -386,9 +390,11 @@ def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Pa
     db_dir = dataset.db_dir(split)
     argv = ["--gold", str(gold), "--pred", str(pred), "--db", str(db_dir), "--style", dataset.eval_style,
             "--timeout", str(eval_cfg.timeout)]
-    files = dataset.split_files(split)
-    if dataset.eval_style == "bird" and len(files) == 1 and len(records) == len(dataset.examples(split)):
-        argv += ["--questions", str(files[0])]  # BIRD's difficulty per example
+    if dataset.eval_style == "bird":  # BIRD's difficulty per example, of exactly the predicted ones
+        from text2sql.eval.questions import write_questions
+
+        positions = list(range(len(records))) if positions is None else positions
+        argv += ["--questions", str(write_questions(gold, dataset.split_files(split), positions))]
     if eval_cfg.workers is not None:
         argv += ["--workers", str(eval_cfg.workers)]
     if not progress:
