@@ -2,8 +2,9 @@
 the schema's constraints.
 
 Per neighbour a profile is drawn (table sizes, how many distinct values each column may use, how often a nullable
-column is NULL), so the candidates differ in kind, not only in values: empty and one-row tables, many duplicates,
-many NULLs, boundary numbers. Each column's value comes from, in turn: the literals the gold queries compare it with
+column is NULL: one low rate for all, or, in a sparse profile, each column its own rate up to 80 %), so the
+candidates differ in kind, not only in values: empty and one-row tables, many duplicates, columns mostly NULL beside
+columns never NULL, boundary numbers. Each column's value comes from, in turn: the literals the gold queries compare it with
 (and their neighbours: `n - 1`, `n + 1`, a LIKE pattern's text with something around it), the column's original
 values, or a perturbation of one (a number near it or at the pool's boundaries, a date some days away, a string
 in another case or cut short). Primary keys and UNIQUE columns stay unique, NOT NULL columns never get NULL, and a
