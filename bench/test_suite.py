@@ -8,7 +8,9 @@ original alone; build under 10 minutes on 2 cores.
 (b) The generated sample: EX on the original databases vs test-suite accuracy of a run's predictions
 (`--run DIR`: its predictions/epoch_N_pred.sql with epoch_N_gold.sql; every epoch found is scored).
 
-    python bench/test_suite.py [--spider DIR] [--pool 100] [--per-db 40] [--mutants 20] [--run RUN_DIR]
+    python bench/test_suite.py [--spider DIR] [--pool 100] [--per-db N] [--mutants K] [--cover C] [--run RUN_DIR]
+
+(--per-db, --mutants, --cover: the build's own defaults unless given.)
 """
 
 from __future__ import annotations
@@ -154,12 +156,14 @@ def part_b(args) -> dict:
 
 
 def main() -> None:
+    from text2sql.testsuite.build import BuildOptions
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--spider", default=os.environ.get("SPIDER_DIR") or str(REPO.parent / "shared" / "spider"))
     p.add_argument("--pool", type=int, default=100, help="fresh neighbours per database in the undistilled pool")
-    p.add_argument("--per-db", type=int, default=40)
-    p.add_argument("--mutants", type=int, default=20)
-    p.add_argument("--cover", type=int, default=1)
+    p.add_argument("--per-db", type=int, default=BuildOptions.per_db)
+    p.add_argument("--mutants", type=int, default=BuildOptions.mutants)
+    p.add_argument("--cover", type=int, default=BuildOptions.cover)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--heldout-seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=10.0)
@@ -181,8 +185,10 @@ def main() -> None:
     if "b" in args.parts and args.run:
         record["sample"] = part_b(args)
         record["sample"]["which"] = args.run_label
-    cover = f" --cover {args.cover}" if args.cover != 1 else ""
-    record["command"] = f"python bench/test_suite.py --pool {args.pool}{cover} --run RUN"
+    given = "".join(f" --{flag} {value}" for flag, value, default in (
+        ("per-db", args.per_db, BuildOptions.per_db), ("mutants", args.mutants, BuildOptions.mutants),
+        ("cover", args.cover, BuildOptions.cover)) if value != default)
+    record["command"] = f"python bench/test_suite.py --pool {args.pool}{given} --run RUN"
     record["summary"] = _summary(record)
     print(write_json(args.out, record))
 

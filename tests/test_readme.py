@@ -281,7 +281,7 @@ EXAMPLES: dict[str, object] = {
     "text2sql evaluate --test-suite --style bird --gold OUT/dev_gold.sql --pred PRED --db OUT/database": Synopsis(
         "evaluate"),
     "text2sql prepare --from-sqlite": Synopsis("prepare"),
-    "python bench/test_suite.py --pool 100 --cover 2 --run RUN": Covered("tests/test_testsuite.py"),
+    "python bench/test_suite.py --pool 100 --run RUN": Covered("tests/test_testsuite.py"),
 
     # -- docs/grpo.md and bench/grpo.py (GRPO, issue 28) ---------------------------------------------------------------
     "python train.py objective=grpo init_from=outputs/<date>/<time>": Run(

@@ -119,6 +119,56 @@ def test_suite_rejects_what_ex_accepts_and_keeps_a_correct_rewrite(built, capsys
     assert [v.correct for v in verdicts] == [False, True]
 
 
+def test_suite_tells_count_star_from_count_of_a_nullable_column(built, capsys):
+    """The sample's originals have no NULLs, so EX cannot tell `COUNT(*)` from `COUNT(col)`; the suite (whose sparse
+    neighbours leave some nullable columns mostly NULL) rejects such a prediction and keeps gold."""
+    from text2sql.eval.suite import suite_verdicts
+    from text2sql.testsuite.mutate import all_mutants
+    from text2sql.testsuite.schema import read_db
+
+    data, out, _ = built
+    gold_lines = [line.split("\t") for line in (out / "dev_gold.sql").read_text().splitlines()]
+    items = []
+    for gold, db_id in gold_lines:
+        if "count(*)" in gold.lower():
+            schema = read_db(data / "database" / db_id / f"{db_id}.sqlite", db_id)
+            items += [(db_id, gold, m) for kind, m in all_mutants(gold, schema) if kind == "count_null"]
+    assert items
+    from text2sql.eval.execute import ExecutionEvaluator
+
+    with ExecutionEvaluator(data / "database", workers=0) as ex:
+        on_original = ex.evaluate(items)
+    suite = suite_verdicts(out, items, workers=0)
+    caught = [item for item, a, b in zip(items, on_original, suite) if a.correct and not b.correct]
+    assert caught, "no COUNT(col) prediction that EX accepts and the suite rejects"
+    db_id, gold, wrong = caught[0]
+    star = lambda sql: sql.upper().replace(" ", "").count("COUNT(*)")  # noqa: E731
+    assert star(wrong) == star(gold) - 1  # one COUNT(*) became COUNT(col)
+    assert [v.correct for v in suite_verdicts(out, [(db_id, gold, gold)], workers=0)] == [True]
+
+
+def test_sparse_neighbours_null_some_columns_often_and_others_never(built):
+    """Profiles differ in kind: in some neighbours one nullable column of a table is mostly NULL while another of the
+    same table has none; every neighbour is a function of its seed."""
+    import random
+
+    from text2sql.testsuite.fill import neighbour_rows
+    from text2sql.testsuite.schema import read_db
+
+    data, _, _ = built
+    schema = read_db(data / "database" / "company" / "company.sqlite", "company")
+    nullable = [i for i, c in enumerate(schema.table("employee").columns) if not c.notnull and not c.pk]
+    mixed = 0
+    for k in range(40):
+        rows = neighbour_rows(schema, {}, random.Random(k))["employee"]
+        assert rows == neighbour_rows(schema, {}, random.Random(k))["employee"]
+        if len(rows) < 6:
+            continue
+        share = [sum(r[i] is None for r in rows) / len(rows) for i in nullable]
+        mixed += max(share) >= 0.5 and min(share) == 0
+    assert mixed >= 2
+
+
 @pytest.mark.slow
 def test_same_seed_same_bytes_through_worker_processes(built, tmp_path):
     data, out, _ = built

@@ -42,10 +42,10 @@ PER_KIND = 3  # mutants of one kind per gold query: no kind (column swaps, the m
 @dataclass(frozen=True)
 class BuildOptions:
     split: str = "dev"
-    per_db: int = 40  # candidate neighbours tried per database (the suite keeps the fewest that kill the most)
+    per_db: int = 100  # candidate neighbours tried per database (the suite keeps the fewest that kill the most)
     seed: int = 0
     mutants: int = 20  # mutants per gold query
-    cover: int = 1  # kept neighbours that must kill each mutant (where that many candidates do)
+    cover: int = 2  # kept neighbours that must kill each mutant (where that many candidates do)
     timeout: float = 10.0
     workers: int | None = None
     progress: bool = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from text2sql.eval.execute import WORKERS_HELP
+from text2sql.testsuite.build import BuildOptions
 
 __all__ = ["add_arguments", "run"]
 
@@ -25,13 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--out", required=True, metavar="DIR", help="output dir (must not exist, or be empty)")
     build.add_argument("--split", choices=("dev", "train", "both"), default="dev",
                        help="whose gold queries the suite is distilled for (default dev)")
-    build.add_argument("--per-db", type=int, default=40, metavar="N",
+    build.add_argument("--per-db", type=int, default=BuildOptions.per_db, metavar="N",
                        help="candidate neighbours tried per database; the suite keeps the fewest that kill the most "
-                            "mutants (default 40)")
-    build.add_argument("--mutants", type=int, default=20, metavar="K", help="mutants per gold query (default 20)")
-    build.add_argument("--cover", type=int, default=1, metavar="C",
-                       help="kept neighbours that must kill each mutant, where that many can (default 1: the "
-                            "fewest neighbours; 2 kills more of the near-misses the distillation never saw)")
+                            f"mutants (default {BuildOptions.per_db})")
+    build.add_argument("--mutants", type=int, default=BuildOptions.mutants, metavar="K",
+                       help=f"mutants per gold query (default {BuildOptions.mutants})")
+    build.add_argument("--cover", type=int, default=BuildOptions.cover, metavar="C",
+                       help="kept neighbours that must kill each mutant, where that many can (default "
+                            f"{BuildOptions.cover}; 1: the fewest neighbours, which miss more of the near-misses the "
+                            "distillation never saw)")
     build.add_argument("--seed", type=int, default=0, help="seed of neighbours and mutants (default 0)")
     build.add_argument("--timeout", type=float, default=10.0, help="per-query timeout in seconds (default 10)")
     build.add_argument("--workers", type=int, default=None,

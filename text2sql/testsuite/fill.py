@@ -2,8 +2,9 @@
 the schema's constraints.
 
 Per neighbour a profile is drawn (table sizes, how many distinct values each column may use, how often a nullable
-column is NULL), so the candidates differ in kind, not only in values: empty and one-row tables, many duplicates,
-many NULLs, boundary numbers. Each column's value comes from, in turn: the literals the gold queries compare it with
+column is NULL: one low rate for all, or, in a sparse profile, each column its own rate up to 80 %), so the
+candidates differ in kind, not only in values: empty and one-row tables, many duplicates, columns mostly NULL beside
+columns never NULL, boundary numbers. Each column's value comes from, in turn: the literals the gold queries compare it with
 (and their neighbours: `n - 1`, `n + 1`, a LIKE pattern's text with something around it), the column's original
 values, or a perturbation of one (a number near it or at the pool's boundaries, a date some days away, a string
 in another case or cut short). Primary keys and UNIQUE columns stay unique, NOT NULL columns never get NULL, and a
@@ -23,6 +24,9 @@ __all__ = ["neighbour_rows"]
 
 SIZES = ((0, 2), (1, 4), (2, 8), (4, 12), (8, 20))  # row-count ranges a table's size is drawn from
 SIZE_WEIGHTS = (1, 3, 4, 3, 2)
+NULL_RATES = (0.0, 0.05, 0.15, 0.35)  # a dense profile: one NULL rate for every nullable column
+SPARSE_RATES = (0.0, 0.25, 0.5, 0.8)  # a sparse profile: each nullable column draws its own rate from these
+P_SPARSE = 0.4  # share of the profiles that are sparse
 _DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 
 
@@ -37,14 +41,27 @@ def neighbour_rows(schema: DbSchema, literals: dict[str, list], rng: random.Rand
 
 
 class _Profile:
-    """One neighbour's character: how big, how repetitive, how sparse."""
+    """One neighbour's character: how big, how repetitive, how sparse. A dense profile gives every nullable column
+    the same (low) NULL rate; a sparse one gives each its own, often high, so that some columns are mostly NULL and
+    others never: what tells COUNT(*) from COUNT(col), `col = v` from `col IS NULL`, and a NULL group from none."""
 
     def __init__(self, rng: random.Random) -> None:
         self.size_range = rng.choices(SIZES, SIZE_WEIGHTS)[0]
-        self.p_null = rng.choice((0.0, 0.05, 0.15, 0.35))
+        self.sparse = rng.random() < P_SPARSE
+        self.p_null = rng.choice(NULL_RATES)
         self.p_literal = rng.choice((0.2, 0.35, 0.5))
         self.p_perturb = rng.choice((0.05, 0.15, 0.3))
         self.distinct = rng.choice((1, 2, 3, 5, 10, 1000))  # distinct original values a column draws from
+        self._rates: dict[tuple[str, str], float] = {}
+
+    def null_rate(self, table: str, column: str, rng: random.Random) -> float:
+        """How often `table.column` is NULL (where it may be) in this neighbour."""
+        if not self.sparse:
+            return self.p_null
+        key = (table.lower(), column.lower())
+        if key not in self._rates:
+            self._rates[key] = rng.choice(SPARSE_RATES)
+        return self._rates[key]
 
 
 def _parents_first(schema: DbSchema) -> list[Table]:
@@ -70,7 +87,8 @@ def _table_rows(schema: DbSchema, table: Table, literals: dict, done: dict, prof
     lo, hi = profile.size_range
     n = rng.randint(lo, hi)
     names = [c.name for c in table.columns]
-    sources = {c.name: _Source(c, literals.get(c.name.lower(), []), profile, rng) for c in table.columns}
+    sources = {c.name: _Source(c, literals.get(c.name.lower(), []), profile.null_rate(table.name, c.name, rng),
+                               profile, rng) for c in table.columns}
     rows = [{name: sources[name].draw(rng) for name in names} for _ in range(n)]
     for cols, parent_name, parent_cols in table.fks:
         _link(schema, table, rows, cols, parent_name, parent_cols, done, profile, rng)
@@ -110,8 +128,9 @@ def _link(schema, table, rows, cols, parent_name, parent_cols, done, profile, rn
         return
     parent_rows = done.get(parent.name)
     nullable = all(not c.notnull and not c.pk for c in own)
+    p_null = profile.null_rate(table.name, own[0].name, rng)  # the first column's rate: its _Source's
     for row in rows:
-        if nullable and rng.random() < profile.p_null:
+        if nullable and rng.random() < p_null:
             values = [None] * len(own)
         elif parent_rows:
             prow = rng.choice(parent_rows)
@@ -143,8 +162,8 @@ def _make_distinct(rows: list[dict], name: str, source: "_Source", rng: random.R
 class _Source:
     """Values for one column of one neighbour."""
 
-    def __init__(self, col: Column, literals: list, profile: _Profile, rng: random.Random) -> None:
-        self.col, self.profile = col, profile
+    def __init__(self, col: Column, literals: list, p_null: float, profile: _Profile, rng: random.Random) -> None:
+        self.col, self.profile, self.p_null = col, profile, p_null
         pool = list(col.pool)
         k = min(len(pool), profile.distinct)
         self.pool = rng.sample(pool, k) if k < len(pool) else pool
@@ -157,7 +176,7 @@ class _Source:
     def draw(self, rng: random.Random):
         p = self.profile
         r = rng.random()
-        if self.nullable and r < p.p_null:
+        if self.nullable and r < self.p_null:
             return None
         r = rng.random()
         if self.literals and r < p.p_literal:
