@@ -252,17 +252,20 @@ def timing(run: Path, start: Path, args) -> dict:
 def readme_lines(r: dict) -> list[str]:
     """bench/README.md's GRPO section (bench/make_readme.py calls this)."""
     lines = ["", "## GRPO vs continued SFT, and ours vs TRL (`bench/grpo.py`)", "", r.get("note", ""), "",
-             "| start | side | train s | batches | EX | EM | pass@8 | samples agree | EX vs start | train no-signal |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| start | side | lr | train CPU s | wall s | batches | EX | EM | pass@8 | samples agree | EX vs start | "
+             "train no-signal |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in r["starts"].items():
         b = c["before"]
-        lines.append(f"| {name} | start | — | — | {b['ex']:.3f} | {b['em']:.3f} | {b['pass@8']:.3f} | "
+        lines.append(f"| {name} | start | — | — | — | — | {b['ex']:.3f} | {b['em']:.3f} | {b['pass@8']:.3f} | "
                      f"{b['samples_agree']:.3f} | — | — |")
         for side in ("grpo", "sft"):
             e, a = c[side], c[side]["after"]
-            lines.append(f"| {name} | {side} | {e['train_wall_s']} | {e['batches']} | {a['ex']:.3f} | {a['em']:.3f} | "
-                         f"{a['pass@8']:.3f} | {a['samples_agree']:.3f} | {100 * (a['ex'] - b['ex']):+.1f} | "
+            lines.append(f"| {name} | {side} | {e.get('lr', '—')} | {e.get('train_cpu_s', '—')} | {e['train_wall_s']} | "
+                         f"{e['batches']} | {a['ex']:.3f} | {a['em']:.3f} | {a['pass@8']:.3f} | "
+                         f"{a['samples_agree']:.3f} | {100 * (a['ex'] - b['ex']):+.1f} | "
                          f"{e.get('train_no_signal_share', '—')} |")
+    lines += ["", "Commands: " + "; ".join(f"{n}: `{c['command']}`" for n, c in r["starts"].items() if "command" in c)]
     t = r.get("timing")
     if t:
         lines += ["", f"GRPO step timing ({t['setup']}), median seconds per step after one warm-up step:", "",
