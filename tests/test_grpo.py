@@ -166,7 +166,6 @@ def _compose(*overrides):
     (["objective.num_generations=1"], "objective.num_generations=1 must be >= 2"),
     (["peft=ptuning"], "cannot (their prefixes"),
     (["objective.num_iterations=0"], "objective.num_iterations=0 must be >= 1"),
-    (["hardware=deepspeed_zero3"], "does not run under DeepSpeed ZeRO-3 yet"),
 ])
 def test_bad_grpo_settings_are_one_line(overrides, message):
     from text2sql.errors import UserError
@@ -318,7 +317,7 @@ def test_grpo_on_two_ranks_gloo(smoke_run, tmp_path):
 
 
 @pytest.mark.parametrize("group", ["dataset=sparc", "dataset=bird", "peft=qlora4", "peft=dora", "model=tiny_qwen",
-                                   "hardware=deepspeed_zero2"])
+                                   "hardware=deepspeed_zero2", "hardware=deepspeed_zero3"])
 def test_grpo_composes_with_every_group(group):
     """objective=grpo beside another group's option: the config composes, checks, and keeps GRPO's trainer keys."""
     from text2sql.config.schema import check_config
@@ -339,3 +338,181 @@ def test_an_sft_recipe_with_accumulation_is_refused_in_one_line():
     args = ["objective=grpo", "experiment=dbgpt_hub_codellama13b_lora"]  # accumulates 16 batches, clips at 1.0
     with pytest.raises(ConfigError, match="accumulate_grad_batches=16 and trainer.gradient_clip_val=1.0 must be"):
         prepare_objective(_compose(*args), args)
+
+
+# -- what was scored against what: Recorded's rows (tests/grpo_rewards.py) checked against one process -----------------
+def _logged(run_dir, key: str) -> dict[int, float]:
+    """{global step: value} of one per-step key over the run's CSV logs."""
+    import csv
+
+    return {int(row["step"]): float(row[key]) for path in sorted((run_dir / "csv").glob("version_*/metrics.csv"))
+            for row in csv.DictReader(path.open()) if row.get(key)}
+
+
+def _scored(rewards_dir) -> list[list[dict]]:
+    """Recorded's rows, one list per process (rank) in call order."""
+    import json
+
+    return [[json.loads(line) for line in p.read_text().splitlines()] for p in sorted(rewards_dir.glob("*.jsonl"))]
+
+
+def _first_rollouts_as_one_process(run_dir, start, processes: list[list[dict]], monkeypatch):
+    """Each process's first batch of rollouts (drawn with the starting weights) is what this one process draws from
+    the starting checkpoint for a training prompt (as the run's datamodule cut it) whose example has the gold and
+    database the samples were scored against, and each verdict is the evaluator's for that gold on that database.
+    Returns (the starting model, the tokenizer, the dataset, the training item index of every group)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from conftest import REPO_ROOT
+    from text2sql.eval.execute import ExecutionEvaluator
+    from text2sql.inference.predict import compose_config, load_for_inference, resolve_subtree
+    from text2sql.objective.reward import Sample, execute_samples
+    from text2sql.objective.rollout import sample_groups
+
+    monkeypatch.chdir(REPO_ROOT)
+    cfg = compose_config([], run_dir)
+    dataset = instantiate(resolve_subtree(cfg, "dataset"))
+    model, tokenizer, _ = load_for_inference(cfg, dataset, ("checkpoint", start), device="cpu")
+    data = instantiate(resolve_subtree(cfg, "data"), dataset=dataset, tokenizer=tokenizer)
+    data.setup("fit")
+    items = data.train_items
+    n = int(OmegaConf.select(cfg, "objective.num_generations"))
+    kw = dict(temperature=float(OmegaConf.select(cfg, "objective.temperature")),
+              top_p=float(OmegaConf.select(cfg, "objective.top_p")), batch_size=64,
+              seed=int(OmegaConf.select(cfg, "objective.seed")) * 100_003,  # GRPOModule's rollout seed at epoch 0
+              max_new_tokens=int(OmegaConf.select(cfg, "objective.max_new_tokens")))
+    first = [r for rows in processes for r in rows if r["call"] == 0]
+    matched = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the runs (OMP_NUM_THREADS=1): a smoke model's flat next-token distributions let
+    try:                      # another thread count's last-bit differences flip a sampled token
+        for g in range(0, len(first), n):
+            group = first[g: g + n]
+            assert len({(r["db_id"], r["gold"]) for r in group}) == 1  # a group: one prompt's samples
+            key = (group[0]["db_id"], group[0]["gold"])
+            candidates = [i for i, it in enumerate(items) if (it["db_id"], it["gold"]) == key]
+            drawn = sample_groups(model, tokenizer, [items[i]["input_ids"] for i in candidates], n, **kw).texts
+            same = [i for k, i in enumerate(candidates)
+                    if drawn[k * n: (k + 1) * n] == [r["completion"] for r in group]]
+            assert same, f"group {g // n}: no training prompt with gold {key[1]!r} draws these samples"
+            matched.append(same[0])
+    finally:
+        torch.set_num_threads(threads)
+    with ExecutionEvaluator(dataset.db_dir("train"), timeout=5, workers=0, style=dataset.eval_style) as ev:
+        verdicts = execute_samples(ev, [Sample(r["db_id"], r["gold"], r["sql"], r["completion"]) for r in first])
+    assert [(v.status, bool(v.correct)) for v in verdicts] == [(r["status"], r["correct"]) for r in first]
+    return model, tokenizer, dataset, matched
+
+
+@pytest.mark.slow
+def test_grpo_under_deepspeed_zero3_on_two_ranks(smoke_run, tmp_path, monkeypatch):
+    """`hardware=deepspeed_zero2_cpu hardware.zero_stage=3 hardware.devices=2`: every weight is sharded, so ranks
+    generate in lock-step (synced_gpus) and draw what one process draws; the reference weights (beta > 0) are
+    written into the shards and back: the KL is 0 at the first update (the policy is still the start) and > 0
+    after it; the exported adapter holds whole (gathered) trained weights."""
+    import json
+    import subprocess
+    import sys
+
+    import torch
+
+    from conftest import REPO_ROOT
+    from text2sql.inference.predict import compose_config, load_for_inference
+    from text2sql.objective.init_from import start_checkpoint
+
+    run = tmp_path / "zero3"
+    args = [a for a in GRPO if not a.startswith(("objective.num_iterations", "trainer.max_epochs", "objective.reward"))]
+    t0 = __import__("time").perf_counter()
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args, f"init_from={smoke_run[0]}",
+                           "hardware=deepspeed_zero2_cpu", "hardware.zero_stage=3", "hardware.devices=2",
+                           "trainer.max_epochs=1", "objective.reward._target_=grpo_rewards.Recorded",
+                           f"+objective.reward.out={run / 'rewards'}", f"hydra.run.dir={run}"],
+                          cwd=smoke_run[1], env=_grpo_env(tmp_path), capture_output=True, text=True, timeout=900)
+    print(f"zero3 GRPO run: {__import__('time').perf_counter() - t0:.0f} s")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and [r["epoch"] for r in metrics["history"]] == [0]
+    assert sorted(_logged(run, "grpo/reward_mean")) == [0, 1]
+    kl = _logged(run, "grpo/kl")
+    assert kl[0] == pytest.approx(0.0, abs=1e-7) and kl[1] > 1e-6
+
+    processes = _scored(run / "rewards")
+    assert len(processes) == 2 and all(sorted({r["call"] for r in rows}) == [0, 1] for rows in processes)
+    start = start_checkpoint(str(smoke_run[0]))[1]
+    start_model, _, dataset, prompts = _first_rollouts_as_one_process(run, start, processes, monkeypatch)
+    assert len(prompts) == 4 and len(set(prompts)) == 4  # 2 prompts per rank, none drawn twice
+
+    trained, _, _ = load_for_inference(compose_config([], run), dataset, ("adapter", run / "adapter"), device="cpu")
+    before = {n: p for n, p in start_model.named_parameters() if "lora_" in n}
+    after = dict(trained.named_parameters())
+    assert before and all(after[n].shape == p.shape and torch.isfinite(after[n]).all() for n, p in before.items())
+    assert any(not torch.equal(after[n], p) for n, p in before.items())  # trained, not the start exported again
+
+
+# -- train.py -m over objective.* keys, init_from relative to where train.py starts, multi-turn prompts --------------
+@pytest.fixture(scope="module")
+def sparc_sweep(smoke_run, tmp_path_factory):
+    """`train.py -m objective=grpo init_from=../run dataset=sparc ... objective.temperature=0.7,1.0`, started in the
+    smoke run's start dir (init_from is relative to it): GRPO from the smoke run's adapter on the generated SParC
+    sample (one record per turn, the earlier turns in its prompt). (sweep dir, start checkpoint, seconds)."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO_ROOT
+    from text2sql.data.sample_multiturn import generate_multiturn_sample
+    from text2sql.objective.init_from import start_checkpoint
+
+    tmp = tmp_path_factory.mktemp("grpo_sweep")
+    root = generate_multiturn_sample(tmp / "sparc", "sparc", seed=0, n_train=16, n_dev=4)
+    sweep = tmp / "sweep"
+    relative = __import__("os").path.relpath(smoke_run[0], smoke_run[1])
+    args = [a for a in GRPO if not a.startswith(("objective.num_iterations", "objective.beta", "trainer.max_epochs",
+                                                 "objective.reward", "eval.limit"))]
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "-m", *args, f"init_from={relative}",
+                           "dataset=sparc", f"dataset.root={root}", "eval.limit=4", "trainer.max_epochs=1",
+                           "objective.temperature=0.7,1.0", "objective.reward._target_=grpo_rewards.Recorded",
+                           "+objective.reward.out=${hydra:runtime.output_dir}/rewards", f"hydra.sweep.dir={sweep}"],
+                          cwd=smoke_run[1], env=_grpo_env(tmp), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep, start_checkpoint(str(smoke_run[0]))[1], proc, time.perf_counter() - t0
+
+
+@pytest.mark.slow
+def test_grpo_sweep_over_objective_keys(sparc_sweep):
+    """Each job of the sweep: its own value in its saved config, a finished run, per-step rewards, started from the
+    run init_from names (relative to where train.py started), and samples drawn at its own temperature."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    sweep, start, proc, seconds = sparc_sweep
+    print(f"GRPO sweep (2 jobs): {seconds:.0f} s")
+    jobs = [sweep / "0", sweep / "1"]
+    for job, temperature in zip(jobs, (0.7, 1.0)):
+        saved = OmegaConf.load(job / ".hydra" / "config.yaml")
+        assert saved.objective.temperature == temperature and f"objective.temperature={temperature}" in \
+            OmegaConf.load(job / ".hydra" / "overrides.yaml")
+        assert saved.peft.r == 4 and saved.dataset.name == "sparc"  # the run's adapter; dataset= given now wins
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and [r["epoch"] for r in metrics["history"]] == [0]
+        assert sorted(_logged(job, "grpo/reward_mean")) == [0, 1] and (job / "adapter").is_dir()
+    assert (proc.stdout + proc.stderr).count(f"init_from: {start}") == 2
+    first = [[r["completion"] for r in _scored(job / "rewards")[0] if r["call"] == 0] for job in jobs]
+    assert first[0] != first[1]  # the same prompts (same seed), sampled at 0.7 and at 1.0
+
+
+@pytest.mark.slow
+def test_multi_turn_grpo_scores_each_turn_against_its_own_gold_and_database(sparc_sweep, monkeypatch):
+    """On SParC each turn is a training prompt (its earlier turns in it): the samples scored against a turn's gold
+    are those one process draws from that turn's prompt, executed on that turn's database; follow-up turns are
+    among them."""
+    sweep, start, _, _ = sparc_sweep
+    for job in (sweep / "0", sweep / "1"):
+        _, _, dataset, prompts = _first_rollouts_as_one_process(job, start, _scored(job / "rewards"), monkeypatch)
+        ids = dataset.interaction_ids("train")
+        turns = [i - ids.index(ids[i]) for i in prompts]  # 0: an interaction's first question
+        assert len(prompts) == 2 and any(t > 0 for t in turns), turns

@@ -288,6 +288,10 @@ EXAMPLES: dict[str, object] = {
         extra=SMOKE + ("data.batch_size=4", "objective.num_generations=2"), needs=("run",)),
     "python train.py objective=grpo init_from=outputs/<date>/<time> objective.reward._target_=my_rewards.ShortAndRight":
         Covered("tests/test_grpo.py"),  # swaps the reward the same way (tests/grpo_rewards.py), end to end
+    "python train.py -m objective=grpo init_from=outputs/<date>/<time> objective.temperature=0.7,1.0": Covered(
+        "tests/test_grpo.py::test_grpo_sweep_over_objective_keys"),  # that sweep, from a relative init_from, on SParC
+    "python train.py objective=grpo init_from=outputs/<date>/<time> hardware=deepspeed_zero3 hardware.devices=4":
+        Covered("tests/test_grpo.py::test_grpo_under_deepspeed_zero3_on_two_ranks"),  # its CPU form, 2 ranks
     "python train.py experiment=grpo_qwen25_coder_7b_bird dry_run=true": Run(extra=()),
     "python bench/grpo.py --default-args eval.limit=50 --budget-s 120 --lr 5e-4 --grpo-args data.batch_size=8 "
     "--trl-steps 4": Elsewhere("a wall-clock benchmark: a default 8-epoch run, four timed training runs and six dev "

@@ -308,7 +308,9 @@ def check_openmp(policy, spins) -> None:
                           "the busy CPUs) or null (libgomp's default)")
 
 
-EXTENSIBLE = ("trainer.", "callbacks.", "hydra.")  # `+trainer.KEY=V`: a Trainer argument; `+callbacks.NAME`
+# `+trainer.KEY=V`: a Trainer argument; `+callbacks.NAME`; `+objective.reward.KEY=V`: an argument of a reward
+# `_target_` of the user's own (docs/grpo.md)
+EXTENSIBLE = ("trainer.", "callbacks.", "hydra.", "objective.reward.")
 
 
 def known_keys() -> set[str]:

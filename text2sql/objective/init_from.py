@@ -72,9 +72,6 @@ def prepare_objective(cfg: DictConfig, overrides: list[str] | None = None) -> Pa
         if cfg.peft.get("method") == "ptuning":
             raise ConfigError("objective=grpo samples completions, which peft=ptuning models cannot (their prefixes "
                               "apply in greedy decoding only); use peft=lora")
-        if int(cfg.get("hardware", {}).get("zero_stage", 0) or 0) >= 3:
-            raise ConfigError("objective=grpo does not run under DeepSpeed ZeRO-3 yet (its rollout and reference "
-                              "forwards are not in lock-step over ranks); use hardware=deepspeed_zero2 or gpu")
         accumulate, clip = cfg.trainer.get("accumulate_grad_batches", 1), cfg.trainer.get("gradient_clip_val")
         if accumulate != 1 or clip:
             raise ConfigError(f"objective=grpo steps the optimizer itself (num_iterations per batch of rollouts): "

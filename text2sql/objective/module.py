@@ -5,8 +5,9 @@ Everything else is the SFT module's (`Text2SQLModule`): adapter-only checkpoints
 teacher-forced `val/loss`; the EX callback, checkpoints, exact resume and progress lines are the same callbacks.
 A prompt's samples are a function of (objective.seed, epoch, prompt) only, so a resumed run draws what an
 uninterrupted one drew. Reference log-probs (`beta` > 0) come from the starting trainable weights, kept frozen on
-the CPU and swapped in for one no-grad forward per batch (for a LoRA started from the base, the fresh adapter is
-the base: B = 0).
+the CPU and written in for one no-grad forward per batch (for a LoRA started from the base, the fresh adapter is
+the base: B = 0); under DeepSpeed ZeRO-3 they are written into the shards (`_write_weights`), and rollouts
+generate in lock-step over ranks (`synced_gpus`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,21 @@ class GRPOModule(Text2SQLModule):
         self._evaluator = ExecutionEvaluator(dataset.db_dir("train"), timeout=self.timeout, workers=self.workers,
                                              style=dataset.eval_style)
 
+    def setup(self, stage: str) -> None:
+        """DeepSpeed settings, before the engine starts. Lightning's `clip_gradients` does nothing under DeepSpeed:
+        the engine clips by its config's `gradient_clipping` (Lightning fills it from trainer.gradient_clip_val,
+        null for GRPO), so `max_grad_norm` goes there. Under ZeRO-3 a whole training step (every rollout token's
+        forward, then the updates) is one parameter trace, and after each module DeepSpeed scans the trace ahead
+        for `stage3_max_reuse_distance` parameters (default 1e9: hundreds of forwards of a small model, so the
+        step grows quadratic in the rollout length); unless the config sets it, it is one forward's parameters."""
+        config = getattr(self.trainer.strategy, "config", None) if not self._owns_gradients() else None
+        if not isinstance(config, dict):
+            return
+        config["gradient_clipping"] = float(self.max_grad_norm or 0.0)
+        zero = config.setdefault("zero_optimization", {})
+        if int(zero.get("stage", 0)) == 3 and "stage3_max_reuse_distance" not in zero:
+            zero["stage3_max_reuse_distance"] = min(10**9, sum(p.numel() for p in self.model.parameters()))
+
     def teardown(self, stage: str) -> None:
         if self._evaluator is not None:
             self._evaluator.close()
@@ -102,15 +118,41 @@ class GRPOModule(Text2SQLModule):
 
     @torch.no_grad()
     def _reference_logps(self, prompts, completions) -> torch.Tensor:
-        params = dict(self.model.named_parameters())
-        current = {n: params[n].detach().clone() for n in self._ref}
-        for n, w in self._ref.items():
-            params[n].data.copy_(w.to(params[n].device))
+        current = self._write_weights(self._ref)
         try:
             return self.completion_logps(prompts, completions)[0]
         finally:
-            for n, w in current.items():
-                params[n].data.copy_(w)
+            self._write_weights(current)
+
+    @torch.no_grad()
+    def _write_weights(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Write `values` into the named parameters; what they held before (on the CPU). Under DeepSpeed ZeRO-3 a
+        parameter's `.data` is empty (each rank holds a shard), so the parameters are gathered a group at a time,
+        written, and re-partitioned (`deepspeed.zero.GatheredParameters`, rank 0's values broadcast): every rank
+        calls this in lock-step, and the next forward gathers the written weights."""
+        params = dict(self.model.named_parameters())
+        names = list(values)
+        if not any(hasattr(params[n], "ds_id") for n in names):
+            return self._copy_into(params, values, names)
+        from deepspeed import zero
+
+        before: dict[str, torch.Tensor] = {}
+        group, size = [], 0
+        for k, n in enumerate(names):  # groups of about 2**26 elements: one gathered group at a time in memory
+            group.append(n)
+            size += params[n].ds_numel
+            if size >= 2**26 or k == len(names) - 1:
+                with zero.GatheredParameters([params[m] for m in group], modifier_rank=0):
+                    before.update(self._copy_into(params, values, group))
+                group, size = [], 0
+        return before
+
+    @staticmethod
+    def _copy_into(params: dict, values: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+        before = {n: params[n].detach().to("cpu", copy=True) for n in names}
+        for n in names:
+            params[n].data.copy_(values[n].to(params[n].device))
+        return before
 
     # -- one batch of prompts -------------------------------------------------------------------------------
     def _rollouts(self, batch: list[dict]):
@@ -170,7 +212,7 @@ class GRPOModule(Text2SQLModule):
                 clips.append(out.clip_fraction)
                 if out.kl is not None:
                     kls.append(out.kl)
-            if self.max_grad_norm:
+            if self.max_grad_norm and self._owns_gradients():  # DeepSpeed clips in its step (setup())
                 self.clip_gradients(opt, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
             opt.step()
             if sched is not None:
