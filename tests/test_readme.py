@@ -293,9 +293,14 @@ EXAMPLES: dict[str, object] = {
     "python train.py objective=grpo init_from=outputs/<date>/<time> hardware=deepspeed_zero3 hardware.devices=4":
         Covered("tests/test_grpo.py::test_grpo_under_deepspeed_zero3_on_two_ranks"),  # its CPU form, 2 ranks
     "python train.py experiment=grpo_qwen25_coder_7b_bird dry_run=true": Run(extra=()),
-    "python bench/grpo.py --default-args eval.limit=50 --budget-s 120 --lr 5e-4 --grpo-args data.batch_size=8 "
-    "--trl-steps 4": Elsewhere("a wall-clock benchmark: a default 8-epoch run, four timed training runs and six dev "
-                               "scorings (about 30 min on 2 cores); its parts run in tests/test_grpo.py"),
+    "python bench/grpo.py --default-args eval.limit=50 --starts early --budget-s 300 --lr 1e-4 --grpo-args "
+    "data.batch_size=8 --trl-steps 0 --json grpo_early.json": Elsewhere(
+        "a benchmark: a default 8-epoch run, two training runs of 300 CPU s and three dev scorings (about 40 min on 2 "
+        "cores); its parts run in tests/test_grpo.py and tests/test_bench_cpu_budget.py"),
+    "python bench/grpo.py --default-args eval.limit=50 --starts final --budget-s 900 --lr 1e-4 --grpo-args "
+    "data.batch_size=8 --trl-steps 4 --merge grpo_early.json": Elsewhere(
+        "a benchmark: two training runs of 900 CPU s, three dev scorings and the TRL step timing (about an hour on 2 "
+        "cores); its parts run in tests/test_grpo.py and tests/test_bench_cpu_budget.py"),
 }
 
 PLACEHOLDERS = {  # documented path -> (provider, how to derive the real path from the provider's dir)
