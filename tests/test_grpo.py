@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,7 +236,7 @@ def test_grpo_end_to_end_and_sigkill_resume(smoke_run, tmp_path):
     from text2sql.job.run_dir import RunDir
 
     sft = smoke_run[0]
-    db_dir = __import__("pathlib").Path(RunDir(sft).resolved_paths()["dataset.root"]) / "database"
+    db_dir = Path(RunDir(sft).resolved_paths()["dataset.root"]) / "database"
     before = _db_bytes(db_dir)
     env = _grpo_env(tmp_path)
     cmd = [sys.executable, str(REPO_ROOT / "train.py"), *GRPO, f"init_from={sft}"]
@@ -414,6 +415,7 @@ def test_grpo_under_deepspeed_zero3_on_two_ranks(smoke_run, tmp_path, monkeypatc
     import json
     import subprocess
     import sys
+    import time
 
     import torch
 
@@ -423,13 +425,13 @@ def test_grpo_under_deepspeed_zero3_on_two_ranks(smoke_run, tmp_path, monkeypatc
 
     run = tmp_path / "zero3"
     args = [a for a in GRPO if not a.startswith(("objective.num_iterations", "trainer.max_epochs", "objective.reward"))]
-    t0 = __import__("time").perf_counter()
+    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args, f"init_from={smoke_run[0]}",
                            "hardware=deepspeed_zero2_cpu", "hardware.zero_stage=3", "hardware.devices=2",
                            "trainer.max_epochs=1", "objective.reward._target_=grpo_rewards.Recorded",
                            f"+objective.reward.out={run / 'rewards'}", f"hydra.run.dir={run}"],
                           cwd=smoke_run[1], env=_grpo_env(tmp_path), capture_output=True, text=True, timeout=900)
-    print(f"zero3 GRPO run: {__import__('time').perf_counter() - t0:.0f} s")
+    print(f"zero3 GRPO run: {time.perf_counter() - t0:.0f} s")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr
     metrics = json.loads((run / "metrics.json").read_text())
@@ -457,6 +459,7 @@ def sparc_sweep(smoke_run, tmp_path_factory):
     """`train.py -m objective=grpo init_from=../run dataset=sparc ... objective.temperature=0.7,1.0`, started in the
     smoke run's start dir (init_from is relative to it): GRPO from the smoke run's adapter on the generated SParC
     sample (one record per turn, the earlier turns in its prompt). (sweep dir, start checkpoint, seconds)."""
+    import os
     import subprocess
     import sys
     import time
@@ -468,7 +471,7 @@ def sparc_sweep(smoke_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grpo_sweep")
     root = generate_multiturn_sample(tmp / "sparc", "sparc", seed=0, n_train=16, n_dev=4)
     sweep = tmp / "sweep"
-    relative = __import__("os").path.relpath(smoke_run[0], smoke_run[1])
+    relative = os.path.relpath(smoke_run[0], smoke_run[1])
     args = [a for a in GRPO if not a.startswith(("objective.num_iterations", "objective.beta", "trainer.max_epochs",
                                                  "objective.reward", "eval.limit"))]
     t0 = time.perf_counter()
