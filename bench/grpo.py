@@ -1,4 +1,4 @@
-"""GRPO against continued SFT for the same wall time, from two starts of one default run; and our GRPO step against
+"""GRPO against continued SFT for the same CPU time, from two starts of one default run; and our GRPO step against
 TRL's GRPOTrainer given our reward.
 
     python bench/grpo.py [--run RUN] [--budget-s 1800] [--lr 2e-4] [--sft-lr 5e-4] [--limit 200] [--trl-steps 4]
@@ -48,8 +48,9 @@ def train(run_dir: Path, args: list[str], log: Path) -> float:
                                env=env, stdout=out, stderr=subprocess.STDOUT)
     if code != 0:
         raise SystemExit(f"error: train.py {' '.join(args)} failed ({code}); see {log}")
-    wall.write_text(f"{time.perf_counter() - t0:.1f}")
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    wall.write_text(f"{seconds:.1f}")
+    return seconds
 
 
 def csv_rows(run_dir: Path) -> list[dict]:
@@ -122,8 +123,9 @@ def compare(start: Path, out: Path, budget_s: float, lrs: dict[str, float], grpo
         name = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in name)
         run_dir = out / name  # a finished run with these settings is reused (train() skips it)
         wall = train(run_dir, args, out / f"{name}.log")
-        rows = [r for r in csv_rows(run_dir) if "train/loss" in r]
-        cpu = [r["perf/cpu_s"] for r in csv_rows(run_dir) if "perf/cpu_s" in r]
+        logged = csv_rows(run_dir)
+        rows = [r for r in logged if "train/loss" in r]
+        cpu = [r["perf/cpu_s"] for r in logged if "perf/cpu_s" in r]
         entry = {"train_wall_s": round(wall, 1), "train_cpu_s": round(max(cpu), 1) if cpu else None,
                  "lr": lrs[side], "batches": len(rows),
                  "after": cached(run_dir / f"bench_score_{limit}.json",
@@ -333,8 +335,9 @@ def main() -> None:
     lrs = {"grpo": args.lr, "sft": args.sft_lr}
     results = {name: compare(starts[name], args.out, args.budget_s, lrs, args.grpo_args.split(), args.limit, 8, run)
                for name in args.starts.split(",")}
+    command = "python " + shlex.join(["bench/grpo.py", *_argv()])  # as typed, without the prose flags
     for name in results:
-        results[name]["command"] = "python " + shlex.join(["bench/grpo.py", *_argv()])
+        results[name]["command"] = command
     if args.merge:  # starts another invocation measured (another budget, run beside this one) join this record
         results = {**json.loads(args.merge.read_text())["starts"], **results}
     record = {"benchmark": "grpo", "run": str(run), "note": args.note,
@@ -354,8 +357,8 @@ def main() -> None:
         "baseline": "; ".join(f"{n}: SFT EX {r['sft']['after']['ex']:.3f}" for n, r in results.items()),
         **({"ratio": round(t["trl"]["s_per_step"] / t["ours"]["s_per_step"], 2),
             "ratio_label": "TRL s/step / ours"} if "trl" in t else {})}
-    if args.json:  # the command as typed (quotes kept, the note left out): bench/README.md shows it
-        write_json(args.json, {"command": "python " + shlex.join(["bench/grpo.py", *_argv()]), **record})
+    if args.json:  # bench/README.md shows the command
+        write_json(args.json, {"command": command, **record})
     print(json.dumps({n: r["gains_ex_points"] for n, r in results.items()}, indent=1))
     if t:
         print(f"s/step ours {t['ours']['s_per_step']} trl {t.get('trl', {}).get('s_per_step')}")

@@ -358,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
                                       args.max_new_tokens, progress=not args.no_progress, device=args.device)
     print(f"wrote {len(preds)} predictions to {out} (decoding: {OmegaConf.select(cfg, 'eval.decoding.strategy')})")
     if args.evaluate:
-        evaluate_predictions(cfg, dataset, records, out, args.split, ids, subset, progress=not args.no_progress)
+        evaluate_predictions(cfg, dataset, records, out, args.split, subset, ids, progress=not args.no_progress)
     return 0
 
 
@@ -373,11 +373,10 @@ def _one_line(sql: str) -> str:
 
 
 def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Path, split: str,
-                         ids: list[int] | None = None, positions: list[int] | None = None,
-                         progress: bool = True) -> None:
+                         positions: list[int], ids: list[int] | None = None, progress: bool = True) -> None:
     """Score `pred` with `text2sql evaluate` itself: the same tables (per hardness, per status), and a gold
     file (`gold_beside(pred)`, Spider's `SQL<TAB>db_id`) to rerun the evaluation later. BIRD: the predicted
-    examples' questions (`positions` in the split; default all) go beside the gold (`<stem>.questions.json`), so
+    examples' questions (`positions`: the records' places in the split) go beside the gold (`<stem>.questions.json`), so
     the per-difficulty table of a `--limit` subset is right here and on a rerun."""
     from text2sql.eval import evaluate
     from text2sql.eval.interaction import sessions_text
@@ -393,7 +392,6 @@ def evaluate_predictions(cfg: DictConfig, dataset, records: list[dict], pred: Pa
     if dataset.eval_style == "bird":  # BIRD's difficulty per example, of exactly the predicted ones
         from text2sql.eval.questions import write_questions
 
-        positions = list(range(len(records))) if positions is None else positions
         argv += ["--questions", str(write_questions(gold, dataset.split_files(split), positions))]
     if eval_cfg.workers is not None:
         argv += ["--workers", str(eval_cfg.workers)]
